@@ -1,0 +1,194 @@
+"""SA-PGD (Algorithm 1) and PGD: equality with a slow per-example reference, invariants, errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from saat_jax import attack
+from saat_jax.attack import budget_schedule, pgd, sa_pgd
+from saat_jax.losses import ce_loss_fn
+from saat_jax.models import create_model
+
+EPS_MAX, TAU, K, ALPHA = 24 / 255, 4 / 255, 3, 3 / 255
+
+
+@pytest.fixture(scope="module")
+def problem():
+  """A small CNN without BatchNorm (examples independent) on fixed 8x8x1 inputs in [0, 1]."""
+  model = create_model("small_cnn", 10, use_bn=False, width=8)
+  x = jax.random.uniform(jax.random.key(1), (48, 8, 8, 1))
+  params = model.init(jax.random.key(0), x[:1])["params"]
+  # Larger weights make the loss depend strongly on the input; half of the labels are the model's
+  # own prediction (low clean loss), so a batch mixes all three outcomes of Algorithm 1.
+  params = jax.tree_util.tree_map(lambda p: p * 3.5 if p.ndim > 1 else p, params)
+  logits_fn = lambda xa: model.apply({"params": params}, xa - 0.5)
+  pred = jnp.argmax(logits_fn(x), -1)
+  y = jnp.where(jnp.arange(48) % 2 == 0, pred, jax.random.randint(jax.random.key(2), (48,), 0, 10))
+  return ce_loss_fn(logits_fn), np.asarray(x), np.asarray(y)
+
+
+def slow_sa_pgd(loss_fn, x, y, *, rho, eps_max, tau, k, alpha, x_init=None, eps_init=0.0):
+  """Algorithm 1, line by line, one example at a time, in plain Python control flow."""
+  value_and_grad = jax.jit(jax.value_and_grad(lambda xi, yi: loss_fn(xi[None], yi[None])[0]))
+  out_x, out_eps, out_steps, out_loss = [], [], [], []
+  for i in range(len(x)):
+    xi, yi = x[i], y[i]
+    xp = xi if x_init is None else x_init[i]  # line 3: x' <- x
+    eps = eps_init                             # line 3: eps <- 0
+    steps = 0
+    loss, grad = value_and_grad(xp, yi)
+    loss = float(loss)
+    if not loss >= rho:                        # line 4
+      stop = False
+      while eps < eps_max and not stop:        # line 7
+        eps = min(eps + tau, eps_max)          # line 8 (never beyond eps_max)
+        for _ in range(k):                     # line 9
+          xp = np.clip(np.clip(xp + alpha * np.sign(np.asarray(grad)), xi - eps, xi + eps), 0.0, 1.0)  # line 10
+          steps += 1
+          loss, grad = value_and_grad(xp, yi)
+          loss = float(loss)
+          if loss >= rho:                      # lines 11-12
+            stop = True
+            break
+    out_x.append(np.asarray(xp))
+    out_eps.append(eps)
+    out_steps.append(steps)
+    out_loss.append(loss)
+  return np.stack(out_x), np.array(out_eps), np.array(out_steps), np.array(out_loss)
+
+
+def run(loss_fn, x, y, **kw):
+  fn = jax.jit(lambda x, y: sa_pgd(loss_fn, x, y, **kw))
+  x_adv, stats = fn(x, y)
+  return np.asarray(x_adv), jax.tree_util.tree_map(np.asarray, stats)
+
+
+@pytest.mark.parametrize("rho", [1.5, 2.5, 4.0])
+def test_sa_pgd_equals_slow_reference(problem, rho):
+  loss_fn, x, y = problem
+  kw = dict(rho=rho, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
+  x_adv, stats = run(loss_fn, x, y, **kw)
+  rx, reps, rsteps, rloss = slow_sa_pgd(loss_fn, x, y, **kw)
+  np.testing.assert_array_equal(stats.steps, rsteps)
+  np.testing.assert_allclose(stats.eps, reps, rtol=0, atol=1e-7)
+  np.testing.assert_array_equal(stats.satisfied, rloss >= rho)
+  np.testing.assert_allclose(stats.loss, rloss, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(x_adv, rx, rtol=0, atol=1e-6)
+  # the batch really mixes the three outcomes for the middle rho
+  if rho == 4.0:
+    assert (stats.steps == 0).any() and stats.satisfied[stats.steps > 0].any() and (~stats.satisfied).any()
+
+
+def test_sa_pgd_warm_start_equals_slow_reference(problem):
+  """The released code's start point: a PGD-10 example at 8/255, budget grown from there."""
+  loss_fn, x, y = problem
+  x0 = np.asarray(pgd(loss_fn, jnp.asarray(x), jnp.asarray(y), eps=8 / 255, alpha=2 / 255, steps=10,
+                      key=jax.random.key(3)))
+  kw = dict(rho=2.0, eps_max=14 / 255, tau=2 / 255, k=3, alpha=2 / 255, eps_init=8 / 255)
+  x_adv, stats = run(loss_fn, x, y, x_init=jnp.asarray(x0), **kw)
+  rx, reps, rsteps, rloss = slow_sa_pgd(loss_fn, x, y, x_init=x0, **kw)
+  np.testing.assert_array_equal(stats.steps, rsteps)
+  np.testing.assert_allclose(stats.eps, reps, atol=1e-7)
+  np.testing.assert_allclose(x_adv, rx, atol=1e-6)
+  assert set(np.round(stats.eps * 255, 4)) <= {8.0, 10.0, 12.0, 14.0}
+  assert np.abs(x_adv - x).max() <= 14 / 255 + 1e-6
+
+
+def test_budget_schedule_matches_released_code_and_paper():
+  assert np.allclose(np.array(budget_schedule(14 / 255, 2 / 255, 8 / 255)) * 255, [8, 10, 12, 14])
+  assert np.allclose(np.array(budget_schedule(14 / 255, 2 / 255)) * 255, [0, 2, 4, 6, 8, 10, 12, 14])
+  # never beyond eps_max
+  assert np.allclose(np.array(budget_schedule(5 / 255, 2 / 255)) * 255, [0, 2, 4, 5])
+  assert budget_schedule(0.0, 2 / 255) == [0.0]
+
+
+@pytest.mark.parametrize("rho", [1.0, float("inf"), 0.0, -1.0])
+def test_sa_pgd_invariants(problem, rho):
+  loss_fn, x, y = problem
+  x_adv, stats = run(loss_fn, x, y, rho=rho, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
+  dist = np.abs(x_adv - x).reshape(len(x), -1).max(1)
+  assert np.all(dist <= stats.eps + 1e-6)
+  assert np.all(stats.eps <= EPS_MAX + 1e-7)
+  assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+  np.testing.assert_array_equal(stats.satisfied, stats.loss >= rho)
+  direct = np.asarray(loss_fn(jnp.asarray(x_adv), jnp.asarray(y)))
+  np.testing.assert_allclose(stats.loss, direct, rtol=1e-4, atol=1e-5)
+  n_stages = len(budget_schedule(EPS_MAX, TAU)) - 1
+  if rho <= 0:  # natural training: x unchanged
+    np.testing.assert_array_equal(x_adv, x)
+    assert np.all(stats.steps == 0) and np.all(stats.eps == 0) and np.all(stats.satisfied)
+  if math.isinf(rho):  # climbs to eps_max with every step
+    assert np.allclose(stats.eps, EPS_MAX) and np.all(stats.steps == n_stages * K)
+    assert not stats.satisfied.any()
+  # an unsatisfied example ran out of budget: it is at eps_max with all steps taken
+  unsat = ~stats.satisfied
+  assert np.allclose(stats.eps[unsat], EPS_MAX) and np.all(stats.steps[unsat] == n_stages * K)
+
+
+def test_sa_pgd_one_value_and_grad_per_iteration():
+  """rho=inf: 1 pass for line 4 + exactly one pass per step, n_stages * K steps."""
+  calls = []
+  w = jax.random.normal(jax.random.key(0), (12, 4))
+
+  def loss_fn(x, y):
+    jax.debug.callback(lambda: calls.append(1))
+    logits = x.reshape(x.shape[0], -1) @ w
+    return -jax.nn.log_softmax(logits)[jnp.arange(x.shape[0]), y]
+
+  x = jax.random.uniform(jax.random.key(1), (6, 2, 2, 3))
+  y = jnp.arange(6) % 4
+  _, stats = jax.jit(lambda x, y: sa_pgd(loss_fn, x, y, rho=float("inf"), eps_max=14 / 255, tau=2 / 255,
+                                         k=3, alpha=2 / 255))(x, y)
+  jax.block_until_ready(stats.eps)
+  assert int(stats.steps[0]) == 21
+  assert len(calls) == 1 + 21
+
+
+def test_sa_pgd_stats_readable_as_keys_and_attributes(problem):
+  loss_fn, x, y = problem
+  _, stats = run(loss_fn, x[:4], y[:4], rho=1.0, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
+  for name in ("eps", "steps", "loss", "satisfied"):
+    np.testing.assert_array_equal(stats[name], getattr(stats, name))
+    assert getattr(stats, name).shape == (4,)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(eps_max=-1 / 255), "eps_max"),
+    (dict(tau=0.0), "tau"),
+    (dict(tau=-2 / 255), "tau"),
+    (dict(k=0), "k"),
+    (dict(k=2.5), "k"),
+    (dict(alpha=0.0), "alpha"),
+    (dict(rho=float("nan")), "rho is NaN"),
+])
+def test_sa_pgd_rejects_impossible_hyperparameters(problem, kw, match):
+  loss_fn, x, y = problem
+  args = dict(rho=1.0, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
+  args.update(kw)
+  with pytest.raises(ValueError, match=match):
+    sa_pgd(loss_fn, jnp.asarray(x[:2]), jnp.asarray(y[:2]), **args)
+
+
+def test_pgd_invariants_and_strength(problem):
+  loss_fn, x, y = problem
+  xj, yj = jnp.asarray(x), jnp.asarray(y)
+  eps = 8 / 255
+  x_adv = np.asarray(jax.jit(lambda a, b: pgd(loss_fn, a, b, eps=eps, alpha=2 / 255, steps=10,
+                                               key=jax.random.key(0)))(xj, yj))
+  assert np.abs(x_adv - x).max() <= eps + 1e-6
+  assert x_adv.min() >= 0 and x_adv.max() <= 1
+  clean = np.asarray(loss_fn(xj, yj))
+  adv = np.asarray(loss_fn(jnp.asarray(x_adv), yj))
+  assert (adv >= clean - 1e-5).mean() > 0.95 and adv.mean() > clean.mean()
+  # same key, same result; restarts keep the per-example best
+  x_again = np.asarray(pgd(loss_fn, xj, yj, eps=eps, alpha=2 / 255, steps=10, key=jax.random.key(0)))
+  np.testing.assert_allclose(x_adv, x_again, atol=1e-7)
+  x_r = pgd(loss_fn, xj, yj, eps=eps, alpha=2 / 255, steps=10, key=jax.random.key(0), restarts=3)
+  assert np.all(np.asarray(loss_fn(x_r, yj)) >= adv - 1e-5)
+  # no key: deterministic start at x; eps = 0 returns x
+  np.testing.assert_array_equal(np.asarray(pgd(loss_fn, xj, yj, eps=0.0, alpha=2 / 255, steps=5)), x)
+  with pytest.raises(ValueError, match="eps"):
+    pgd(loss_fn, xj, yj, eps=-1.0, alpha=2 / 255, steps=5)
