@@ -22,6 +22,7 @@ from saat_jax.models.layers import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIF
 from saat_jax.models.preact_resnet import PreActResNet
 from saat_jax.models.resnet import ResNet
 from saat_jax.models.small import SmallCNN
+from saat_jax.models.torch_import import convert_state_dict, load_torch_checkpoint
 from saat_jax.models.wide_resnet import WideResNet
 
 MODEL_NAMES = ("preact_resnet18", "resnet18", "wrn34_<x>", "small_cnn")
@@ -48,6 +49,8 @@ def create_model(name: str, num_classes: int = 10, *, normalization: str = "none
     return SmallCNN(num_classes=num_classes, mean=mean, std=std, **kwargs)
   m = re.fullmatch(r"(?:wrn|wide_resnet)_?(\d+)_(\d+)", key)
   if m:
+    if (int(m.group(1)) - 4) % 6:
+      raise ValueError(f"unknown model {name!r}: a Wide ResNet's depth must be 6n+4 (e.g. wrn34_10, wrn28_10)")
     return WideResNet(depth=int(m.group(1)), widen_factor=int(m.group(2)), num_classes=num_classes,
                       mean=mean, std=std, **kwargs)
   raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)} "
@@ -64,5 +67,5 @@ def count_params(params) -> int:
   return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
 
 
-__all__ = ["create_model", "init_variables", "count_params", "PreActResNet", "ResNet", "WideResNet",
+__all__ = ["create_model", "init_variables", "count_params", "convert_state_dict", "load_torch_checkpoint", "PreActResNet", "ResNet", "WideResNet",
            "SmallCNN", "MODEL_NAMES", "NORMALIZATIONS"]
