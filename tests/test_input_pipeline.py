@@ -1,0 +1,731 @@
+"""Input pipeline: every archive format round-trips, the real JPEG archive, digits, TFDS (mocked),
+the cache, bad input, on-device augmentation and epoch batching."""
+
+import gzip
+import io
+import os
+import pickle
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from saat_jax import input_pipeline as ip
+from saat_jax.input_pipeline import (CIFAR10_CLASSES, CIFAR100_CLASSES, DataError, augment, epoch_batches,
+                                     load_dataset, to_float)
+
+REAL_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+N_TRAIN, N_TEST = 20, 10
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers that write tiny archives of each format.
+
+
+def random_split(seed, n, num_classes=10):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+  labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)  # every class when n >= num_classes
+  return images, labels
+
+
+def planar(images):
+  """NHWC uint8 -> CIFAR's (N, 3072) rows: the R plane, then G, then B."""
+  return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+
+
+def write_pickle(path, obj):
+  path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+def make_cifar10_python(root, train, test):
+  """cifar-10-batches-py with bytes keys, as the Python 2 pickles of the original archive."""
+  root.mkdir(parents=True)
+  (tx, ty), (sx, sy) = train, test
+  per = len(tx) // 5
+  for i in range(5):
+    sl = slice(i * per, (i + 1) * per)
+    write_pickle(root / f"data_batch_{i + 1}", {b"batch_label": f"training batch {i + 1} of 5".encode(),
+                                                  b"labels": [int(v) for v in ty[sl]],
+                                                  b"data": planar(tx[sl]),
+                                                  b"filenames": [b"x.png"] * per})
+  write_pickle(root / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in sy],
+                                     b"data": planar(sx), b"filenames": [b"x.png"] * len(sx)})
+  write_pickle(root / "batches.meta", {b"label_names": [c.encode() for c in CIFAR10_CLASSES],
+                                       b"num_cases_per_batch": per, b"num_vis": 3072})
+  (root / "readme.html").write_text("<html></html>")
+  return root
+
+
+def make_cifar10_binary(root, train, test):
+  root.mkdir(parents=True)
+  (tx, ty), (sx, sy) = train, test
+
+  def records(x, y):
+    return np.concatenate([y.astype(np.uint8)[:, None], planar(x)], axis=1).tobytes()
+
+  per = len(tx) // 5
+  for i in range(5):
+    sl = slice(i * per, (i + 1) * per)
+    (root / f"data_batch_{i + 1}.bin").write_bytes(records(tx[sl], ty[sl]))
+  (root / "test_batch.bin").write_bytes(records(sx, sy))
+  (root / "batches.meta.txt").write_text("\n".join(CIFAR10_CLASSES) + "\n\n")
+  return root
+
+
+def make_cifar100_python(root, train, test):
+  root.mkdir(parents=True)
+  (tx, ty), (sx, sy) = train, test
+  for fname, x, y in (("train", tx, ty), ("test", sx, sy)):
+    write_pickle(root / fname, {b"filenames": [b"x.png"] * len(x), b"batch_label": fname.encode(),
+                                b"fine_labels": [int(v) for v in y],
+                                b"coarse_labels": [int(v) // 5 for v in y], b"data": planar(x)})
+  write_pickle(root / "meta", {b"fine_label_names": [c.encode() for c in CIFAR100_CLASSES],
+                               b"coarse_label_names": [b"c%d" % i for i in range(20)]})
+  return root
+
+
+def make_image_tree(root, splits, class_names, ext="png"):
+  """root/{train,test}/<class>/NNNN.<ext>; returns {split: [(relpath, label_index_in_class_names)]}."""
+  written = {}
+  for split, (x, y) in splits.items():
+    written[split] = []
+    for i, (img, lab) in enumerate(zip(x, y)):
+      d = root / split / class_names[lab]
+      d.mkdir(parents=True, exist_ok=True)
+      p = d / f"{i:04d}.{ext}"
+      Image.fromarray(img).save(p, **({"quality": 90} if ext == "jpg" else {}))
+      written[split].append(p)
+  return written
+
+
+def make_tar(src, dest, arcname=None, mode="w:gz"):
+  with tarfile.open(dest, mode) as tf:
+    tf.add(src, arcname=arcname if arcname is not None else src.name)
+  return dest
+
+
+def as_dict(images, labels):
+  """{image bytes: label}; the random test images are all distinct."""
+  d = {img.tobytes(): int(lab) for img, lab in zip(images, labels)}
+  assert len(d) == len(images)
+  return d
+
+
+def multiset(images, labels):
+  return sorted(img.tobytes() + bytes([int(lab)]) for img, lab in zip(images, labels))
+
+
+def assert_same_examples(got_x, got_y, want_x, want_y):
+  """The same (image, label) pairs, in any order."""
+  assert got_x.dtype == np.uint8 and got_y.dtype == np.int32
+  assert got_x.shape == want_x.shape and got_y.shape == want_y.shape
+  assert as_dict(got_x, got_y) == as_dict(want_x, want_y)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return random_split(1, N_TRAIN), random_split(2, N_TEST)
+
+
+@pytest.fixture
+def cache(tmp_path):
+  return str(tmp_path / "cache")
+
+
+# ------------------------------------------------------------------------------------------------
+# Each archive format round-trips exactly.
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar.gz"])
+def test_cifar10_python_round_trip(tmp_path, tiny, cache, packed):
+  (tx, ty), (sx, sy) = tiny
+  src = make_cifar10_python(tmp_path / "cifar-10-batches-py", (tx, ty), (sx, sy))
+  if packed:
+    src = make_tar(src, tmp_path / "cifar-10-python.tar.gz")
+  d = load_dataset("cifar10", str(src), cache_dir=cache)
+  # The pickles keep their order: exact, ordered equality.
+  np.testing.assert_array_equal(d.train_images, tx)
+  np.testing.assert_array_equal(d.train_labels, ty)
+  np.testing.assert_array_equal(d.test_images, sx)
+  np.testing.assert_array_equal(d.test_labels, sy)
+  assert d.train_labels.dtype == np.int32 and d.train_images.dtype == np.uint8
+  assert d.num_classes == 10 and d.class_names == CIFAR10_CLASSES and d.image_shape == (32, 32, 3)
+  assert d.val_images.shape == (0, 32, 32, 3) and d.val_labels.shape == (0,)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar.gz"])
+def test_cifar10_binary_round_trip(tmp_path, tiny, cache, packed):
+  (tx, ty), (sx, sy) = tiny
+  src = make_cifar10_binary(tmp_path / "cifar-10-batches-bin", (tx, ty), (sx, sy))
+  if packed:
+    src = make_tar(src, tmp_path / "cifar-10-binary.tar.gz")
+  d = load_dataset("CIFAR10", str(src), cache_dir=cache)
+  np.testing.assert_array_equal(d.train_images, tx)
+  np.testing.assert_array_equal(d.train_labels, ty)
+  np.testing.assert_array_equal(d.test_images, sx)
+  np.testing.assert_array_equal(d.test_labels, sy)
+  assert d.name == "cifar10" and d.class_names == CIFAR10_CLASSES
+
+
+def test_binary_and_python_formats_agree(tmp_path, tiny, cache):
+  """The planes of the binary records and the pickled rows decode to the same pixels."""
+  (tx, ty), (sx, sy) = tiny
+  a = load_dataset("cifar10", str(make_cifar10_python(tmp_path / "py", (tx, ty), (sx, sy))), cache_dir=cache)
+  b = load_dataset("cifar10", str(make_cifar10_binary(tmp_path / "bin", (tx, ty), (sx, sy))), cache_dir=cache)
+  np.testing.assert_array_equal(a.train_images, b.train_images)
+  # A channel-order mistake would show: pixel (0, 0) of image 0 is the first byte of each plane.
+  row = planar(tx[:1])[0]
+  assert tuple(a.train_images[0, 0, 0]) == (row[0], row[1024], row[2048])
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar.gz"])
+def test_cifar100_python_round_trip(tmp_path, cache, packed):
+  (tx, ty), (sx, sy) = random_split(3, N_TRAIN, 100), random_split(4, N_TEST, 100)
+  src = make_cifar100_python(tmp_path / "cifar-100-python", (tx, ty), (sx, sy))
+  if packed:
+    src = make_tar(src, tmp_path / "cifar-100-python.tar.gz")
+  d = load_dataset("cifar100", str(src), cache_dir=cache)
+  np.testing.assert_array_equal(d.train_images, tx)
+  np.testing.assert_array_equal(d.train_labels, ty)  # fine labels, not coarse
+  np.testing.assert_array_equal(d.test_images, sx)
+  np.testing.assert_array_equal(d.test_labels, sy)
+  assert d.num_classes == 100 and d.class_names == CIFAR100_CLASSES
+
+
+def test_png_image_folder_round_trip_in_canonical_order(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES)
+  d = load_dataset("cifar10", str(tmp_path / "tree"), cache_dir=cache)
+  assert_same_examples(d.train_images, d.train_labels, tx, ty)  # PNG is lossless
+  assert_same_examples(d.test_images, d.test_labels, sx, sy)
+  assert d.class_names == CIFAR10_CLASSES
+  # The order of a tree is a fixed shuffle, not class-blocked, and does not depend on the seed.
+  assert not np.all(np.diff(d.train_labels) >= 0)
+  d2 = load_dataset("cifar10", str(tmp_path / "tree"), seed=5, cache_dir=str(tmp_path / "other_cache"))
+  np.testing.assert_array_equal(d.train_images, d2.train_images)
+
+
+def test_image_folder_with_other_class_names_uses_sorted_order(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  names = ("zebra", "ant", "moose", "cow", "bat", "yak", "eel", "fox", "gnu", "hen")
+  make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, names)
+  d = load_dataset("cifar10", str(tmp_path / "tree"), cache_dir=cache)
+  assert d.class_names == tuple(sorted(names))
+  remap = np.asarray([sorted(names).index(n) for n in names], np.int32)
+  assert_same_examples(d.train_images, d.train_labels, tx, remap[ty])
+  assert_same_examples(d.test_images, d.test_labels, sx, remap[sy])
+
+
+def test_cifar100_image_folder_in_canonical_order(tmp_path, cache):
+  (tx, ty), (sx, sy) = random_split(5, 100, 100), random_split(6, 10, 100)
+  ty = np.arange(100, dtype=np.int32)  # one image per class, so all 100 class folders exist
+  make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR100_CLASSES)
+  d = load_dataset("cifar100", str(tmp_path / "tree"), cache_dir=cache)
+  assert d.num_classes == 100 and d.class_names == CIFAR100_CLASSES
+  assert_same_examples(d.train_images, d.train_labels, tx, ty)
+  assert_same_examples(d.test_images, d.test_labels, sx, sy)
+
+
+@pytest.mark.parametrize("top_dir", ["cifar10", ""], ids=["with-top-dir", "no-top-dir"])
+def test_jpeg_tree_tar_gz_matches_pillow(tmp_path, tiny, cache, top_dir):
+  (tx, ty), (sx, sy) = tiny
+  written = make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES, "jpg")
+  archive = tmp_path / "cifar10-jpeg.tar.gz"
+  with tarfile.open(archive, "w:gz") as tf:
+    for split in ("train", "test"):
+      tf.add(tmp_path / "tree" / split, arcname=f"{top_dir}/{split}" if top_dir else split)
+  d = load_dataset("cifar10", str(archive), cache_dir=cache)
+  for split, x, y in (("train", d.train_images, d.train_labels), ("test", d.test_images, d.test_labels)):
+    want_x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in written[split]])
+    want_y = np.asarray([CIFAR10_CLASSES.index(p.parent.name) for p in written[split]], np.int32)
+    assert_same_examples(x, y, want_x, want_y)
+  assert not np.array_equal(np.sort(d.train_images.ravel()), np.sort(tx.ravel()))  # JPEG is lossy
+
+
+def test_parent_folder_holding_one_layout_is_accepted(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  make_cifar10_binary(tmp_path / "data" / "cifar-10-batches-bin", (tx, ty), (sx, sy))
+  (tmp_path / "data" / "notes.txt").write_text("unrelated")
+  d = load_dataset("cifar10", str(tmp_path / "data"), cache_dir=cache)
+  np.testing.assert_array_equal(d.train_images, tx)
+
+
+def test_relative_path_resolves_from_project_root(tmp_path, monkeypatch):
+  """The default data.data_dir '../shared/data/...' is relative to the project root, not the cwd."""
+  monkeypatch.chdir(tmp_path)
+  rel = os.path.relpath(REAL_ARCHIVE, ip._PROJECT_ROOT)
+  assert rel == os.path.join("..", "shared", "data", "cifar10-jpeg.tar.gz")
+  assert ip._resolve_path(rel).samefile(REAL_ARCHIVE)
+
+
+# ------------------------------------------------------------------------------------------------
+# The real CIFAR-10 JPEG archive.
+
+
+@pytest.mark.slow
+def test_real_cifar10_jpeg_archive(tmp_path):
+  assert REAL_ARCHIVE.is_file(), (
+      f"the real CIFAR-10 archive is missing: expected {REAL_ARCHIVE} (../shared/data/cifar10-jpeg.tar.gz "
+      f"relative to the project root)")
+  cache = str(tmp_path / "cache")
+  t0 = time.time()
+  d = load_dataset("cifar10", str(REAL_ARCHIVE), cache_dir=cache)
+  t_decode = time.time() - t0
+  assert d.train_images.shape == (50000, 32, 32, 3) and d.train_images.dtype == np.uint8
+  assert d.test_images.shape == (10000, 32, 32, 3) and d.test_images.dtype == np.uint8
+  assert d.train_labels.dtype == np.int32 and d.class_names == CIFAR10_CLASSES
+  np.testing.assert_array_equal(np.bincount(d.train_labels, minlength=10), [5000] * 10)
+  np.testing.assert_array_equal(np.bincount(d.test_labels, minlength=10), [1000] * 10)
+  # A prefix is class-mixed (evaluate.py's num_test and train.py's num_train slice prefixes).
+  assert len(np.unique(d.test_labels[:100])) == 10
+  # Known files land with their class's canonical label.
+  with tarfile.open(REAL_ARCHIVE) as tf:
+    names = [n for n in tf.getnames() if n.endswith("cat/0000.jpg") or n.endswith("truck/0007.jpg")]
+    assert len(names) == 4, names
+    for n in names:
+      want = np.asarray(Image.open(io.BytesIO(tf.extractfile(n).read())).convert("RGB"))
+      split_x, split_y = (d.train_images, d.train_labels) if "train/" in n else (d.test_images, d.test_labels)
+      hits = np.flatnonzero((split_x == want).all(axis=(1, 2, 3)))
+      assert len(hits) >= 1, n
+      assert set(split_y[hits]) == {CIFAR10_CLASSES.index(n.split("/")[-2])}, n
+  # The second load comes from the cache: identical arrays, much faster.
+  t0 = time.time()
+  d2 = load_dataset("cifar10", str(REAL_ARCHIVE), cache_dir=cache)
+  t_cached = time.time() - t0
+  np.testing.assert_array_equal(d2.train_images, d.train_images)
+  np.testing.assert_array_equal(d2.test_labels, d.test_labels)
+  assert t_cached < max(3.0, t_decode / 3), (t_cached, t_decode)
+  print(f"\nreal archive: decode {t_decode:.1f}s, cached load {t_cached:.2f}s")
+
+
+# ------------------------------------------------------------------------------------------------
+# digits.
+
+
+def test_digits_split_is_fixed_and_stratified():
+  from sklearn.datasets import load_digits
+
+  d = load_dataset("digits", seed=0)
+  assert d.train_images.shape == (1397, 8, 8, 1) and d.test_images.shape == (400, 8, 8, 1)
+  assert d.train_images.dtype == np.uint8 and d.train_labels.dtype == np.int32
+  assert d.num_classes == 10 and d.image_shape == (8, 8, 1)
+  assert d.train_images.max() == 255 and d.train_images.min() == 0
+  # Values 0..16 scaled to 0..255 by round(v * 255 / 16): only those 17 levels occur.
+  levels = set(np.round(np.arange(17) * 255 / 16).astype(int))
+  assert set(np.unique(d.test_images)) <= levels
+  # Stratified: each class has its share of the 400 test images (within one).
+  y = load_digits().target
+  share = 400 * np.bincount(y) / len(y)
+  assert np.all(np.abs(np.bincount(d.test_labels, minlength=10) - share) < 1)
+  # Train and test partition the 1,797 images.
+  want = np.round(load_digits().images * 255 / 16).astype(np.uint8)[..., None]
+  cat = np.concatenate
+  got = multiset(cat([d.train_images, d.test_images]), cat([d.train_labels, d.test_labels]))
+  assert got == multiset(want, y)
+  # The split ignores the run's seed and data_dir; the whole load is deterministic.
+  d2 = load_dataset("digits", "/does/not/matter", seed=7)
+  np.testing.assert_array_equal(d.test_images, d2.test_images)
+  np.testing.assert_array_equal(d.train_labels, d2.train_labels)
+
+
+def test_val_split_is_a_seeded_partition_of_train():
+  full = load_dataset("digits")
+  a = load_dataset("digits", val_size=100, seed=1)
+  b = load_dataset("digits", val_size=100, seed=1)
+  c = load_dataset("digits", val_size=100, seed=2)
+  assert a.val_images.shape == (100, 8, 8, 1) and a.train_images.shape == (1297, 8, 8, 1)
+  np.testing.assert_array_equal(a.val_images, b.val_images)
+  np.testing.assert_array_equal(a.train_labels, b.train_labels)
+  assert not np.array_equal(a.val_images, c.val_images)
+  # val and train partition the full training set (as multisets of (image, label)).
+  cat = np.concatenate
+  got = multiset(cat([a.train_images, a.val_images]), cat([a.train_labels, a.val_labels]))
+  assert got == multiset(full.train_images, full.train_labels)
+  np.testing.assert_array_equal(a.test_images, full.test_images)
+
+
+# ------------------------------------------------------------------------------------------------
+# TFDS (mocked: TensorFlow is not needed for the test).
+
+
+@pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_tfds_source_with_mock_data(tmp_path, name, num_classes):
+  import tensorflow_datasets as tfds  # a dependency; TensorFlow is not needed
+  with tfds.testing.mock_data(num_examples=12):
+    d = load_dataset(name, str(tmp_path / "tfds"), source="tfds", val_size=2, seed=0)
+  assert d.train_images.shape == (10, 32, 32, 3) and d.val_images.shape == (2, 32, 32, 3)
+  assert d.test_images.shape == (12, 32, 32, 3)
+  assert d.train_images.dtype == np.uint8 and d.test_labels.dtype == np.int32
+  assert d.num_classes == num_classes and d.class_names == ip.CANONICAL_CLASSES[name]
+  assert 0 <= d.test_labels.min() and d.test_labels.max() < num_classes
+  assert d.test_images.std() > 0  # real (random) pixels came through
+
+
+def test_tfds_without_tensorflow_says_what_to_install(monkeypatch):
+  import tensorflow_datasets as tfds  # a dependency; TensorFlow is not needed
+
+  def load(*a, **k):
+    raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+
+  def data_source(*a, **k):
+    raise FileNotFoundError("no prepared cifar10 found")
+
+  monkeypatch.setattr(tfds, "load", load)
+  monkeypatch.setattr(tfds, "data_source", data_source)
+  with pytest.raises(DataError, match=r"(?s)Install TensorFlow.*data_dir"):
+    load_dataset("cifar10", source="tfds")
+
+
+def test_tfds_other_failure_becomes_data_error(monkeypatch):
+  import tensorflow_datasets as tfds  # a dependency; TensorFlow is not needed
+
+  def load(*a, **k):
+    raise ConnectionError("network unreachable")
+
+  monkeypatch.setattr(tfds, "load", load)
+  with pytest.raises(DataError, match=r"(?s)network unreachable.*local archive"):
+    load_dataset("cifar100", source="tfds")
+
+
+# ------------------------------------------------------------------------------------------------
+# The cache.
+
+
+def count_decodes(monkeypatch):
+  calls = []
+  real = ip._decode_local
+
+  def counting(*a, **k):
+    calls.append(a[0])
+    return real(*a, **k)
+
+  monkeypatch.setattr(ip, "_decode_local", counting)
+  return calls
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar.gz"])
+def test_second_load_hits_the_cache(tmp_path, tiny, cache, monkeypatch, packed):
+  (tx, ty), (sx, sy) = tiny
+  src = make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES)
+  src = tmp_path / "tree"
+  if packed:
+    src = make_tar(src, tmp_path / "tree.tar.gz", arcname="")
+  calls = count_decodes(monkeypatch)
+  a = load_dataset("cifar10", str(src), cache_dir=cache, val_size=4, seed=3)
+  b = load_dataset("cifar10", str(src), cache_dir=cache, val_size=4, seed=3)
+  assert calls == ["cifar10"]
+  for f in ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels"):
+    np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert getattr(a, f).dtype == getattr(b, f).dtype
+  assert b.class_names == a.class_names
+  files = os.listdir(cache)
+  assert len(files) == 1 and files[0].endswith(".npz")  # no temporary file left behind
+  # A changed source is decoded again.
+  time.sleep(0.01)
+  if packed:
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+  else:
+    Image.fromarray(tx[0]).save(next((tmp_path / "tree" / "train").rglob("*.png")))
+    os.utime(next((tmp_path / "tree" / "train").rglob("*.png")), ns=(time.time_ns(), time.time_ns() + 10**9))
+  load_dataset("cifar10", str(src), cache_dir=cache)
+  assert calls == ["cifar10", "cifar10"]
+
+
+def test_cache_dir_defaults_to_env(tmp_path, tiny, monkeypatch):
+  (tx, ty), (sx, sy) = tiny
+  src = make_cifar10_python(tmp_path / "py", (tx, ty), (sx, sy))
+  monkeypatch.setenv("SAAT_JAX_CACHE", str(tmp_path / "envcache"))
+  load_dataset("cifar10", str(src))
+  assert len(list((tmp_path / "envcache").glob("cifar10-*.npz"))) == 1
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-arrays"])
+def test_corrupt_cache_is_rebuilt(tmp_path, tiny, cache, monkeypatch, damage):
+  (tx, ty), (sx, sy) = tiny
+  src = make_tar(make_cifar10_python(tmp_path / "py", (tx, ty), (sx, sy)), tmp_path / "py.tar.gz")
+  calls = count_decodes(monkeypatch)
+  load_dataset("cifar10", str(src), cache_dir=cache)
+  (file,) = Path(cache).glob("*.npz")
+  if damage == "garbage":
+    file.write_bytes(b"not an npz at all")
+  elif damage == "truncated":
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+  else:
+    np.savez(file, train_images=np.zeros(3), train_labels=np.zeros(3))
+  d = load_dataset("cifar10", str(src), cache_dir=cache)
+  assert calls == ["cifar10", "cifar10"]
+  np.testing.assert_array_equal(d.train_images, tx)
+  np.testing.assert_array_equal(d.test_labels, sy)
+  load_dataset("cifar10", str(src), cache_dir=cache)  # the rebuilt file is good again
+  assert calls == ["cifar10", "cifar10"]
+
+
+@pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()], ids=["oserror", "killed"])
+def test_interrupted_cache_write_leaves_nothing_behind(tmp_path, tiny, cache, monkeypatch, failure):
+  (tx, ty), (sx, sy) = tiny
+  src = make_cifar10_python(tmp_path / "py", (tx, ty), (sx, sy))
+
+  def savez(f, **arrays):
+    f.write(b"PK\x03\x04 half of an npz")
+    raise failure
+
+  monkeypatch.setattr(ip.np, "savez", savez)
+  if isinstance(failure, OSError):
+    with pytest.warns(UserWarning, match="could not write the data cache"):
+      d = load_dataset("cifar10", str(src), cache_dir=cache)
+    np.testing.assert_array_equal(d.train_images, tx)  # the load itself succeeds
+  else:
+    with pytest.raises(KeyboardInterrupt):
+      load_dataset("cifar10", str(src), cache_dir=cache)
+  assert os.listdir(cache) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: a DataError that names the problem and the fix.
+
+
+def test_unknown_dataset_name():
+  with pytest.raises(DataError, match=r"(?s)'mnist'.*cifar10, cifar100, digits"):
+    load_dataset("mnist", "/tmp")
+
+
+def test_unknown_source():
+  with pytest.raises(DataError, match="unknown data source 'kaggle'"):
+    load_dataset("cifar10", "/tmp", source="kaggle")
+
+
+def test_missing_path_names_it_and_the_offline_archive(tmp_path):
+  match = r"(?s)nope\.tar\.gz.*does not exist.*shared/data/cifar10-jpeg\.tar\.gz"
+  with pytest.raises(DataError, match=match):
+    load_dataset("cifar10", str(tmp_path / "nope.tar.gz"))
+
+
+def test_no_data_dir():
+  with pytest.raises(DataError, match=r"(?s)no data_dir.*source='tfds'"):
+    load_dataset("cifar10")
+
+
+def test_zip_archive_is_refused(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  src = make_cifar10_python(tmp_path / "py", (tx, ty), (sx, sy))
+  z = tmp_path / "cifar.zip"
+  with zipfile.ZipFile(z, "w") as zf:
+    for p in src.iterdir():
+      zf.write(p, arcname=f"cifar-10-batches-py/{p.name}")
+  with pytest.raises(DataError, match=r"(?s)cifar\.zip is a zip archive.*Unzip it"):
+    load_dataset("cifar10", str(z), cache_dir=cache)
+  assert not os.path.exists(cache)
+
+
+def test_tar_of_unrelated_files(tmp_path, cache):
+  (tmp_path / "stuff").mkdir()
+  (tmp_path / "stuff" / "notes.txt").write_text("hello")
+  (tmp_path / "stuff" / "model.ckpt").write_bytes(b"\0" * 100)
+  archive = make_tar(tmp_path / "stuff", tmp_path / "stuff.tar.gz")
+  match = r"(?s)no cifar10 data in a known layout.*notes\.txt.*cifar-10-batches-py"
+  with pytest.raises(DataError, match=match):
+    load_dataset("cifar10", str(archive), cache_dir=cache)
+  with pytest.raises(DataError, match="no cifar10 data in a known layout"):
+    load_dataset("cifar10", str(tmp_path / "stuff"), cache_dir=cache)
+
+
+@pytest.mark.parametrize("kind", ["truncated-gzip", "gzip-of-non-tar", "random-bytes"])
+def test_broken_archives(tmp_path, tiny, cache, kind):
+  (tx, ty), (sx, sy) = tiny
+  bad = tmp_path / "cifar10.tar.gz"
+  if kind == "truncated-gzip":
+    make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES, "jpg")
+    good = make_tar(tmp_path / "tree", tmp_path / "good.tar.gz")
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    match = r"(?s)cifar10\.tar\.gz.*truncated or corrupt.*download it again"
+  elif kind == "gzip-of-non-tar":
+    bad.write_bytes(gzip.compress(b"just some text, not a tar archive" * 50))
+    match = r"(?s)cifar10\.tar\.gz.*not a tar archive inside"
+  else:
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    match = r"(?s)cifar10\.tar\.gz.*not a tar archive"
+  with pytest.raises(DataError, match=match):
+    load_dataset("cifar10", str(bad), cache_dir=cache)
+  assert not os.path.exists(cache) or os.listdir(cache) == []
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar.gz"])
+def test_corrupt_jpeg_is_named(tmp_path, tiny, cache, packed):
+  (tx, ty), (sx, sy) = tiny
+  written = make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES, "jpg")
+  victim = written["train"][7]
+  victim.write_bytes(victim.read_bytes()[:40])  # a truncated JPEG
+  rel = f"train/{victim.parent.name}/{victim.name}"
+  src = make_tar(tmp_path / "tree", tmp_path / "tree.tar.gz") if packed else tmp_path / "tree"
+  with pytest.raises(DataError, match=rf"(?s)cannot decode image.*{rel}.*replace or delete it"):
+    load_dataset("cifar10", str(src), cache_dir=cache)
+  assert not os.path.exists(cache) or os.listdir(cache) == []
+
+
+def test_wrong_image_size_is_named(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  written = make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES)
+  victim = written["test"][3]
+  Image.fromarray(np.zeros((28, 28), np.uint8)).save(victim)
+  with pytest.raises(DataError, match=rf"(?s){victim.name}.*28x28.*32x32 RGB"):
+    load_dataset("cifar10", str(tmp_path / "tree"), cache_dir=cache)
+
+
+def test_cifar100_given_a_ten_class_tree(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES)
+  with pytest.raises(DataError, match=r"(?s)cifar100 has 100 classes.*10 class folders"):
+    load_dataset("cifar100", str(tmp_path / "tree"), cache_dir=cache)
+
+
+def test_cifar100_given_cifar10_archive(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  src = make_cifar10_python(tmp_path / "cifar-10-batches-py", (tx, ty), (sx, sy))
+  with pytest.raises(DataError, match=r"(?s)cifar10-python.*not cifar100.*set the data set name to cifar10"):
+    load_dataset("cifar100", str(src), cache_dir=cache)
+
+
+def test_two_layouts_in_one_folder_is_ambiguous(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  make_cifar10_python(tmp_path / "data" / "cifar-10-batches-py", (tx, ty), (sx, sy))
+  make_cifar10_binary(tmp_path / "data" / "cifar-10-batches-bin", (tx, ty), (sx, sy))
+  with pytest.raises(DataError, match=r"(?s)several cifar10 data sets.*point data_dir at one"):
+    load_dataset("cifar10", str(tmp_path / "data"), cache_dir=cache)
+  # Naming one of them works.
+  d = load_dataset("cifar10", str(tmp_path / "data" / "cifar-10-batches-bin"), cache_dir=cache)
+  np.testing.assert_array_equal(d.train_labels, ty)
+
+
+def test_incomplete_archive_names_the_missing_file(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  src = make_cifar10_binary(tmp_path / "cifar-10-batches-bin", (tx, ty), (sx, sy))
+  (src / "data_batch_4.bin").unlink()
+  with pytest.raises(DataError, match=r"(?s)lacks .*data_batch_4\.bin.*incomplete"):
+    load_dataset("cifar10", str(src), cache_dir=cache)
+  (src / "data_batch_4.bin").write_bytes(b"\0" * 100)  # not a whole number of records
+  with pytest.raises(DataError, match=r"(?s)data_batch_4\.bin.*3073-byte"):
+    load_dataset("cifar10", str(src), cache_dir=cache)
+
+
+def test_malicious_pickle_is_not_executed(tmp_path, tiny, cache):
+  (tx, ty), (sx, sy) = tiny
+  src = make_cifar10_python(tmp_path / "py", (tx, ty), (sx, sy))
+  marker = tmp_path / "pwned"
+
+  class Evil:
+    def __reduce__(self):
+      return (os.mkdir, (str(marker),))
+
+  (src / "data_batch_2").write_bytes(pickle.dumps({"data": Evil(), "labels": []}, protocol=2))
+  with pytest.raises(DataError, match=r"(?s)data_batch_2.*not a readable CIFAR python batch"):
+    load_dataset("cifar10", str(src), cache_dir=cache)
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize("val_size", [1397, 5000, -1])
+def test_impossible_val_size(val_size):
+  with pytest.raises(DataError, match="val_size"):
+    load_dataset("digits", val_size=val_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# On-device augmentation.
+
+
+def all_crops(image, pad):
+  """Every (2*pad+1)^2 crop of the zero-padded image, and their mirror images (numpy, slow)."""
+  h, w, _ = image.shape
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  crops = {}
+  for dy in range(2 * pad + 1):
+    for dx in range(2 * pad + 1):
+      crop = padded[dy:dy + h, dx:dx + w]
+      crops[(dy, dx, False)] = crop
+      crops[(dy, dx, True)] = crop[:, ::-1]
+  return crops
+
+
+def test_augment_outputs_are_padded_crops_and_flips():
+  rng = np.random.default_rng(0)
+  x = rng.integers(1, 256, size=(256, 32, 32, 3), dtype=np.uint8)  # no zeros: padding is visible
+  out = np.asarray(jax.jit(lambda k, im: augment(k, im, pad=4))(jax.random.key(0), x))
+  assert out.shape == x.shape and out.dtype == np.float32
+  assert out.min() >= 0.0 and out.max() <= 1.0
+  seen = []
+  for i in range(len(x)):
+    ref = x[i].astype(np.float32) / 255.0
+    matches = [k for k, c in all_crops(ref, 4).items() if np.array_equal(c, out[i])]
+    assert len(matches) == 1, f"example {i} is not exactly one padded crop (or its flip)"
+    seen.append(matches[0])
+  offsets = {(dy, dx) for dy, dx, _ in seen}
+  assert len(offsets) > 50  # independent offsets per example, over the 81 possible
+  assert {dy for dy, _ in offsets} == set(range(9)) and {dx for _, dx in offsets} == set(range(9))
+  flipped = np.mean([f for _, _, f in seen])
+  assert 0.4 < flipped < 0.6
+
+
+def test_augment_is_a_function_of_the_key():
+  x = np.random.default_rng(1).integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+  a = augment(jax.random.key(3), x)
+  b = augment(jax.random.key(3), x)
+  c = augment(jax.random.key(4), x)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  np.testing.assert_array_equal(jax.jit(augment)(jax.random.key(3), x), a)  # jit == eager
+  np.testing.assert_array_equal(augment(jax.random.PRNGKey(3), x), augment(jax.random.PRNGKey(3), x))
+
+
+def test_augment_without_crop_or_flip_is_to_float():
+  x = np.random.default_rng(2).integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(augment(jax.random.key(0), x, pad=0, flip=False), x.astype(np.float32) / 255)
+  np.testing.assert_array_equal(to_float(x), x.astype(np.float32) / 255)
+  assert to_float(jnp.asarray(x)).dtype == jnp.float32
+  flip_only = np.asarray(augment(jax.random.key(0), x, pad=0, flip=True))
+  f = x.astype(np.float32) / 255
+  for i in range(len(x)):
+    assert np.array_equal(flip_only[i], f[i]) or np.array_equal(flip_only[i], f[i, :, ::-1])
+  with pytest.raises(TypeError, match="uint8"):
+    to_float(f)
+
+
+def test_augment_works_on_digits_shapes():
+  x = load_dataset("digits").train_images[:32]
+  out = augment(jax.random.key(0), x, pad=2, flip=False)
+  assert out.shape == (32, 8, 8, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Epoch batching.
+
+
+def test_epoch_batches_deterministic_and_complete():
+  a = epoch_batches(103, 10, seed=0, epoch=3)
+  b = epoch_batches(103, 10, seed=0, epoch=3)
+  assert len(a) == 10 and all(len(i) == 10 for i in a)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  flat = np.concatenate(a)
+  assert len(np.unique(flat)) == 100 and flat.min() >= 0 and flat.max() < 103  # 3 dropped
+  assert not np.array_equal(np.concatenate(epoch_batches(103, 10, seed=0, epoch=4)), flat)
+  assert not np.array_equal(np.concatenate(epoch_batches(103, 10, seed=1, epoch=3)), flat)
+  # The order depends on (seed, epoch) only: it is np.random.default_rng((seed, epoch)).
+  np.testing.assert_array_equal(flat, np.random.default_rng((0, 3)).permutation(103)[:100])
+
+
+def test_epoch_batches_keep_last_for_evaluation():
+  kept = epoch_batches(103, 10, seed=0, epoch=0, shuffle=False, drop_last=False)
+  assert [len(i) for i in kept] == [10] * 10 + [3]
+  np.testing.assert_array_equal(np.concatenate(kept), np.arange(103))
+  shuffled = epoch_batches(103, 10, seed=0, epoch=0, drop_last=False)
+  np.testing.assert_array_equal(np.sort(np.concatenate(shuffled)), np.arange(103))
+  assert epoch_batches(5, 10, seed=0, epoch=0) == []
+  assert [len(i) for i in epoch_batches(5, 10, seed=0, epoch=0, drop_last=False)] == [5]
+  with pytest.raises(ValueError):
+    epoch_batches(10, 0, seed=0, epoch=0)
