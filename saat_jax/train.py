@@ -1,0 +1,398 @@
+"""Training: Strength-Adaptive Adversarial Training (Algorithm 2) with the recipe of Sec. 4.1.
+
+Methods (``config.method``):
+
+* ``natural`` -- Eq. 1.
+* ``at`` -- standard AT (Eq. 2) with PGD-10, eps 8/255, alpha 2/255, uniform random start
+  (Madry et al. 2017; Rice et al. 2020).
+* ``saat`` -- Algorithm 2: each mini-batch is replaced by SA-PGD examples (Algorithm 1, line 7 of
+  Algorithm 2) and theta takes one SGD step on their mean loss (line 9). ``config.saat.start``
+  chooses Algorithm 1's start (``zero``: x' = x, eps = 0) or the released code's warm start
+  (``pgd``: PGD-10 at 8/255, then the budget grows from 8/255).
+
+The attack sees the model as the reference AT code does, BatchNorm on batch statistics
+(``config.attack_bn = 'train'``), but its passes never update the running statistics (the issue's
+requirement; the released PyTorch code let them). SGD with momentum 0.9 and weight decay 5e-4 added
+to the gradient as ``torch.optim.SGD`` does; the learning rate is divided by 10 at each milestone.
+Everything is a pure function of explicit state and of ``(seed, step)``, so a resumed run repeats
+an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from saat_jax import checkpointing, parallel
+from saat_jax.attack import check_sa_pgd_hparams, pgd, sa_pgd
+from saat_jax.evaluate import make_eval_step, natural_and_pgd_accuracy
+from saat_jax.input_pipeline import augment, epoch_batches, load_dataset, to_float
+from saat_jax.losses import ce_loss_fn, correct, cross_entropy
+from saat_jax.models import count_params, create_model, init_variables
+
+METHODS = ("natural", "at", "saat")
+EPS_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  @property
+  def variables(self) -> dict:
+    v = {"params": self.params}
+    if self.batch_stats:
+      v["batch_stats"] = self.batch_stats
+    return v
+
+
+class TrainingDiverged(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------------------------
+# Config checks and derived objects
+# --------------------------------------------------------------------------------------------
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raise ``ValueError`` naming every impossible value, before anything is read or written."""
+  problems = []
+  if config.method not in METHODS:
+    problems.append(f"method={config.method!r} is unknown; use one of {METHODS}")
+  if config.method == "saat":
+    s = config.saat
+    try:
+      check_sa_pgd_hparams(rho=s.rho, eps_max=s.eps_max, tau=s.tau, k=s.k, alpha=s.alpha,
+                           eps_init=s.start_eps if s.start == "pgd" else 0.0)
+    except ValueError as e:
+      problems.append(str(e).replace("sa_pgd: ", "saat."))
+    if s.start not in ("zero", "pgd"):
+      problems.append(f"saat.start={s.start!r} is unknown; use 'zero' (Algorithm 1) or 'pgd' (released code)")
+    if s.start == "pgd" and s.start_eps > s.eps_max:
+      problems.append(f"saat.start_eps={s.start_eps} exceeds saat.eps_max={s.eps_max}")
+  if config.method == "at":
+    if not config.at.eps >= 0:
+      problems.append(f"at.eps must be >= 0, got {config.at.eps}")
+    if not config.at.alpha > 0:
+      problems.append(f"at.alpha must be > 0, got {config.at.alpha}")
+    if int(config.at.steps) < 1:
+      problems.append(f"at.steps must be >= 1, got {config.at.steps}")
+  if config.attack_bn not in ("train", "eval"):
+    problems.append(f"attack_bn={config.attack_bn!r}; use 'train' (batch statistics) or 'eval'")
+  if int(config.num_epochs) < 1:
+    problems.append(f"num_epochs must be >= 1, got {config.num_epochs}")
+  for name in ("batch_size", "eval.batch_size"):
+    v = config.batch_size if name == "batch_size" else config.eval.batch_size
+    if int(v) < 1:
+      problems.append(f"{name} must be >= 1, got {v}")
+    elif int(v) % jax.device_count():
+      problems.append(f"{name}={v} is not divisible by the {jax.device_count()} devices")
+  o = config.optim
+  if not o.lr > 0 or not math.isfinite(o.lr):
+    problems.append(f"optim.lr must be finite and > 0, got {o.lr}")
+  if not 0 <= o.momentum < 1:
+    problems.append(f"optim.momentum must be in [0, 1), got {o.momentum}")
+  if not o.weight_decay >= 0:
+    problems.append(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+  if list(o.lr_milestones) != sorted(o.lr_milestones) or any(m < 0 for m in o.lr_milestones):
+    problems.append(f"optim.lr_milestones must be increasing epochs >= 0, got {tuple(o.lr_milestones)}")
+  if not config.eval.eps >= 0:
+    problems.append(f"eval.eps must be >= 0, got {config.eval.eps}")
+  if config.eval.select_best_on not in ("test", "val"):
+    problems.append(f"eval.select_best_on={config.eval.select_best_on!r}; use 'test' or 'val'")
+  if config.eval.select_best_on == "val" and int(config.data.val_size) < 1:
+    problems.append("eval.select_best_on='val' needs data.val_size > 0 (e.g. 1000 as Rice et al.)")
+  if problems:
+    raise ValueError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def model_spec(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+  """What identifies the network of a checkpoint (compared on resume and evaluation)."""
+  return {"name": config.model.name, "num_classes": int(num_classes),
+          "normalization": config.model.normalization,
+          "kwargs": dict(config.model.get("kwargs", {}) or {})}
+
+
+def model_from_spec(spec: dict):
+  return create_model(spec["name"], spec["num_classes"], normalization=spec["normalization"],
+                      **spec.get("kwargs", {}))
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """SGD as ``torch.optim.SGD(momentum, weight_decay)`` with a piecewise-constant schedule."""
+  o = config.optim
+  boundaries = {int(round(m * steps_per_epoch)): o.lr_decay for m in o.lr_milestones}
+  schedule = optax.piecewise_constant_schedule(o.lr, boundaries)
+  tx = optax.chain(optax.add_decayed_weights(o.weight_decay),
+                   optax.sgd(schedule, momentum=o.momentum or None))
+  return tx, schedule
+
+
+def run_keys(seed: int):
+  """``(init_key, train_key, eval_key)`` of a run; evaluation reuses ``eval_key`` for its PGD starts."""
+  return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
+def initial_state(model, tx, key: jax.Array, image_shape) -> TrainState:
+  """Freshly initialised state; also the restore target for a checkpoint of the same model."""
+  variables = init_variables(model, key, image_shape)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
+
+
+# --------------------------------------------------------------------------------------------
+# The training step (Algorithm 2, lines 5-9)
+# --------------------------------------------------------------------------------------------
+
+
+def make_adversary(config: ml_collections.ConfigDict, apply_fn):
+  """``adversary(variables, x, y, key) -> (x_adv, per-example eps, steps, satisfied)``."""
+  method = config.method
+  attack_train_bn = config.attack_bn == "train"
+
+  def logits_fn_of(variables):
+    if attack_train_bn and "batch_stats" in variables:
+      # BatchNorm on batch statistics, running statistics left untouched.
+      return lambda xa: apply_fn(variables, xa, train=True, mutable=["batch_stats"])[0]
+    return lambda xa: apply_fn(variables, xa, train=attack_train_bn)
+
+  def adversary(variables, x, y, key):
+    loss_fn = ce_loss_fn(logits_fn_of(variables))
+    batch = x.shape[0]
+    if method == "natural":
+      zeros = jnp.zeros((batch,), jnp.float32)
+      return x, zeros, zeros.astype(jnp.int32), jnp.ones((batch,), bool)
+    if method == "at":
+      a = config.at
+      x_adv = pgd(loss_fn, x, y, eps=a.eps, alpha=a.alpha, steps=int(a.steps), key=key)
+      return (x_adv, jnp.full((batch,), a.eps, jnp.float32), jnp.full((batch,), int(a.steps), jnp.int32),
+              jnp.ones((batch,), bool))
+    s = config.saat
+    x_init, eps_init, pre_steps = None, 0.0, 0
+    if s.start == "pgd":
+      x_init = pgd(loss_fn, x, y, eps=s.start_eps, alpha=s.start_alpha, steps=int(s.start_steps), key=key)
+      eps_init, pre_steps = float(s.start_eps), int(s.start_steps)
+    x_adv, stats = sa_pgd(loss_fn, x, y, rho=s.rho, eps_max=float(s.eps_max), tau=float(s.tau),
+                          k=int(s.k), alpha=s.alpha, x_init=x_init, eps_init=eps_init)
+    return x_adv, stats.eps, stats.steps + pre_steps, stats.satisfied
+
+  return adversary
+
+
+def make_train_step(config: ml_collections.ConfigDict, apply_fn, tx):
+  adversary = make_adversary(config, apply_fn)
+  d = config.data
+
+  def train_step(state: TrainState, images, labels, key):
+    aug_key, attack_key = jax.random.split(key)
+    if d.augment:
+      x = augment(aug_key, images, pad=int(d.pad), flip=bool(d.flip))
+    else:
+      x = to_float(images)
+    x_adv, eps, steps, satisfied = adversary(state.variables, x, labels, attack_key)
+    x_adv = jax.lax.stop_gradient(x_adv)
+
+    def loss_and_aux(params):
+      variables = {"params": params}
+      if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+        logits, updates = apply_fn(variables, x_adv, train=True, mutable=["batch_stats"])
+        new_bs = updates["batch_stats"]
+      else:
+        logits, new_bs = apply_fn(variables, x_adv, train=True), state.batch_stats
+      return jnp.mean(cross_entropy(logits, labels)), (logits, new_bs)
+
+    (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(correct(logits, labels)),
+        "eps": eps,
+        "steps": steps,
+        "satisfied": satisfied,
+        "unperturbed": jnp.all(x_adv == x, axis=tuple(range(1, x.ndim))),
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _epoch_summary(step_metrics: list[dict]) -> dict:
+  loss = np.array([m["loss"] for m in step_metrics], np.float64)
+  acc = np.array([m["accuracy"] for m in step_metrics], np.float64)
+  eps = np.concatenate([m["eps"] for m in step_metrics]).astype(np.float64)
+  steps = np.concatenate([m["steps"] for m in step_metrics]).astype(np.float64)
+  sat = np.concatenate([m["satisfied"] for m in step_metrics])
+  unpert = np.concatenate([m["unperturbed"] for m in step_metrics])
+  out = {"train_loss": float(loss.mean()), "train_accuracy": float(acc.mean()),
+         "attack_eps_mean": float(eps.mean()) * 255.0,
+         "attack_steps_mean": float(steps.mean()),
+         "attack_frac_satisfied": float(sat.mean()), "attack_frac_unperturbed": float(unpert.mean())}
+  for q, v in zip(EPS_QUANTILES, np.quantile(eps, EPS_QUANTILES)):
+    out[f"attack_eps_q{int(q * 100)}"] = float(v) * 255.0
+  return out
+
+
+def _write_jsonl(path: str, records: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  os.replace(tmp, path)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _last_good(ckpts: checkpointing.RunCheckpoints, workdir: str) -> str:
+  epoch = ckpts.latest_epoch("last")
+  where = checkpointing.checkpoint_dir(workdir, "last")
+  if epoch is None:
+    return f"no epoch had finished, so no checkpoint was written ({where})"
+  return f"the last good checkpoint, epoch {epoch + 1}, is kept in {where}"
+
+
+def _config_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Train per ``config`` in ``workdir`` (resuming from its ``last`` checkpoint); returns the metrics."""
+  validate_config(config)
+  data = load_dataset(config.data.name, config.data.data_dir, val_size=int(config.data.val_size),
+                      seed=int(config.seed), cache_dir=config.data.get("cache_dir"),
+                      source=config.data.source)
+  spec = model_spec(config, data.num_classes)
+  model = model_from_spec(spec)
+  mesh = parallel.make_mesh()
+  repl = parallel.replicated(mesh)
+
+  if int(config.data.num_train) > 0:
+    data = dataclasses.replace(data, train_images=data.train_images[:int(config.data.num_train)],
+                               train_labels=data.train_labels[:int(config.data.num_train)])
+  num_train = len(data.train_labels)
+  batch_size = int(config.batch_size)
+  if num_train < batch_size:
+    raise ValueError(f"batch_size={batch_size} exceeds the {num_train} training examples; lower it")
+  steps_per_epoch = num_train // batch_size
+  tx, schedule = make_optimizer(config, steps_per_epoch)
+
+  init_key, train_key, eval_key = run_keys(int(config.seed))
+  state = initial_state(model, tx, init_key, data.train_images.shape[1:])
+
+  # Everything that can be refused has been checked; now the work dir is touched.
+  os.makedirs(workdir, exist_ok=True)
+  ckpts = checkpointing.RunCheckpoints(workdir)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  history: list[dict] = []
+  start_epoch, best_metric, best_epoch = 0, -1.0, -1
+  last = ckpts.latest_epoch("last")
+  if last is not None:
+    checkpointing.check_same_model(ckpts.restore_meta("last"), spec, workdir)
+    state, meta = ckpts.restore("last", state)
+    start_epoch = int(meta["epoch"]) + 1
+    best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
+    history = [r for r in _read_jsonl(metrics_path) if r["epoch"] <= meta["epoch"]]
+    print(f"resuming {workdir} from epoch {meta['epoch']} (step {int(state.step)})")
+  _write_jsonl(metrics_path, history)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(_config_json(config), f, indent=2)
+
+  state = jax.device_put(state, repl)
+  train_step = jax.jit(make_train_step(config, model.apply, tx), donate_argnums=0,
+                       out_shardings=(repl, repl))
+  ev = config.eval
+  eval_step = jax.jit(make_eval_step(model.apply, eps=float(ev.eps), alpha=float(ev.alpha),
+                                     steps=int(ev.steps)))
+  num_test = int(ev.num_test) if ev.num_test else len(data.test_labels)
+  test_images, test_labels = data.test_images[:num_test], data.test_labels[:num_test]
+  print(f"{config.method} | {spec['name']} ({count_params(state.params):,} params) | {data.name}: "
+        f"{num_train} train, {len(data.val_labels)} val, {num_test} test | {jax.device_count()} device(s) "
+        f"| {steps_per_epoch} steps/epoch")
+
+  for epoch in range(start_epoch, int(config.num_epochs)):
+    t0 = time.time()
+    step_metrics, pending = [], []
+    batches = epoch_batches(num_train, batch_size, seed=int(config.seed), epoch=epoch)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
+               disable=not config.progress, dynamic_ncols=True)
+    for i, idx in enumerate(bar):
+      global_step = epoch * steps_per_epoch + i
+      images, labels = parallel.shard_batch(mesh, data.train_images[idx], data.train_labels[idx])
+      state, m = train_step(state, images, labels, jax.random.fold_in(train_key, global_step))
+      pending.append((global_step, m))
+      if len(pending) >= int(config.check_every) or i == len(batches) - 1:
+        fetched = jax.device_get([p[1] for p in pending])
+        for (gs, _), mm in zip(pending, fetched):
+          if not np.isfinite(mm["loss"]):
+            raise TrainingDiverged(
+                f"training loss became {float(mm['loss'])} at step {gs} (epoch {epoch + 1}, batch {gs - epoch * steps_per_epoch}); "
+                f"stopped without saving this epoch; {_last_good(ckpts, workdir)}. "
+                f"Lower optim.lr or check the data.")
+          step_metrics.append(mm)
+        pending = []
+        bar.set_postfix(loss=f"{step_metrics[-1]['loss']:.3f}", eps=f"{step_metrics[-1]['eps'].mean() * 255:.2f}")
+    bar.close()
+    train_time = time.time() - t0
+
+    t1 = time.time()
+    variables = state.variables
+    record = {"epoch": epoch, "step": int(state.step), "lr": float(schedule(int(state.step) - 1)),
+              **_epoch_summary(step_metrics), "train_time_s": train_time}
+    ekey = jax.random.fold_in(eval_key, 0)  # the same PGD starts every epoch
+    record["test_natural_accuracy"], record["test_pgd_accuracy"] = natural_and_pgd_accuracy(
+        eval_step, variables, test_images, test_labels, batch_size=int(ev.batch_size), key=ekey, mesh=mesh)
+    if len(data.val_labels):
+      record["val_natural_accuracy"], record["val_pgd_accuracy"] = natural_and_pgd_accuracy(
+          eval_step, variables, data.val_images, data.val_labels, batch_size=int(ev.batch_size),
+          key=jax.random.fold_in(eval_key, 1), mesh=mesh)
+    record["eval_time_s"] = time.time() - t1
+    selected = record[f"{ev.select_best_on}_pgd_accuracy"]
+    is_best = selected > best_metric
+    if is_best:
+      best_metric, best_epoch = selected, epoch
+    record["best_epoch"] = best_epoch
+    history.append(record)
+    _write_jsonl(metrics_path, history)
+
+    meta = {"epoch": epoch, "step": int(state.step), "model": spec, "best_metric": best_metric,
+            "best_epoch": best_epoch, "select_best_on": ev.select_best_on, "method": config.method,
+            "config": _config_json(config)}
+    host_state = jax.device_get(state)
+    if is_best:
+      ckpts.save("best", epoch, host_state, meta)
+    ckpts.save("last", epoch, host_state, meta)
+    print(f"epoch {epoch + 1:3d} | loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+          f"eps mean {record['attack_eps_mean']:.2f}/255 sat {record['attack_frac_satisfied']:.2f} "
+          f"steps {record['attack_steps_mean']:.1f} | test nat {record['test_natural_accuracy']:.4f} "
+          f"pgd{int(ev.steps)} {record['test_pgd_accuracy']:.4f} | {train_time:.1f}s + {record['eval_time_s']:.1f}s",
+          flush=True)
+  ckpts.close()
+  return history

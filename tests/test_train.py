@@ -1,0 +1,199 @@
+"""Training end to end on digits: SAAT vs natural, resume == uninterrupted, 1 == 4 devices, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from saat_jax import checkpointing, train
+from saat_jax.train import TrainingDiverged, train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import saat_digits  # noqa: E402
+
+
+def digits_config(**overrides):
+  c = saat_digits.get_config()
+  c.progress = False
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def restore_params(workdir, kind="last"):
+  ck = checkpointing.RunCheckpoints(str(workdir))
+  meta = ck.restore_meta(kind)
+  model = train.model_from_spec(meta["model"])
+  tx, _ = train.make_optimizer(digits_config(), 1)
+  target = train.initial_state(model, tx, jax.random.key(0), (8, 8, 1))
+  state, meta = ck.restore(kind, target)
+  ck.close()
+  return state, meta
+
+
+@pytest.mark.slow
+def test_digits_saat_beats_natural_training(tmp_path):
+  """The digits config trains in about a minute; SAAT must be far more robust than natural."""
+  nat = train_and_evaluate(digits_config(method="natural", num_epochs=10), str(tmp_path / "nat"))
+  saat = train_and_evaluate(digits_config(num_epochs=10), str(tmp_path / "saat"))
+  n, s = nat[-1], saat[-1]
+  print("natural:", json.dumps(n), "\nsaat:", json.dumps(s))
+  assert n["test_natural_accuracy"] > 0.9 and s["test_natural_accuracy"] > 0.8
+  assert s["test_pgd_accuracy"] > n["test_pgd_accuracy"] + 0.2
+  # SA-PGD statistics are recorded and plausible: budgets grow while the model becomes robust
+  assert saat[-1]["attack_eps_mean"] > saat[0]["attack_eps_mean"]
+  assert 0 <= s["attack_frac_satisfied"] <= 1 and s["attack_steps_mean"] > 0
+  lines = (tmp_path / "saat" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(l)["epoch"] for l in lines] == list(range(10))
+  for key in ("train_loss", "train_accuracy", "attack_eps_q50", "attack_frac_unperturbed",
+              "test_natural_accuracy", "test_pgd_accuracy", "best_epoch", "lr"):
+    assert key in s
+  assert (tmp_path / "saat" / "checkpoints" / "best").is_dir()
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
+  cfg = dict(num_epochs=3, **{"optim.lr_milestones": (1, 2)})
+  ref = train_and_evaluate(digits_config(**cfg), str(tmp_path / "ref"))
+
+  # 1) killed in the middle of the second epoch: the 7th batch put on the devices after the 21
+  #    training batches and the 1 test batch of epoch 1
+  from saat_jax import parallel
+  real_shard = parallel.shard_batch
+  calls = {"n": 0}
+
+  def killing_shard_batch(*a, **kw):
+    calls["n"] += 1
+    if calls["n"] == 21 + 1 + 7:
+      raise _Killed()
+    return real_shard(*a, **kw)
+
+  monkeypatch.setattr(parallel, "shard_batch", killing_shard_batch)
+  with pytest.raises(_Killed):
+    train_and_evaluate(digits_config(**cfg), str(tmp_path / "run"))
+  monkeypatch.setattr(parallel, "shard_batch", real_shard)
+  assert checkpointing.RunCheckpoints(str(tmp_path / "run")).latest_epoch("last") == 0
+
+  # 2) killed after `best` but before `last` of the third epoch was written
+  real_save = checkpointing.RunCheckpoints.save
+
+  def save_then_die(self, kind, epoch, state, meta):
+    if kind == "last" and epoch == 2:
+      raise _Killed()
+    return real_save(self, kind, epoch, state, meta)
+
+  monkeypatch.setattr(checkpointing.RunCheckpoints, "save", save_then_die)
+  with pytest.raises(_Killed):
+    train_and_evaluate(digits_config(**cfg), str(tmp_path / "run"))
+  monkeypatch.setattr(checkpointing.RunCheckpoints, "save", real_save)
+
+  resumed = train_and_evaluate(digits_config(**cfg), str(tmp_path / "run"))
+  a, _ = restore_params(tmp_path / "ref")
+  b, meta = restore_params(tmp_path / "run")
+  assert meta["epoch"] == 2 and int(b.step) == int(a.step)
+  for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats, a.opt_state)),
+                  jax.tree_util.tree_leaves((b.params, b.batch_stats, b.opt_state))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert [r["epoch"] for r in resumed] == [0, 1, 2]
+  for r1, r2 in zip(ref, resumed):
+    assert r1["test_pgd_accuracy"] == r2["test_pgd_accuracy"] and r1["train_loss"] == r2["train_loss"]
+
+
+_DEVICE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {root!r})
+    from configs import saat_digits
+    from saat_jax.train import train_and_evaluate
+    c = saat_digits.get_config(); c.progress = False; c.num_epochs = 1
+    hist = train_and_evaluate(c, {workdir!r})
+    print("RESULT", json.dumps({{"devices": jax.device_count(), **hist[-1]}}))
+""")
+
+
+def _run_on_devices(n, workdir):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT.format(root=str(ROOT), workdir=str(workdir))],
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith("RESULT")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.slow
+def test_one_device_equals_four(tmp_path):
+  one = _run_on_devices(1, tmp_path / "one")
+  four = _run_on_devices(4, tmp_path / "four")
+  assert one["devices"] == 1 and four["devices"] == 4
+  for key in ("train_loss", "train_accuracy", "attack_eps_mean", "attack_steps_mean"):
+    assert one[key] == pytest.approx(four[key], rel=2e-3, abs=2e-3), key
+  for key in ("test_natural_accuracy", "test_pgd_accuracy"):
+    assert abs(one[key] - four[key]) <= 0.01, key
+  a, _ = restore_params(tmp_path / "one")
+  b, _ = restore_params(tmp_path / "four")
+  for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"saat.eps_max": -1 / 255}, "eps_max"),
+    ({"saat.tau": 0.0}, "tau"),
+    ({"saat.k": 0}, "k"),
+    ({"saat.alpha": -1.0}, "alpha"),
+    ({"saat.rho": float("nan")}, "rho is NaN"),
+    ({"method": "trades"}, "method"),
+    ({"model.name": "resnet50"}, "unknown model"),
+    ({"data.name": "mnist"}, "mnist"),
+    ({"optim.lr": 0.0}, "optim.lr"),
+    ({"eval.select_best_on": "val"}, "val_size"),
+])
+def test_impossible_config_is_refused_before_writing(tmp_path, override, match):
+  workdir = tmp_path / "w"
+  with pytest.raises(ValueError, match=match):
+    train_and_evaluate(digits_config(**override), str(workdir))
+  assert not workdir.exists()
+
+
+def test_missing_data_path_is_refused_before_writing(tmp_path):
+  from saat_jax.input_pipeline import DataError
+  c = digits_config(**{"data.name": "cifar10", "data.data_dir": str(tmp_path / "nope.tar.gz")})
+  with pytest.raises(DataError, match="nope.tar.gz"):
+    train_and_evaluate(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+  train_and_evaluate(digits_config(num_epochs=1), str(tmp_path))
+  before = sorted(p.name for p in (tmp_path / "checkpoints" / "last").iterdir())
+  c = digits_config(num_epochs=2, **{"model.kwargs": {"width": 16}})
+  with pytest.raises(checkpointing.CheckpointError, match="another|holds a checkpoint of model"):
+    train_and_evaluate(c, str(tmp_path))
+  assert sorted(p.name for p in (tmp_path / "checkpoints" / "last").iterdir()) == before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  train_and_evaluate(digits_config(num_epochs=1), str(tmp_path))
+  good, _ = restore_params(tmp_path)
+  with pytest.raises(TrainingDiverged, match=r"at step \d+ \(epoch 2") as e:
+    train_and_evaluate(digits_config(num_epochs=2, **{"optim.lr": 1e30}), str(tmp_path))
+  assert "epoch 1" in str(e.value) and "kept" in str(e.value)
+  after, meta = restore_params(tmp_path)
+  assert meta["epoch"] == 0
+  for x, y in zip(jax.tree_util.tree_leaves(good.params), jax.tree_util.tree_leaves(after.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 1
