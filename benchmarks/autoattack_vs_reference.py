@@ -1,0 +1,243 @@
+"""AutoAttack in JAX vs the reference ``pyautoattack`` 0.2.0, on the reference's pretrained ResNet-18.
+
+Both implementations attack the same model and points:
+
+* the model: ``examples/model_test.pt`` shipped in the ``pyautoattack`` wheel (a standard CIFAR-10
+  ResNet-18, inputs in [0, 1], no normalisation), loaded into PyTorch with the wheel's own
+  ``examples/resnet.py`` and into Flax with ``saat_jax.models.load_torch_checkpoint``;
+* the points: the first ``--n`` test images of ``../shared/data/cifar10-jpeg.tar.gz`` (read with
+  ``saat_jax.input_pipeline.load_dataset``, whose test order is a fixed shuffle, so the first N mix
+  the classes; decoded directly from the tar with Pillow if that module is missing).
+
+For every ``--eps`` (in /255 units) it runs the reference's ``run_standard_evaluation`` and
+:func:`saat_jax.autoattack.autoattack`, with the ``standard`` version's settings restricted to
+``--attacks`` (all four by default), and records the robust accuracy after each attack, the wall
+times and their ratio. The JAX time includes jit compilation (``--warm`` adds a second, compiled
+run). The model is not robust: compare at small budgets (0.5/255 to 2/255).
+
+  python benchmarks/autoattack_vs_reference.py --n 20 --eps 1 --attacks apgd-ce
+  python benchmarks/autoattack_vs_reference.py --n 100 --eps 0.5 1 2 --out benchmarks/results/aa_ref.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import tarfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def reference_dir() -> str:
+  spec = importlib.util.find_spec("pyautoattack")
+  if spec is None or not spec.submodule_search_locations:
+    sys.exit("pyautoattack is not installed: pip install torch==2.13.0 && pip install pyautoattack==0.2.0")
+  for root in spec.submodule_search_locations:
+    if os.path.isfile(os.path.join(root, "examples", "model_test.pt")):
+      return os.path.join(root, "examples")
+  sys.exit("pyautoattack has no examples/model_test.pt; reinstall pyautoattack==0.2.0 from its wheel")
+
+
+def load_torch_model(examples: str):
+  import torch
+
+  spec = importlib.util.spec_from_file_location("_pyautoattack_resnet", os.path.join(examples, "resnet.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  net = mod.ResNet18()
+  net.load_state_dict(torch.load(os.path.join(examples, "model_test.pt"), map_location="cpu",
+                                 weights_only=True))
+  return net.eval()
+
+
+def load_jax_model(examples: str):
+  from saat_jax.models import load_torch_checkpoint
+
+  model, variables = load_torch_checkpoint(os.path.join(examples, "model_test.pt"), "resnet18")
+
+  def logits_fn(x):
+    return model.apply(variables, x, train=False)
+
+  return logits_fn
+
+
+def load_points(path: str, n: int):
+  """First ``n`` test images as float32 NHWC in [0, 1] and int32 labels."""
+  try:
+    from saat_jax.input_pipeline import load_dataset
+  except ImportError:
+    load_dataset = None
+  if load_dataset is not None:
+    ds = load_dataset("cifar10", path)
+    x, y = ds.test_images[:n], ds.test_labels[:n]
+  else:  # decode the JPEGs ourselves: test/<class>/NNNN.jpg, interleaved over the classes
+    from PIL import Image
+
+    per_class = {c: [] for c in CLASSES}
+    with tarfile.open(path) as tar:
+      for m in tar:
+        parts = m.name.strip("./").split("/")
+        if m.isfile() and len(parts) == 3 and parts[0] == "test" and parts[1] in per_class:
+          per_class[parts[1]].append((parts[2], tar.extractfile(m).read()))
+    xs, ys = [], []
+    for i in range(n):
+      c = i % 10
+      name, data = sorted(per_class[CLASSES[c]])[i // 10]
+      xs.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+      ys.append(c)
+    x, y = np.stack(xs), np.asarray(ys)
+  return (np.asarray(x, np.float32) / 255.0), np.asarray(y, np.int32)
+
+
+class _Capture(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.DEBUG)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+def run_reference(net, x, y, *, eps, norm, attacks, batch_size, seed):
+  import torch
+  from pyautoattack import AutoAttack
+
+  logger = logging.getLogger("auto-attack")
+  handler = _Capture()
+  logger.addHandler(handler)
+  logger.setLevel(logging.DEBUG)
+  try:
+    adversary = AutoAttack(net, norm=norm, eps=eps, version="standard", seed=seed)
+    adversary.attacks_to_run = list(attacks)  # the standard settings, restricted to these attacks
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    t0 = time.time()
+    x_adv, _ = adversary.run_standard_evaluation(xt, torch.from_numpy(y.astype(np.int64)),
+                                                 batch_size=batch_size)
+    total = time.time() - t0
+  finally:
+    logger.removeHandler(handler)
+  accs, times, last = {}, {}, 0.0
+  for m in handler.messages:
+    hit = re.match(r"initial accuracy: ([\d.]+)%", m)
+    if hit:
+      accs["clean"] = float(hit.group(1)) / 100
+    hit = re.match(r"robust accuracy after (\S+): ([\d.]+)% \(total time ([\d.]+) s\)", m)
+    if hit:
+      name = hit.group(1).lower()
+      accs[name] = float(hit.group(2)) / 100
+      times[name] = float(hit.group(3)) - last
+      last = float(hit.group(3))
+  for a in attacks:  # attacks skipped once nothing was robust any more
+    accs.setdefault(a, 0.0)
+  with torch.no_grad():
+    robust = (net(x_adv).argmax(1).numpy() == y)
+  return dict(robust_accuracy=accs, attack_times_s=times, wall_s=total), robust
+
+
+def run_jax(logits_fn, x, y, *, eps, norm, attacks, batch_size, seed):
+  from saat_jax.autoattack import autoattack, core
+
+  # version='custom' with the *standard* version's settings (the reference's standard run above is
+  # restricted the same way; custom alone would use the constructor's 5 APGD restarts)
+  orig = core.attack_settings
+  core.attack_settings = lambda version, norm: orig("standard", norm)
+  try:
+    t0 = time.time()
+    res = autoattack(logits_fn, x, y, eps=eps, norm=norm, version="custom", attacks_to_run=list(attacks),
+                     seed=seed, batch_size=batch_size, progress=True)
+    total = time.time() - t0
+  finally:
+    core.attack_settings = orig
+  times = {k: v for k, v in res.times.items() if k != "clean"}
+  return dict(robust_accuracy=dict(res.robust_accuracy), attack_times_s=times, wall_s=total), np.asarray(res.robust)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--n", type=int, default=100, help="number of test images (the first N)")
+  p.add_argument("--eps", type=float, nargs="+", default=[1.0], help="budgets in /255 units")
+  p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+  p.add_argument("--attacks", nargs="+", default=STANDARD, help=f"subset of {STANDARD}, in order")
+  p.add_argument("--batch-size", type=int, default=250)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"))
+  p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "autoattack_vs_reference.json"))
+  p.add_argument("--skip-reference", action="store_true")
+  p.add_argument("--skip-jax", action="store_true")
+  p.add_argument("--warm", action="store_true", help="time a second JAX run as well (compiled)")
+  p.add_argument("--torch-threads", type=int, default=os.cpu_count())
+  args = p.parse_args(argv)
+  attacks = [a for s in args.attacks for a in s.split(",") if a]
+  bad = [a for a in attacks if a not in STANDARD]
+  if bad:
+    p.error(f"unknown attacks {bad}; choose from {STANDARD}")
+
+  import jax
+
+  examples = reference_dir()
+  x, y = load_points(args.data, args.n)
+  out = dict(n=args.n, norm=args.norm, attacks=attacks, batch_size=args.batch_size, seed=args.seed,
+             machine=dict(platform=platform.platform(), cpus=os.cpu_count(), jax_backend=jax.default_backend(),
+                          jax=jax.__version__),
+             runs=[])
+  net = None if args.skip_reference else load_torch_model(examples)
+  if net is not None:
+    import torch
+    torch.set_num_threads(args.torch_threads)
+    out["machine"]["torch"] = torch.__version__
+    out["machine"]["torch_threads"] = args.torch_threads
+  logits_fn = None if args.skip_jax else load_jax_model(examples)
+
+  for e255 in args.eps:
+    eps = e255 / 255 if args.norm == "Linf" else e255
+    row = dict(eps=e255, eps_units="/255" if args.norm == "Linf" else "l2")
+    kw = dict(eps=eps, norm=args.norm, attacks=attacks, batch_size=args.batch_size, seed=args.seed)
+    if net is not None:
+      row["reference"], ref_robust = run_reference(net, x, y, **kw)
+    if logits_fn is not None:
+      row["jax"], jax_robust = run_jax(logits_fn, x, y, **kw)
+      if args.warm:
+        row["jax_warm"], _ = run_jax(logits_fn, x, y, **kw)
+    if net is not None and logits_fn is not None:
+      row["agreement"] = float(np.mean(ref_robust == jax_robust))
+      best = row.get("jax_warm", row["jax"])
+      row["time_ratio_jax_over_reference"] = best["wall_s"] / row["reference"]["wall_s"]
+    out["runs"].append(row)
+    print_row(row, attacks)
+
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(out, f, indent=2)
+  print(f"wrote {args.out}")
+
+
+def print_row(row, attacks):
+  head = f"{'eps':>6} {'impl':<10}" + "".join(f"{a:>10}" for a in ["clean"] + attacks) + f"{'wall s':>10}"
+  print(head)
+  print("-" * len(head))
+  for impl in ("reference", "jax", "jax_warm"):
+    if impl in row:
+      r = row[impl]
+      cells = "".join(f"{100 * r['robust_accuracy'].get(a, float('nan')):>9.1f}%" for a in ["clean"] + attacks)
+      print(f"{row['eps']:>6g} {impl:<10}{cells}{r['wall_s']:>10.1f}")
+  if "agreement" in row:
+    print(f"per-point agreement {100 * row['agreement']:.1f}%, time jax/reference "
+          f"{row['time_ratio_jax_over_reference']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
