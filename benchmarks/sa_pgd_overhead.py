@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -67,6 +68,7 @@ def main():
       "ratio_of_medians": statistics.median(t_sa) / statistics.median(t_pgd), "target_ratio": 1.10,
       "repeats": args.repeats, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
       "n_devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version(),
+      "platform": platform.platform(), "command": " ".join(["python"] + sys.argv),
   }
   print(json.dumps(res, indent=2))
   if args.out:
