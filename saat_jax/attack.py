@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from saat_jax.conv_layout import canonicalize_on_cpu
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -122,7 +124,7 @@ def _value_and_input_grad(loss_fn: LossFn, y: jax.Array):
     losses = loss_fn(xa, y)
     return jnp.sum(losses), losses
 
-  vg = jax.value_and_grad(summed, has_aux=True)
+  vg = canonicalize_on_cpu(jax.value_and_grad(summed, has_aux=True))
 
   def f(xa):
     (_, losses), grad = vg(xa)
@@ -253,7 +255,7 @@ def pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, eps, alpha, steps: int,
     raise ValueError(f"pgd: eps must be >= 0 (and not NaN), got {eps!r}")
   eps_b = _per_example(eps, x)
   alpha_b = _per_example(alpha, x)
-  grad_fn = jax.grad(lambda xa: jnp.sum(loss_fn(xa, y)))
+  grad_fn = canonicalize_on_cpu(jax.grad(lambda xa: jnp.sum(loss_fn(xa, y))))
 
   def one_run(x_start):
     def step(_, xa):

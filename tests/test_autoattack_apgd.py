@@ -13,7 +13,8 @@ import pytest
 from saat_jax.autoattack import (AutoAttackResult, apgd_attack, apgd_targeted_attack, attack_settings,
                                  autoattack, checkpoint_schedule, dlr_loss, dlr_targeted_loss)
 from saat_jax.autoattack import apgd as apgd_mod
-from saat_jax.autoattack.apgd import apgd_single_run, canonicalize_convs, ce_loss
+from saat_jax.autoattack.apgd import apgd_single_run, ce_loss
+from saat_jax.conv_layout import canonicalize_convs
 
 N = 48
 EPS_LINF = 3 / 255
