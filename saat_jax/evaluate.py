@@ -249,8 +249,8 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
           acc = _aa_accuracy(logits_fn, images, labels, eps=e255 / 255, version=aa_version, seed=seed or 0,
                              batch_size=batch_size)
         else:
-          alpha, steps = sweep_pgd_schedule(e255)
-          step = jax.jit(make_eval_step(model.apply, eps=e255 / 255, alpha=alpha, steps=steps))
+          sweep_alpha, steps = sweep_pgd_schedule(e255)
+          step = jax.jit(make_eval_step(model.apply, eps=e255 / 255, alpha=sweep_alpha, steps=steps))
           acc = natural_and_pgd_accuracy(step, variables, images, labels, batch_size=batch_size, key=key)[1]
         accs.append(acc)
         bar.update(1)
