@@ -17,6 +17,7 @@ run). The model is not robust: compare at small budgets (0.5/255 to 2/255).
 
   python benchmarks/autoattack_vs_reference.py --n 20 --eps 1 --attacks apgd-ce
   python benchmarks/autoattack_vs_reference.py --n 100 --eps 0.5 1 2 --out benchmarks/results/aa_ref.json
+  python benchmarks/autoattack_vs_reference.py --merge ref.json jax.json --out both.json
 """
 
 from __future__ import annotations
@@ -180,7 +181,10 @@ def main(argv=None):
   p.add_argument("--skip-jax", action="store_true")
   p.add_argument("--warm", action="store_true", help="time a second JAX run as well (compiled)")
   p.add_argument("--torch-threads", type=int, default=os.cpu_count())
+  p.add_argument("--merge", nargs="+", metavar="JSON", help="only join these result files into --out")
   args = p.parse_args(argv)
+  if args.merge:
+    return merge(args.merge, args.out)
   attacks = [a for s in args.attacks for a in s.split(",") if a]
   bad = [a for a in attacks if a not in STANDARD]
   if bad:
@@ -193,6 +197,7 @@ def main(argv=None):
   out = dict(n=args.n, norm=args.norm, attacks=attacks, batch_size=args.batch_size, seed=args.seed,
              machine=dict(platform=platform.platform(), cpus=os.cpu_count(), jax_backend=jax.default_backend(),
                           jax=jax.__version__),
+             command=" ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:]),
              runs=[])
   net = None if args.skip_reference else load_torch_model(examples)
   if net is not None:
@@ -202,27 +207,68 @@ def main(argv=None):
     out["machine"]["torch_threads"] = args.torch_threads
   logits_fn = None if args.skip_jax else load_jax_model(examples)
 
+  def save():
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:  # after every attack run, so a long run keeps what it measured
+      json.dump(out, f, indent=2)
+
   for e255 in args.eps:
     eps = e255 / 255 if args.norm == "Linf" else e255
     row = dict(eps=e255, eps_units="/255" if args.norm == "Linf" else "l2")
+    out["runs"].append(row)
     kw = dict(eps=eps, norm=args.norm, attacks=attacks, batch_size=args.batch_size, seed=args.seed)
     if net is not None:
       row["reference"], ref_robust = run_reference(net, x, y, **kw)
+      row["reference"]["robust"] = ref_robust.astype(int).tolist()  # per point, to merge separate runs
+      save()
     if logits_fn is not None:
       row["jax"], jax_robust = run_jax(logits_fn, x, y, **kw)
+      row["jax"]["robust"] = jax_robust.astype(int).tolist()
       if args.warm:
         row["jax_warm"], _ = run_jax(logits_fn, x, y, **kw)
     if net is not None and logits_fn is not None:
       row["agreement"] = float(np.mean(ref_robust == jax_robust))
       best = row.get("jax_warm", row["jax"])
       row["time_ratio_jax_over_reference"] = best["wall_s"] / row["reference"]["wall_s"]
-    out["runs"].append(row)
     print_row(row, attacks)
-
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(out, f, indent=2)
+    save()
   print(f"wrote {args.out}")
+
+
+def merge(paths, out_path):
+  """Joins results of separate runs (e.g. ``--skip-jax`` and ``--skip-reference`` run side by side).
+
+  Rows are matched by budget; a budget's reference and JAX results may come from different files
+  (same points, seed and attacks are checked), and per-point agreement is recomputed.
+  """
+  merged, rows = None, {}
+  for path in paths:
+    with open(path) as f:
+      part = json.load(f)
+    if merged is None:
+      merged = {k: v for k, v in part.items() if k not in ("runs", "command")}
+      merged["merged_from"] = []
+    for key in ("n", "norm", "attacks", "seed"):
+      if part[key] != merged[key]:
+        sys.exit(f"cannot merge {path}: its {key} is {part[key]!r}, not {merged[key]!r}")
+    merged["merged_from"].append(dict(file=os.path.basename(path), command=part.get("command"),
+                                      machine=part.get("machine")))
+    merged["machine"].update({k: v for k, v in part["machine"].items() if k not in merged["machine"]})
+    for row in part["runs"]:
+      slot = rows.setdefault(row["eps"], dict(eps=row["eps"], eps_units=row["eps_units"]))
+      for impl in ("reference", "jax", "jax_warm"):
+        if impl in row:
+          slot[impl] = row[impl]
+  merged["runs"] = [rows[e] for e in sorted(rows)]
+  for row in merged["runs"]:
+    if "reference" in row and "jax" in row:
+      ref, jx = np.asarray(row["reference"]["robust"]), np.asarray(row["jax"]["robust"])
+      row["agreement"] = float(np.mean(ref == jx))
+      row["time_ratio_jax_over_reference"] = row["jax"]["wall_s"] / row["reference"]["wall_s"]
+    print_row(row, merged["attacks"])
+  with open(out_path, "w") as f:
+    json.dump(merged, f, indent=2)
+  print(f"wrote {out_path}")
 
 
 def print_row(row, attacks):
