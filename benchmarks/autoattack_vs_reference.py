@@ -26,10 +26,8 @@ import argparse
 import importlib.util
 import io
 import json
-import logging
 import os
 import platform
-import re
 import sys
 import tarfile
 import time
@@ -104,49 +102,18 @@ def load_points(path: str, n: int):
   return (np.asarray(x, np.float32) / 255.0), np.asarray(y, np.int32)
 
 
-class _Capture(logging.Handler):
-  def __init__(self):
-    super().__init__(logging.DEBUG)
-    self.messages = []
-
-  def emit(self, record):
-    self.messages.append(record.getMessage())
-
-
 def run_reference(net, x, y, *, eps, norm, attacks, batch_size, seed):
   import torch
   from pyautoattack import AutoAttack
 
-  logger = logging.getLogger("auto-attack")
-  handler = _Capture()
-  logger.addHandler(handler)
-  logger.setLevel(logging.DEBUG)
-  try:
-    adversary = AutoAttack(net, norm=norm, eps=eps, version="standard", seed=seed)
-    adversary.attacks_to_run = list(attacks)  # the standard settings, restricted to these attacks
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    t0 = time.time()
-    x_adv, _ = adversary.run_standard_evaluation(xt, torch.from_numpy(y.astype(np.int64)),
-                                                 batch_size=batch_size)
-    total = time.time() - t0
-  finally:
-    logger.removeHandler(handler)
-  accs, times, last = {}, {}, 0.0
-  for m in handler.messages:
-    hit = re.match(r"initial accuracy: ([\d.]+)%", m)
-    if hit:
-      accs["clean"] = float(hit.group(1)) / 100
-    hit = re.match(r"robust accuracy after (\S+): ([\d.]+)% \(total time ([\d.]+) s\)", m)
-    if hit:
-      name = hit.group(1).lower()
-      accs[name] = float(hit.group(2)) / 100
-      times[name] = float(hit.group(3)) - last
-      last = float(hit.group(3))
-  for a in attacks:  # attacks skipped once nothing was robust any more
-    accs.setdefault(a, 0.0)
-  with torch.no_grad():
-    robust = (net(x_adv).argmax(1).numpy() == y)
-  return dict(robust_accuracy=accs, attack_times_s=times, wall_s=total), robust
+  from saat_jax.autoattack.reference import run_reference as run_logged
+
+  adversary = AutoAttack(net, norm=norm, eps=eps, version="standard", seed=seed)
+  adversary.attacks_to_run = list(attacks)  # the standard settings, restricted to these attacks
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  ref = run_logged(adversary, xt, torch.from_numpy(y.astype(np.int64)), batch_size=batch_size)
+  accs = dict(clean=ref["clean"], **ref["robust_accuracy"])
+  return dict(robust_accuracy=accs, attack_times_s=ref["attack_times_s"], wall_s=ref["wall_s"]), ref["robust"]
 
 
 def run_jax(logits_fn, x, y, *, eps, norm, attacks, batch_size, seed):

@@ -18,7 +18,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
 from saat_jax.attack import budget_schedule, pgd, sa_pgd
 from saat_jax.losses import ce_loss_fn

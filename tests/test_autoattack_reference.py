@@ -11,8 +11,6 @@ was within 1 point (2 images) of the reference at every seed. We allow 2 percent
 (4 images) per attack, and ask that at least 95% of the points get the same verdict from both.
 """
 
-import logging
-import re
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +26,7 @@ except ImportError:
   HAVE_REFERENCE = False
 
 from saat_jax.autoattack import autoattack
+from saat_jax.autoattack.reference import run_reference
 
 pytestmark = [
     pytest.mark.torch,
@@ -87,35 +86,11 @@ def problem():
   torch.set_num_threads(threads)
 
 
-class _Capture(logging.Handler):
-  def __init__(self):
-    super().__init__(logging.DEBUG)
-    self.messages = []
-
-  def emit(self, record):
-    self.messages.append(record.getMessage())
-
-
 def reference_autoattack(net, xt, y, *, eps, norm):
   """pyautoattack's run; the per-attack robust accuracies are read off its log."""
-  logger = logging.getLogger("auto-attack")
-  handler, level = _Capture(), logger.level
-  logger.addHandler(handler)
-  logger.setLevel(logging.DEBUG)
-  try:
-    adversary = AutoAttack(net, norm=norm, eps=eps, version="custom", attacks=["apgd-ce", "apgd-t"], seed=0)
-    x_adv, _ = adversary.run_standard_evaluation(xt, torch.from_numpy(y), batch_size=N)
-  finally:
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-  accs = {}
-  for m in handler.messages:
-    hit = re.match(r"robust accuracy after (\S+): ([\d.]+)%", m)
-    if hit:
-      accs[hit.group(1).lower()] = float(hit.group(2)) / 100
-  with torch.no_grad():
-    robust = (net(x_adv).argmax(1).numpy() == y)
-  return accs, robust, x_adv.numpy().transpose(0, 2, 3, 1)
+  adversary = AutoAttack(net, norm=norm, eps=eps, version="custom", attacks=["apgd-ce", "apgd-t"], seed=0)
+  ref = run_reference(adversary, xt, torch.from_numpy(y), batch_size=N)
+  return ref["robust_accuracy"], ref["robust"], ref["x_adv"]
 
 
 def test_converted_logits_agree(problem):

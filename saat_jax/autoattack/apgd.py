@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from saat_jax.conv_layout import canonicalize_convs, on_cpu as _on_cpu
+from saat_jax.conv_layout import canonicalize_on_cpu
 
 LogitsFn = Callable[..., jax.Array]
 
@@ -241,9 +241,7 @@ def apgd_single_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, y_target: j
       l = _loss_value(loss, logits, y, y_target)
       return jnp.sum(l), (l, logits)
 
-    vg = jax.value_and_grad(summed, has_aux=True)
-    if _on_cpu():
-      vg = canonicalize_convs(vg)
+    vg = canonicalize_on_cpu(jax.value_and_grad(summed, has_aux=True))
     if eot_iter == 1:
       (_, (l, logits)), g = vg(xa, k_model)
       return l, logits, g

@@ -192,20 +192,19 @@ def _diff_logits_grads(logits_fn, x1, y, la_target, targeted):
   batch = x1.shape[0]
   # On CPU the backward convolutions go through the canonical layout (saat_jax.conv_layout: inside
   # this fori_loop XLA would otherwise run them as naive loops); same values.
-  canon = canonicalize_on_cpu
   if targeted:
     def summed(xx):
       logits = logits_fn(xx)
       diff = _take(logits, la_target) - _take(logits, y)
       return jnp.sum(diff), diff
 
-    grad, diff = canon(jax.grad(summed, has_aux=True))(x1)
+    grad, diff = canonicalize_on_cpu(jax.grad(summed, has_aux=True))(x1)
     return diff[:, None], grad.reshape(batch, 1, -1)
 
   logits, vjp = jax.vjp(logits_fn, x1)
   n_cls = logits.shape[1]
   cot = jnp.broadcast_to(jnp.eye(n_cls, dtype=logits.dtype)[:, None, :], (n_cls, batch, n_cls))
-  grads = lax.map(canon(lambda ct: vjp(ct)[0]), cot)               # (K, B, ...)
+  grads = lax.map(canonicalize_on_cpu(lambda ct: vjp(ct)[0]), cot)  # (K, B, ...)
   grads = jnp.swapaxes(grads.reshape(n_cls, batch, -1), 0, 1)      # (B, K, D)
   onehot = jax.nn.one_hot(y, n_cls, dtype=bool)
   df = logits - _take(logits, y)[:, None]
