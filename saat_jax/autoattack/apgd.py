@@ -39,8 +39,9 @@ attack is the same in distribution.
 
 Assumption shared with the reference: the examples of a batch do not interact through
 ``logits_fn`` (no BatchNorm on batch statistics), so each example's run is independent of the
-others. Unlike the reference, every restart runs on the full (fixed-size) batch so that one shape
-compiles once; the points already fooled are masked out of the result.
+others. As in the reference, each restart (and target class) runs only on the points not fooled
+yet; they are gathered into a sub-batch padded to a size from a short ladder
+(:mod:`saat_jax.autoattack.batching`), so each size compiles once.
 
 A randomised model (AutoAttack's ``rand`` version) is supported through ``eot_iter > 1``: when
 ``logits_fn`` accepts a ``key`` keyword argument, each of the ``eot_iter`` gradient evaluations
@@ -60,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from saat_jax.autoattack.batching import padded_index
 from saat_jax.conv_layout import canonicalize_on_cpu
 
 LogitsFn = Callable[..., jax.Array]
@@ -415,7 +417,7 @@ def _run_passes(logits_fn, x, y, targets, *, eps, norm, loss, n_iter, n_restarts
   """The restart (and target) passes of ``perturb``; returns ``x_adv``."""
   base_key = jax.random.key(seed)
   logits = _clean_logits(logits_fn, x, jax.random.fold_in(base_key, 10**6))
-  acc = np.asarray(jnp.argmax(logits, axis=1) == y)
+  acc = np.array(jnp.argmax(logits, axis=1) == y)
   if mask is not None:
     mask = np.asarray(mask, bool)
   active_np = np.ones_like(acc) if mask is None else mask
@@ -428,12 +430,16 @@ def _run_passes(logits_fn, x, y, targets, *, eps, norm, loss, n_iter, n_restarts
       if not still.any():
         break
       key = jax.random.fold_in(jax.random.fold_in(base_key, t_idx), r)
+      # Like the reference, a pass runs only on the points not fooled yet (padded to a bucket).
+      idx, real = padded_index(np.flatnonzero(still), x.shape[0])
+      rows = jnp.asarray(idx)
       _, acc_curr, _, adv_curr, nz = apgd_single_run(
-          logits_fn, x, y, y_target, key, eps, jnp.asarray(still), norm=norm, loss=loss,
-          n_iter=int(n_iter), rho=float(rho), eot_iter=int(eot_iter))
-      fooled = still & ~np.asarray(acc_curr)
-      x_adv = jnp.where(_bcast(jnp.asarray(fooled), x), adv_curr, x_adv)
-      acc = acc & ~fooled
+          logits_fn, x[rows], y[rows], y_target[rows], key, eps, jnp.asarray(real), norm=norm,
+          loss=loss, n_iter=int(n_iter), rho=float(rho), eot_iter=int(eot_iter))
+      fooled = real & ~np.asarray(acc_curr)
+      hit = idx[fooled]
+      x_adv = x_adv.at[jnp.asarray(hit)].set(adv_curr[jnp.asarray(np.flatnonzero(fooled))])
+      acc[hit] = False
       n_zero = max(n_zero, int(nz))
   if stats is not None:
     stats["n_zero_grad"] = n_zero

@@ -20,8 +20,10 @@ Versions (``norm`` ``"Linf"`` or ``"L2"``; settings as in the reference's ``_set
   (APGD 5 restarts, FAB 5 restarts, FAB-T 1 restart per target, APGD-T 1 run per target).
 
 Unlike the reference, the batches of an attack are padded (by repeating a point, masked out) to a
-size from a short fixed ladder (powers of two up to ``batch_size``), so jit compiles each attack a
-handful of times in all rather than once per batch size. The returned ``x_adv`` is always
+size from a short fixed ladder (four sizes per octave up to ``batch_size``, see
+:mod:`saat_jax.autoattack.batching`), so jit compiles each attack a handful of times in all rather
+than once per batch size; inside an attack, each pass (target class, restart, stretch of Square
+queries) again runs only on the points it has not fooled yet, as in the reference. The returned ``x_adv`` is always
 re-checked: finite, inside ``[0, 1]``, within ``eps`` of ``x`` (in the attack's norm, with a float32
 round-off tolerance), equal to ``x`` where ``robust``, and misclassified where not; a violation
 raises ``RuntimeError`` (it would be a bug in an attack, never a property of the model).
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saat_jax.autoattack.apgd import accepts_key, apgd_attack, apgd_targeted_attack, check_eps
+from saat_jax.autoattack.batching import bucket, pad_rows
 
 LogitsFn = Callable[..., jax.Array]
 
@@ -160,18 +163,6 @@ def _check_inputs(x, y, eps, norm, batch_size):
   return x.astype(np.float32), y.astype(np.int32), eps
 
 
-def _bucket(n: int, batch_size: int) -> int:
-  """Padded size of a batch of ``n`` points: the next power of two, at most ``batch_size``."""
-  return min(batch_size, 1 << max(n - 1, 0).bit_length())
-
-
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-  if a.shape[0] == size:
-    return a
-  reps = np.repeat(a[:1], size - a.shape[0], axis=0)
-  return np.concatenate([a, reps], axis=0)
-
-
 @functools.partial(jax.jit, static_argnames=("logits_fn",))
 def _predict(logits_fn, x):
   logits = logits_fn(x)
@@ -183,7 +174,7 @@ def _batched_logits(logits_fn, x: np.ndarray, batch_size: int) -> np.ndarray:
   for s in range(0, x.shape[0], batch_size):
     xb = x[s:s + batch_size]
     n = xb.shape[0]
-    xb = _pad(xb, _bucket(n, batch_size))
+    xb = pad_rows(xb, bucket(n, batch_size))
     out.append(np.asarray(_predict(logits_fn, jnp.asarray(xb))[1])[:n])
   return np.concatenate(out, axis=0)
 
@@ -314,9 +305,9 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
     n_batches = math.ceil(idx_all.size / bs)
     for b in range(n_batches):
       idx = idx_all[b * bs:(b + 1) * bs]
-      size = _bucket(idx.size, bs)
-      xb = _pad(x_np[idx], size)
-      yb = _pad(y_np[idx], size)
+      size = bucket(idx.size, bs)
+      xb = pad_rows(x_np[idx], size)
+      yb = pad_rows(y_np[idx], size)
       mask = np.arange(size) < idx.size
       adv = _run_attack(name, attack_fn, jnp.asarray(xb), jnp.asarray(yb), mask, eps=eps, norm=norm,
                         seed=seed, settings=settings)

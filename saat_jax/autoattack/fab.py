@@ -14,9 +14,9 @@ A JAX port of the reference PyTorch code (``pyautoattack`` 0.2.0: ``fab_base.py`
 
 The ``n_iter`` FAB iterations of one run are a single ``lax.fori_loop`` in one ``jax.jit``, over the
 whole batch at once (examples must not interact through the model, e.g. no BatchNorm on batch
-statistics). Target classes and restarts are a short Python loop around it; every run uses the
-full batch (points already fooled are computed but their result is discarded), so a batch size
-compiles once. ``eps`` is used as in the reference: the radius of the random starts of restarts
+statistics). Target classes and restarts are a short Python loop around it; as in the reference,
+each run attacks only the points not fooled yet, gathered into a sub-batch padded to a size from a
+short ladder (:mod:`saat_jax.autoattack.batching`), so each size compiles once. ``eps`` is used as in the reference: the radius of the random starts of restarts
 ``> 0`` and the bound a perturbation must satisfy to count.
 """
 
@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from saat_jax.autoattack.batching import padded_index
 from saat_jax.conv_layout import canonicalize_on_cpu
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -345,7 +346,7 @@ def fab_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", tar
   else:
     target_ranks = [None]
 
-  robust = np.asarray(jnp.argmax(logits, axis=1) == y)
+  robust = np.array(jnp.argmax(logits, axis=1) == y)
   x_adv = x
   base_key = jax.random.key(seed)
   opts = dict(norm=norm, targeted=bool(targeted), n_iter=int(n_iter), alpha_max=float(alpha_max),
@@ -356,8 +357,13 @@ def fab_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", tar
       if not robust.any():
         return x_adv
       key = jax.random.fold_in(jax.random.fold_in(base_key, i_target), restart)
-      adv_curr = _fab_single_run(logits_fn, x, y, la_target, key, eps, restart > 0, **opts)
-      fooled = robust & ~np.asarray(_still_robust(logits_fn, x, adv_curr, y, eps, norm=norm))
-      x_adv = jnp.where(jnp.asarray(fooled)[:, None, None, None], adv_curr, x_adv)
-      robust = robust & ~fooled
+      # Like the reference, a pass runs only on the points not fooled yet (padded to a bucket).
+      idx, real = padded_index(np.flatnonzero(robust), x.shape[0])
+      rows = jnp.asarray(idx)
+      xs, ys = x[rows], y[rows]
+      adv_curr = _fab_single_run(logits_fn, xs, ys, la_target[rows], key, eps, restart > 0, **opts)
+      fooled = real & ~np.asarray(_still_robust(logits_fn, xs, adv_curr, ys, eps, norm=norm))
+      hit = idx[fooled]
+      x_adv = x_adv.at[jnp.asarray(hit)].set(adv_curr[jnp.asarray(np.flatnonzero(fooled))])
+      robust[hit] = False
   return x_adv

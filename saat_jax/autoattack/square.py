@@ -13,9 +13,10 @@ margin loss, for the l_inf and l_2 threat models, with the settings AutoAttack u
   each iteration moves the perturbation mass of a random window (plus a second, cleared, window)
   into a fresh ``eta`` block on the first window, keeping the total norm at eps.
 
-Only points still unsuccessful (margin ``> 0``) are updated; the loop is one ``lax.while_loop`` in
-one ``jax.jit`` over the whole batch and stops when every point succeeded or after ``n_queries``
-iterations. The side ``s`` of the window follows :func:`p_selection` (a host-side table indexed by
+Only points still unsuccessful (margin ``> 0``) are updated, and, as in the reference, only they
+are queried: the ``n_queries`` iterations are a few stretches (:func:`segment_ends`), each one
+``lax.while_loop`` in one ``jax.jit`` over the unfooled points gathered into a sub-batch padded to a
+bucket size (:mod:`saat_jax.autoattack.batching`); a run stops when every point succeeded. The side ``s`` of the window follows :func:`p_selection` (a host-side table indexed by
 the iteration). Windows are placed with iota comparisons against per-example offsets, so no shape is
 dynamic.
 
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from saat_jax.autoattack.batching import padded_index
 from saat_jax.autoattack.fab import _check_common, _clean_logits
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -135,36 +137,39 @@ def _l2(v, axes):
   return jnp.sqrt(jnp.sum(v * v, axis=axes, keepdims=True))
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "n_queries"))
-def _square_single_run(logits_fn, x, y, active, key, eps, sizes, size_idx, eta_tab, init_tab, *,
-                       norm, n_queries):
-  """``SquareAttack.attack_single_run`` on a whole batch; ``active`` marks the points to attack."""
+@functools.partial(jax.jit, static_argnames=("logits_fn", "norm"))
+def _square_init(logits_fn, x, y, key, eps, init_tab, *, norm):
+  """The reference's start point of one run (l_inf stripes or the l_2 grid of blocks) and its margin."""
   batch, h, w, c = x.shape
-  k_init, k_loop = jax.random.split(key)
-
   if norm == "Linf":
-    stripes = _signs(k_init, (batch, 1, w, c), x.dtype)
+    stripes = _signs(key, (batch, 1, w, c), x.dtype)
     x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
   else:
     n_tiles = init_tab.shape[1]
-    k_t, k_s = jax.random.split(k_init)
+    k_t, k_s = jax.random.split(key)
     flip = jax.random.bernoulli(k_t, 0.5, (batch, n_tiles))
     tiles = jnp.where(flip[:, :, None, None], init_tab[1][None], init_tab[0][None])  # (B, T, H, W)
     delta = jnp.einsum("bthw,btc->bhwc", tiles, _signs(k_s, (batch, n_tiles, c), x.dtype))
     x_best = jnp.clip(x + delta / (_l2(delta, (1, 2, 3)) + 1e-12) * eps, 0.0, 1.0)
+  return x_best, _margin(logits_fn, x_best, y)
 
-  margin_min = _margin(logits_fn, x_best, y)
-  loss_min = margin_min
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "norm"))
+def _square_steps(logits_fn, x, y, active, key, eps, sizes, size_idx, eta_tab, x_best, margin_min,
+                  loss_min, i_start, i_stop, *, norm):
+  """Iterations ``i_start .. i_stop - 1`` of ``attack_single_run`` on a batch, as one while loop;
+  ``active`` marks the rows that count (the loop ends once none of them has a margin ``> 0``)."""
+  batch, h, w, c = x.shape
 
   def cond(state):
     i, _, margin_min, _ = state
-    return (i < n_queries) & jnp.any(active & (margin_min > 0))
+    return (i < i_stop) & jnp.any(active & (margin_min > 0))
 
   def body(state):
     i, x_best, margin_min, loss_min = state
     todo = active & (margin_min > 0)
     s = sizes[i]
-    keys = jax.random.split(jax.random.fold_in(k_loop, i), 6)
+    keys = jax.random.split(jax.random.fold_in(key, i), 6)
     vh = _offsets(keys[0], batch, h - s)
     vw = _offsets(keys[1], batch, w - s)
     win = _window(vh, vw, s, h, w)[..., None]                         # (B, H, W, 1)
@@ -204,7 +209,55 @@ def _square_single_run(logits_fn, x, y, active, key, eps, sizes, size_idx, eta_t
     x_best = jnp.where(accept[:, None, None, None], x_new, x_best)
     return i + 1, x_best, margin_min, loss_min
 
-  _, x_best, _, _ = lax.while_loop(cond, body, (jnp.int32(0), x_best, margin_min, loss_min))
+  state = (jnp.asarray(i_start, jnp.int32), x_best, margin_min, loss_min)
+  _, x_best, margin_min, loss_min = lax.while_loop(cond, body, state)
+  return x_best, margin_min, loss_min
+
+
+def segment_ends(n_queries: int) -> list[int]:
+  """Iterations after which a run drops the points it has fooled (re-gathers the rest): often early,
+  when the windows are large and most points fall, then every 512 iterations."""
+  early = [e for e in (16, 32, 64, 128, 256, 512) if e < n_queries]
+  late = list(range(1024, n_queries, 512))
+  return early + late + [n_queries]
+
+
+def _square_single_run(logits_fn, x, y, robust, key, eps, sizes, size_idx, eta_tab, init_tab, *,
+                       norm, n_queries):
+  """``SquareAttack.attack_single_run`` on the rows where ``robust`` (numpy bool) holds.
+
+  As in the reference, only the points not fooled yet are queried: the run is cut into stretches
+  (:func:`segment_ends`), each a jitted while loop over the unfooled rows gathered into a
+  sub-batch padded to a bucket size. Rows outside ``robust`` come back as ``x``.
+  """
+  batch = x.shape[0]
+  k_init, k_loop = jax.random.split(key)
+  idx, real = padded_index(np.flatnonzero(robust), batch)
+  rows = jnp.asarray(idx)
+  x0, m0 = _square_init(logits_fn, x[rows], y[rows], k_init, eps, init_tab, norm=norm)
+  keep = jnp.asarray(idx[real])
+  first = jnp.asarray(np.flatnonzero(real))
+  x_best = x.at[keep].set(x0[first])
+  # Rows outside ``robust`` get margin -inf: never "to do".
+  margin_min = jnp.full((batch,), -jnp.inf, jnp.float32).at[keep].set(m0[first])
+  loss_min = margin_min
+
+  i = 0
+  for stop in segment_ends(n_queries):
+    todo = np.flatnonzero(np.asarray(margin_min) > 0)
+    if todo.size == 0:
+      break
+    idx, real = padded_index(todo, batch)
+    rows = jnp.asarray(idx)
+    xb, mb, lb = _square_steps(logits_fn, x[rows], y[rows], jnp.asarray(real), k_loop, eps, sizes,
+                               size_idx, eta_tab, x_best[rows], margin_min[rows], loss_min[rows],
+                               i, stop, norm=norm)
+    keep = jnp.asarray(todo)
+    first = jnp.asarray(np.arange(todo.size))
+    x_best = x_best.at[keep].set(xb[first])
+    margin_min = margin_min.at[keep].set(mb[first])
+    loss_min = loss_min.at[keep].set(lb[first])
+    i = stop
   return x_best
 
 
@@ -282,15 +335,15 @@ def square_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf",
     eta_tab = np.zeros((1, 2, 1, 1), np.float32)
     init_tab = np.zeros((2, 1, 1, 1), np.float32)
 
-  robust = np.asarray(jnp.argmax(_clean_logits(logits_fn, x), axis=1) == y)
+  robust = np.array(jnp.argmax(_clean_logits(logits_fn, x), axis=1) == y)
   x_adv = x
   base_key = jax.random.key(seed)
   for restart in range(int(n_restarts)):
     if not robust.any():
       break
-    adv_curr = _square_single_run(logits_fn, x, y, jnp.asarray(robust),
-                                  jax.random.fold_in(base_key, restart), eps, sizes, size_idx,
-                                  eta_tab, init_tab, norm=norm, n_queries=int(n_queries))
+    adv_curr = _square_single_run(logits_fn, x, y, robust, jax.random.fold_in(base_key, restart),
+                                  eps, sizes, size_idx, eta_tab, init_tab, norm=norm,
+                                  n_queries=int(n_queries))
     fooled = robust & np.asarray(_misclassified(logits_fn, adv_curr, y))
     x_adv = jnp.where(jnp.asarray(fooled)[:, None, None, None], adv_curr, x_adv)
     robust = robust & ~fooled

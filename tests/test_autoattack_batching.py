@@ -1,0 +1,110 @@
+"""The sub-batching of the AutoAttack members (saat_jax.autoattack.batching).
+
+* the bucket ladder: never smaller than the rows, less than 25% padding, few distinct sizes;
+* APGD-T, FAB-T and Square run their later passes only on the points not fooled yet (like the
+  reference), seen through the batch sizes the model is traced with, and their outputs stay valid.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from saat_jax.autoattack.apgd import apgd_targeted_attack
+from saat_jax.autoattack.batching import bucket, pad_rows, padded_index
+from saat_jax.autoattack.fab import fab_attack
+from saat_jax.autoattack.square import segment_ends, square_attack
+
+
+def test_bucket_ladder():
+  sizes = [bucket(n) for n in range(1, 2049)]
+  for n, size in enumerate(sizes, start=1):
+    assert size >= n
+    if n > 8:
+      assert size < 1.25 * n, (n, size)
+    else:
+      assert size == 1 << math.ceil(math.log2(n))
+  assert sizes == sorted(sizes)                       # monotone: fewer rows never need more
+  assert len(set(sizes)) <= 4 + 4 * math.log2(2048 / 8)
+  assert bucket(77) == 80 and bucket(500) == 512 and bucket(500, cap=500) == 500
+  assert bucket(129, cap=140) == 140
+  with pytest.raises(ValueError, match="at least one row"):
+    bucket(0)
+
+
+def test_padded_index_and_pad_rows():
+  idx, real = padded_index(np.array([3, 7, 9, 11, 12, 20, 21, 30, 31]), cap=64)
+  assert idx.tolist() == [3, 7, 9, 11, 12, 20, 21, 30, 31, 3]
+  assert real.tolist() == [True] * 9 + [False]
+  idx, real = padded_index(np.arange(9), cap=9)
+  assert idx.tolist() == list(range(9)) and real.all()
+  with pytest.raises(ValueError, match="smaller"):
+    padded_index(np.arange(9), cap=5)
+  a = np.arange(6).reshape(3, 2)
+  np.testing.assert_array_equal(pad_rows(a, 5), [[0, 1], [2, 3], [4, 5], [0, 1], [0, 1]])
+
+
+def test_segment_ends():
+  assert segment_ends(5000) == [16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 2560, 3072, 3584, 4096,
+                                4608, 5000]
+  assert segment_ends(100) == [16, 32, 64, 100]
+  assert segment_ends(0) == [0]
+
+
+# ------------------------------------------------------------------------------------------------
+# A tiny random MLP on 8x8x1 images that records the batch size of every trace: at eps 0.05 about
+# half of its points fall, so the later passes of each attack must be traced on smaller batches.
+
+N_POINTS = 48
+_K1, _K2 = jax.random.split(jax.random.key(3))
+_W1 = jax.random.normal(_K1, (64, 32)) * 3.0 / math.sqrt(64)
+_W2 = jax.random.normal(_K2, (32, 10)) * 3.0 / math.sqrt(32)
+
+
+def _tracing_mlp():
+  shapes = []
+
+  def logits_fn(x):
+    shapes.append(int(x.shape[0]))              # runs at trace time only: one entry per shape
+    return jnp.tanh((x.reshape(x.shape[0], -1) - 0.5) @ _W1) @ _W2
+
+  return logits_fn, shapes
+
+
+@pytest.fixture(scope="module")
+def batch():
+  x = np.asarray(jax.random.uniform(jax.random.key(4), (N_POINTS, 8, 8, 1)))
+  logits_fn, _ = _tracing_mlp()
+  y = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), axis=1)).astype(np.int32)
+  return x, y
+
+
+def _check(logits_fn, x, y, x_adv, eps):
+  x_adv = np.asarray(x_adv)
+  assert np.all(np.abs(x_adv - x) <= eps + 1e-6) and x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+  changed = np.any(x_adv != x, axis=(1, 2, 3))
+  pred = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x_adv)), axis=1))
+  assert np.all(pred[changed] != y[changed])
+  return int((pred != y).sum())
+
+
+@pytest.mark.parametrize("attack", ["apgd-t", "fab-t", "square"])
+def test_later_passes_run_only_on_unfooled_points(batch, attack):
+  x, y = batch
+  eps = 0.05
+  logits_fn, shapes = _tracing_mlp()
+  if attack == "apgd-t":
+    x_adv = apgd_targeted_attack(logits_fn, x, y, eps=eps, n_iter=20, n_target_classes=3)
+  elif attack == "fab-t":
+    x_adv = fab_attack(logits_fn, x, y, eps=eps, n_iter=20, n_target_classes=3)
+  else:
+    x_adv = square_attack(logits_fn, x, y, eps=eps, n_queries=300)
+  fooled = _check(logits_fn, x, y, x_adv, eps)
+  assert 0 < fooled < N_POINTS, fooled
+  # Every traced batch is a bucket size; the first pass sees all 48 points, and once points have
+  # fallen a later pass is traced on a smaller batch (the old code ran every pass on all 48).
+  assert N_POINTS in shapes
+  assert all(s == N_POINTS or s == bucket(s) for s in shapes), shapes
+  assert min(shapes) < N_POINTS, (shapes, fooled)
