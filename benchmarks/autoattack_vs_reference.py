@@ -18,6 +18,9 @@ run). The model is not robust: compare at small budgets (0.5/255 to 2/255).
   python benchmarks/autoattack_vs_reference.py --n 20 --eps 1 --attacks apgd-ce
   python benchmarks/autoattack_vs_reference.py --n 100 --eps 0.5 1 2 --out benchmarks/results/aa_ref.json
   python benchmarks/autoattack_vs_reference.py --merge ref.json jax.json --out both.json
+  # a long comparison in chunks of points, each run side by side, then joined:
+  python benchmarks/autoattack_vs_reference.py --start 250 --n 250 --eps 1 --skip-jax --out ref_250.json
+  python benchmarks/autoattack_vs_reference.py --merge ref_0.json jax_0.json ref_250.json jax_250.json --out all.json
 """
 
 from __future__ import annotations
@@ -74,15 +77,15 @@ def load_jax_model(examples: str):
   return logits_fn
 
 
-def load_points(path: str, n: int):
-  """First ``n`` test images as float32 NHWC in [0, 1] and int32 labels."""
+def load_points(path: str, n: int, start: int = 0):
+  """Test images ``start .. start + n - 1`` as float32 NHWC in [0, 1] and int32 labels."""
   try:
     from saat_jax.input_pipeline import load_dataset
   except ImportError:
     load_dataset = None
   if load_dataset is not None:
     ds = load_dataset("cifar10", path)
-    x, y = ds.test_images[:n], ds.test_labels[:n]
+    x, y = ds.test_images[start:start + n], ds.test_labels[start:start + n]
   else:  # decode the JPEGs ourselves: test/<class>/NNNN.jpg, interleaved over the classes
     from PIL import Image
 
@@ -93,7 +96,7 @@ def load_points(path: str, n: int):
         if m.isfile() and len(parts) == 3 and parts[0] == "test" and parts[1] in per_class:
           per_class[parts[1]].append((parts[2], tar.extractfile(m).read()))
     xs, ys = [], []
-    for i in range(n):
+    for i in range(start, start + n):
       c = i % 10
       name, data = sorted(per_class[CLASSES[c]])[i // 10]
       xs.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
@@ -137,6 +140,8 @@ def run_jax(logits_fn, x, y, *, eps, norm, attacks, batch_size, seed):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--n", type=int, default=100, help="number of test images (the first N)")
+  p.add_argument("--start", type=int, default=0,
+                 help="index of the first test image (a long comparison can run in chunks, then --merge)")
   p.add_argument("--eps", type=float, nargs="+", default=[1.0], help="budgets in /255 units")
   p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
   p.add_argument("--attacks", nargs="+", default=STANDARD, help=f"subset of {STANDARD}, in order")
@@ -149,9 +154,10 @@ def main(argv=None):
   p.add_argument("--warm", action="store_true", help="time a second JAX run as well (compiled)")
   p.add_argument("--torch-threads", type=int, default=os.cpu_count())
   p.add_argument("--merge", nargs="+", metavar="JSON", help="only join these result files into --out")
+  p.add_argument("--note", default=None, help="with --merge: how the runs were made (stored as 'note')")
   args = p.parse_args(argv)
   if args.merge:
-    return merge(args.merge, args.out)
+    return merge(args.merge, args.out, note=args.note)
   attacks = [a for s in args.attacks for a in s.split(",") if a]
   bad = [a for a in attacks if a not in STANDARD]
   if bad:
@@ -160,10 +166,11 @@ def main(argv=None):
   import jax
 
   examples = reference_dir()
-  x, y = load_points(args.data, args.n)
-  out = dict(n=args.n, norm=args.norm, attacks=attacks, batch_size=args.batch_size, seed=args.seed,
+  x, y = load_points(args.data, args.n, args.start)
+  out = dict(n=args.n, start=args.start, norm=args.norm, attacks=attacks, batch_size=args.batch_size, seed=args.seed,
              machine=dict(platform=platform.platform(), cpus=os.cpu_count(), jax_backend=jax.default_backend(),
-                          jax=jax.__version__),
+                          jax=jax.__version__, cpu_affinity=sorted(os.sched_getaffinity(0)),
+                          xla_flags=os.environ.get("XLA_FLAGS", "")),
              command=" ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:]),
              runs=[])
   net = None if args.skip_reference else load_torch_model(examples)
@@ -202,40 +209,87 @@ def main(argv=None):
   print(f"wrote {args.out}")
 
 
-def merge(paths, out_path):
-  """Joins results of separate runs (e.g. ``--skip-jax`` and ``--skip-reference`` run side by side).
+def merge(paths, out_path, note=None):
+  """Joins results of separate runs: the reference and JAX run side by side (``--skip-jax`` /
+  ``--skip-reference``), and chunks of the points (``--start``/``--n``) run one after another.
 
-  Rows are matched by budget; a budget's reference and JAX results may come from different files
-  (same points, seed and attacks are checked), and per-point agreement is recomputed.
+  Rows are matched by budget. Within a chunk, a budget's reference and JAX results may come from
+  different files (same points, seed and attacks are checked). Chunks must tile ``start .. start +
+  n`` without gaps; their per-point verdicts are concatenated, accuracies weighted by size, and
+  times added (each chunk's JAX time includes its own compilation). Agreement is recomputed.
   """
-  merged, rows = None, {}
+  merged, chunks = None, {}
   for path in paths:
     with open(path) as f:
       part = json.load(f)
+    part.setdefault("start", 0)
     if merged is None:
-      merged = {k: v for k, v in part.items() if k not in ("runs", "command")}
+      merged = {k: v for k, v in part.items() if k not in ("runs", "command", "start", "n")}
       merged["merged_from"] = []
-    for key in ("n", "norm", "attacks", "seed"):
+    for key in ("norm", "attacks", "seed"):
       if part[key] != merged[key]:
         sys.exit(f"cannot merge {path}: its {key} is {part[key]!r}, not {merged[key]!r}")
-    merged["merged_from"].append(dict(file=os.path.basename(path), command=part.get("command"),
-                                      machine=part.get("machine")))
+    merged["merged_from"].append(dict(file=os.path.basename(path), start=part["start"], n=part["n"],
+                                      command=part.get("command"), machine=part.get("machine")))
     merged["machine"].update({k: v for k, v in part["machine"].items() if k not in merged["machine"]})
+    rows = chunks.setdefault((part["start"], part["n"]), {})
     for row in part["runs"]:
       slot = rows.setdefault(row["eps"], dict(eps=row["eps"], eps_units=row["eps_units"]))
       for impl in ("reference", "jax", "jax_warm"):
         if impl in row:
           slot[impl] = row[impl]
-  merged["runs"] = [rows[e] for e in sorted(rows)]
+
+  spans = sorted(chunks)
+  for (s0, n0), (s1, _) in zip(spans, spans[1:]):
+    if s0 + n0 != s1:
+      sys.exit(f"cannot merge: the chunks {spans} do not tile a range of points (gap or overlap at {s0 + n0})")
+  merged["start"], merged["n"] = spans[0][0], sum(n for _, n in spans)
+  if len(spans) > 1:
+    merged["chunks"] = [dict(start=s, n=n) for s, n in spans]
+  budgets = sorted(set().union(*(rows.keys() for rows in chunks.values())))
+  merged["runs"] = []
+  for eps in budgets:
+    row = None
+    for span in spans:
+      part = chunks[span].get(eps)
+      if part is None:
+        sys.exit(f"cannot merge: the chunk starting at {span[0]} has no run at eps {eps}")
+      row = part if row is None else _join_chunks(row, part, span[1])
+    merged["runs"].append(row)
   for row in merged["runs"]:
     if "reference" in row and "jax" in row:
       ref, jx = np.asarray(row["reference"]["robust"]), np.asarray(row["jax"]["robust"])
       row["agreement"] = float(np.mean(ref == jx))
       row["time_ratio_jax_over_reference"] = row["jax"]["wall_s"] / row["reference"]["wall_s"]
     print_row(row, merged["attacks"])
+  if note:
+    merged["note"] = note
   with open(out_path, "w") as f:
     json.dump(merged, f, indent=2)
   print(f"wrote {out_path}")
+
+
+def _join_chunks(row, part, n_part):
+  """``row`` (points so far) followed by ``part`` (the next ``n_part`` points), for one budget."""
+  out = dict(eps=row["eps"], eps_units=row["eps_units"])
+  for impl in ("reference", "jax", "jax_warm"):
+    if impl not in row and impl not in part:
+      continue
+    if (impl in row) != (impl in part):
+      sys.exit(f"cannot merge: {impl} is missing from some chunks at eps {row['eps']}")
+    a, b = row[impl], part[impl]
+    n_a = len(a["robust"])
+    if len(b["robust"]) != n_part:
+      sys.exit(f"cannot merge: a chunk of {n_part} points holds {len(b['robust'])} verdicts")
+    n = n_a + n_part
+    out[impl] = dict(
+        robust_accuracy={k: (a["robust_accuracy"][k] * n_a + b["robust_accuracy"][k] * n_part) / n
+                         for k in a["robust_accuracy"]},
+        attack_times_s={k: a["attack_times_s"].get(k, 0.0) + b["attack_times_s"].get(k, 0.0)
+                        for k in set(a["attack_times_s"]) | set(b["attack_times_s"])},
+        wall_s=a["wall_s"] + b["wall_s"],
+        robust=list(a["robust"]) + list(b["robust"]))
+  return out
 
 
 def print_row(row, attacks):
