@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from saat_jax.autoattack.apgd import apgd_targeted_attack
-from saat_jax.autoattack.batching import bucket, pad_rows, padded_index
+from saat_jax.autoattack.batching import bucket, padded_index, put_rows
 from saat_jax.autoattack.fab import fab_attack
 from saat_jax.autoattack.square import segment_ends, square_attack
 
@@ -42,8 +42,17 @@ def test_padded_index_and_pad_rows():
   assert idx.tolist() == list(range(9)) and real.all()
   with pytest.raises(ValueError, match="smaller"):
     padded_index(np.arange(9), cap=5)
-  a = np.arange(6).reshape(3, 2)
-  np.testing.assert_array_equal(pad_rows(a, 5), [[0, 1], [2, 3], [4, 5], [0, 1], [0, 1]])
+  # Gather a sub-batch, change it, put the real rows back: padding rows never land anywhere.
+  full = jnp.arange(12.0).reshape(6, 2)
+  idx, real = padded_index(np.array([1, 4, 5]), cap=6)
+  assert idx.tolist() == [1, 4, 5, 1]
+  sub = full[idx] + 100.0
+  sub = sub.at[3].set(-1.0)                           # the padding row: must not be written
+  np.testing.assert_array_equal(put_rows(full, idx, real, sub),
+                                [[0, 1], [102, 103], [4, 5], [6, 7], [108, 109], [110, 111]])
+  only = np.array([True, False, True, False])         # a subset of the real rows
+  np.testing.assert_array_equal(put_rows(full, idx, only, sub),
+                                [[0, 1], [102, 103], [4, 5], [6, 7], [8, 9], [110, 111]])
 
 
 def test_segment_ends():
@@ -108,3 +117,23 @@ def test_later_passes_run_only_on_unfooled_points(batch, attack):
   assert N_POINTS in shapes
   assert all(s == N_POINTS or s == bucket(s) for s in shapes), shapes
   assert min(shapes) < N_POINTS, (shapes, fooled)
+
+
+@pytest.mark.parametrize("attack", ["apgd-t", "fab-t", "square"])
+def test_masked_rows_are_not_attacked(batch, attack):
+  """Padding rows (``mask`` False, as AutoAttack pads its batches) come back unchanged and are never
+  part of a pass: even the first pass is traced on the bucket of the unmasked rows."""
+  x, y = batch
+  eps = 0.05
+  mask = np.arange(N_POINTS) < 20
+  logits_fn, shapes = _tracing_mlp()
+  if attack == "apgd-t":
+    x_adv = apgd_targeted_attack(logits_fn, x, y, eps=eps, n_iter=20, n_target_classes=3, mask=mask)
+  elif attack == "fab-t":
+    x_adv = fab_attack(logits_fn, x, y, eps=eps, n_iter=20, n_target_classes=3, mask=mask)
+  else:
+    x_adv = square_attack(logits_fn, x, y, eps=eps, n_queries=300, mask=mask)
+  fooled = _check(logits_fn, x, y, x_adv, eps)
+  assert fooled > 0
+  np.testing.assert_array_equal(np.asarray(x_adv)[~mask], x[~mask])
+  assert max(s for s in shapes if s != N_POINTS) <= bucket(20), shapes

@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from saat_jax.autoattack.batching import padded_index
+from saat_jax.autoattack.batching import padded_index, put_rows
 from saat_jax.conv_layout import canonicalize_on_cpu
 
 LogitsFn = Callable[..., jax.Array]
@@ -437,9 +437,8 @@ def _run_passes(logits_fn, x, y, targets, *, eps, norm, loss, n_iter, n_restarts
           logits_fn, x[rows], y[rows], y_target[rows], key, eps, jnp.asarray(real), norm=norm,
           loss=loss, n_iter=int(n_iter), rho=float(rho), eot_iter=int(eot_iter))
       fooled = real & ~np.asarray(acc_curr)
-      hit = idx[fooled]
-      x_adv = x_adv.at[jnp.asarray(hit)].set(adv_curr[jnp.asarray(np.flatnonzero(fooled))])
-      acc[hit] = False
+      x_adv = put_rows(x_adv, idx, fooled, adv_curr)
+      acc[idx[fooled]] = False
       n_zero = max(n_zero, int(nz))
   if stats is not None:
     stats["n_zero_grad"] = n_zero

@@ -36,7 +36,7 @@ def bucket(n: int, cap: Optional[int] = None) -> int:
 
 def padded_index(idx: np.ndarray, cap: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
   """Rows ``idx`` padded (by repeating ``idx[0]``) to ``bucket(len(idx), cap)``; also the mask of
-  real rows. ``cap`` must be at least ``len(idx)``."""
+  real rows. ``cap`` must be at least ``len(idx)``. Gather a sub-batch with ``a[padded]``."""
   idx = np.asarray(idx, np.int64)
   size = bucket(idx.size, cap)
   if size < idx.size:
@@ -45,12 +45,10 @@ def padded_index(idx: np.ndarray, cap: Optional[int] = None) -> tuple[np.ndarray
   return padded, np.arange(size) < idx.size
 
 
-def pad_rows(a: np.ndarray, size: int) -> np.ndarray:
-  """``a`` with its first row repeated up to ``size`` rows."""
-  if a.shape[0] == size:
-    return a
-  reps = np.repeat(a[:1], size - a.shape[0], axis=0)
-  return np.concatenate([a, reps], axis=0)
+def put_rows(full, idx: np.ndarray, real: np.ndarray, sub):
+  """``full`` with rows ``idx[real]`` replaced by the rows of ``sub`` where ``real`` holds: the
+  inverse of gathering ``full[idx]``, for the rows of a sub-batch selected by the mask ``real``."""
+  return full.at[np.asarray(idx)[real]].set(sub[np.flatnonzero(real)])
 
 
-__all__ = ["bucket", "padded_index", "pad_rows"]
+__all__ = ["bucket", "padded_index", "put_rows"]

@@ -23,9 +23,9 @@ Unlike the reference, the batches of an attack are padded (by repeating a point,
 size from a short fixed ladder (four sizes per octave up to ``batch_size``, see
 :mod:`saat_jax.autoattack.batching`), so jit compiles each attack a handful of times in all rather
 than once per batch size; inside an attack, each pass (target class, restart, stretch of Square
-queries) again runs only on the points it has not fooled yet, as in the reference. The returned ``x_adv`` is always
-re-checked: finite, inside ``[0, 1]``, within ``eps`` of ``x`` (in the attack's norm, with a float32
-round-off tolerance), equal to ``x`` where ``robust``, and misclassified where not; a violation
+queries) again runs only on the points it has not fooled yet, as in the reference (padding rows are
+never attacked). The returned ``x_adv`` is always re-checked: finite, inside ``[0, 1]``, within
+``eps`` of ``x`` (in the attack's norm, with a float32 round-off tolerance), equal to ``x`` where ``robust``, and misclassified where not; a violation
 raises ``RuntimeError`` (it would be a bug in an attack, never a property of the model).
 """
 
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saat_jax.autoattack.apgd import accepts_key, apgd_attack, apgd_targeted_attack, check_eps
-from saat_jax.autoattack.batching import bucket, pad_rows
+from saat_jax.autoattack.batching import padded_index
 
 LogitsFn = Callable[..., jax.Array]
 
@@ -57,7 +57,8 @@ VERSION_ATTACKS = {
     "rand": ("apgd-ce", "apgd-dlr"),
 }
 
-# Default batch size (the reference's default is 250; any size gives the same results).
+# Default batch size (the reference's default is 250). The batch size decides which points share
+# a sub-batch, hence the random draws, so results are reproducible for a given batch size.
 DEFAULT_BATCH_SIZE = 500
 
 # Slack of the final norm check, for float32 round-off in the projections.
@@ -172,10 +173,8 @@ def _predict(logits_fn, x):
 def _batched_logits(logits_fn, x: np.ndarray, batch_size: int) -> np.ndarray:
   out = []
   for s in range(0, x.shape[0], batch_size):
-    xb = x[s:s + batch_size]
-    n = xb.shape[0]
-    xb = pad_rows(xb, bucket(n, batch_size))
-    out.append(np.asarray(_predict(logits_fn, jnp.asarray(xb))[1])[:n])
+    rows, real = padded_index(np.arange(s, min(s + batch_size, x.shape[0])), batch_size)
+    out.append(np.asarray(_predict(logits_fn, jnp.asarray(x[rows]))[1])[real])
   return np.concatenate(out, axis=0)
 
 
@@ -194,10 +193,10 @@ def _run_attack(name, fn, xb, yb, mask, *, eps, norm, seed, settings):
     return apgd_targeted_attack(fn, xb, yb, eps=eps, norm=norm, seed=seed, mask=mask, **kw)
   if name in ("fab", "fab-t"):
     from saat_jax.autoattack.fab import fab_attack
-    return fab_attack(fn, xb, yb, eps=eps, norm=norm, seed=seed, **kw)
+    return fab_attack(fn, xb, yb, eps=eps, norm=norm, seed=seed, mask=mask, **kw)
   if name == "square":
     from saat_jax.autoattack.square import square_attack
-    return square_attack(fn, xb, yb, eps=eps, norm=norm, seed=seed, **kw)
+    return square_attack(fn, xb, yb, eps=eps, norm=norm, seed=seed, mask=mask, **kw)
   raise ValueError(f"unknown attack {name!r}")  # unreachable: names are validated first
 
 
@@ -305,19 +304,17 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
     n_batches = math.ceil(idx_all.size / bs)
     for b in range(n_batches):
       idx = idx_all[b * bs:(b + 1) * bs]
-      size = bucket(idx.size, bs)
-      xb = pad_rows(x_np[idx], size)
-      yb = pad_rows(y_np[idx], size)
-      mask = np.arange(size) < idx.size
+      rows, mask = padded_index(idx, bs)
+      xb, yb = x_np[rows], y_np[rows]
       adv = _run_attack(name, attack_fn, jnp.asarray(xb), jnp.asarray(yb), mask, eps=eps, norm=norm,
                         seed=seed, settings=settings)
       adv = np.asarray(adv, np.float32)
       pred = np.asarray(_predict(det_fn, jnp.asarray(adv))[0])
       fooled = (pred != yb) & mask
-      hit = idx[fooled[:idx.size]]
+      hit = rows[fooled]
       robust[hit] = False
-      x_adv[hit] = adv[:idx.size][fooled[:idx.size]]
-      y_adv[hit] = pred[:idx.size][fooled[:idx.size]]
+      x_adv[hit] = adv[fooled]
+      y_adv[hit] = pred[fooled]
       if bar is not None:
         bar.set_postfix_str(f"{name} batch {b + 1}/{n_batches} robust {robust.mean():.2%}")
       if verbose:

@@ -16,7 +16,8 @@ The ``n_iter`` FAB iterations of one run are a single ``lax.fori_loop`` in one `
 whole batch at once (examples must not interact through the model, e.g. no BatchNorm on batch
 statistics). Target classes and restarts are a short Python loop around it; as in the reference,
 each run attacks only the points not fooled yet, gathered into a sub-batch padded to a size from a
-short ladder (:mod:`saat_jax.autoattack.batching`), so each size compiles once. ``eps`` is used as in the reference: the radius of the random starts of restarts
+short ladder (:mod:`saat_jax.autoattack.batching`), so each size compiles once. ``eps`` is used as
+in the reference: the radius of the random starts of restarts
 ``> 0`` and the bound a perturbation must satisfy to count.
 """
 
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from saat_jax.autoattack.batching import padded_index
+from saat_jax.autoattack.batching import padded_index, put_rows
 from saat_jax.conv_layout import canonicalize_on_cpu
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -302,7 +303,7 @@ def _check_common(name, x, y, eps, norm, n_restarts):
 def fab_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", targeted: bool = True,
                n_target_classes: int = 9, n_restarts: int = 1, n_iter: int = 100,
                alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-               seed: int = 0) -> jax.Array:
+               seed: int = 0, mask=None) -> jax.Array:
   """FAB (``FABAttack_PT.perturb``) on a batch; returns ``x_adv``, equal to ``x`` where it fails.
 
   Args:
@@ -321,6 +322,7 @@ def fab_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", tar
     n_iter: FAB iterations per run.
     alpha_max, eta, beta: the reference's step bias bound, overshoot and backward-step factors.
     seed: key for the random starts.
+    mask: optional ``(B,)`` bool; rows where it is ``False`` (padding) are not attacked.
 
   Defaults are those of AutoAttack's ``standard`` FAB-T (``FABAttack_PT`` defaults with
   ``n_target_classes=9``, ``n_restarts=1``, ``n_iter=100``).
@@ -347,6 +349,8 @@ def fab_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", tar
     target_ranks = [None]
 
   robust = np.array(jnp.argmax(logits, axis=1) == y)
+  if mask is not None:
+    robust &= np.asarray(mask, bool)
   x_adv = x
   base_key = jax.random.key(seed)
   opts = dict(norm=norm, targeted=bool(targeted), n_iter=int(n_iter), alpha_max=float(alpha_max),
@@ -363,7 +367,6 @@ def fab_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", tar
       xs, ys = x[rows], y[rows]
       adv_curr = _fab_single_run(logits_fn, xs, ys, la_target[rows], key, eps, restart > 0, **opts)
       fooled = real & ~np.asarray(_still_robust(logits_fn, xs, adv_curr, ys, eps, norm=norm))
-      hit = idx[fooled]
-      x_adv = x_adv.at[jnp.asarray(hit)].set(adv_curr[jnp.asarray(np.flatnonzero(fooled))])
-      robust[hit] = False
+      x_adv = put_rows(x_adv, idx, fooled, adv_curr)
+      robust[idx[fooled]] = False
   return x_adv

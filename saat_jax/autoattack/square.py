@@ -16,8 +16,9 @@ margin loss, for the l_inf and l_2 threat models, with the settings AutoAttack u
 Only points still unsuccessful (margin ``> 0``) are updated, and, as in the reference, only they
 are queried: the ``n_queries`` iterations are a few stretches (:func:`segment_ends`), each one
 ``lax.while_loop`` in one ``jax.jit`` over the unfooled points gathered into a sub-batch padded to a
-bucket size (:mod:`saat_jax.autoattack.batching`); a run stops when every point succeeded. The side ``s`` of the window follows :func:`p_selection` (a host-side table indexed by
-the iteration). Windows are placed with iota comparisons against per-example offsets, so no shape is
+bucket size (:mod:`saat_jax.autoattack.batching`); a run stops when every point succeeded. The
+side ``s`` of the window follows :func:`p_selection` (a host-side table indexed by the iteration).
+Windows are placed with iota comparisons against per-example offsets, so no shape is
 dynamic.
 
 Randomness: the reference draws one window position, one sign vector and one ``eta`` orientation
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from saat_jax.autoattack.batching import padded_index
+from saat_jax.autoattack.batching import padded_index, put_rows
 from saat_jax.autoattack.fab import _check_common, _clean_logits
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -235,11 +236,9 @@ def _square_single_run(logits_fn, x, y, robust, key, eps, sizes, size_idx, eta_t
   idx, real = padded_index(np.flatnonzero(robust), batch)
   rows = jnp.asarray(idx)
   x0, m0 = _square_init(logits_fn, x[rows], y[rows], k_init, eps, init_tab, norm=norm)
-  keep = jnp.asarray(idx[real])
-  first = jnp.asarray(np.flatnonzero(real))
-  x_best = x.at[keep].set(x0[first])
+  x_best = put_rows(x, idx, real, x0)
   # Rows outside ``robust`` get margin -inf: never "to do".
-  margin_min = jnp.full((batch,), -jnp.inf, jnp.float32).at[keep].set(m0[first])
+  margin_min = put_rows(jnp.full((batch,), -jnp.inf, jnp.float32), idx, real, m0)
   loss_min = margin_min
 
   i = 0
@@ -252,11 +251,9 @@ def _square_single_run(logits_fn, x, y, robust, key, eps, sizes, size_idx, eta_t
     xb, mb, lb = _square_steps(logits_fn, x[rows], y[rows], jnp.asarray(real), k_loop, eps, sizes,
                                size_idx, eta_tab, x_best[rows], margin_min[rows], loss_min[rows],
                                i, stop, norm=norm)
-    keep = jnp.asarray(todo)
-    first = jnp.asarray(np.arange(todo.size))
-    x_best = x_best.at[keep].set(xb[first])
-    margin_min = margin_min.at[keep].set(mb[first])
-    loss_min = loss_min.at[keep].set(lb[first])
+    x_best = put_rows(x_best, idx, real, xb)
+    margin_min = put_rows(margin_min, idx, real, mb)
+    loss_min = put_rows(loss_min, idx, real, lb)
     i = stop
   return x_best
 
@@ -297,7 +294,7 @@ def _l2_tables(sizes: np.ndarray, h: int, w: int):
 
 def square_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf",
                   n_queries: int = 5000, p_init: float = 0.8, n_restarts: int = 1,
-                  seed: int = 0) -> jax.Array:
+                  seed: int = 0, mask=None) -> jax.Array:
   """Untargeted Square Attack (margin loss) on a batch; returns ``x_adv``, equal to ``x`` where it fails.
 
   Args:
@@ -312,6 +309,7 @@ def square_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf",
     p_init: initial fraction of pixels covered by the square (:func:`p_selection`).
     n_restarts: restarts, each on the points not fooled yet.
     seed: PRNG seed; the result is a deterministic function of it.
+    mask: optional ``(B,)`` bool; rows where it is ``False`` (padding) are not attacked.
 
   Defaults are those of AutoAttack's ``standard`` version.
   """
@@ -336,6 +334,8 @@ def square_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf",
     init_tab = np.zeros((2, 1, 1, 1), np.float32)
 
   robust = np.array(jnp.argmax(_clean_logits(logits_fn, x), axis=1) == y)
+  if mask is not None:
+    robust &= np.asarray(mask, bool)
   x_adv = x
   base_key = jax.random.key(seed)
   for restart in range(int(n_restarts)):
