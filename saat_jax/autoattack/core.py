@@ -25,8 +25,9 @@ size from a short fixed ladder (four sizes per octave up to ``batch_size``, see
 than once per batch size; inside an attack, each pass (target class, restart, stretch of Square
 queries) again runs only on the points it has not fooled yet, as in the reference (padding rows are
 never attacked). The returned ``x_adv`` is always re-checked: finite, inside ``[0, 1]``, within
-``eps`` of ``x`` (in the attack's norm, with a float32 round-off tolerance), equal to ``x`` where ``robust``, and misclassified where not; a violation
-raises ``RuntimeError`` (it would be a bug in an attack, never a property of the model).
+``eps`` of ``x`` (in the attack's norm, with a float32 round-off tolerance), equal to ``x`` where
+``robust``, and misclassified where not; a violation raises ``RuntimeError`` (it would be a bug in
+an attack, never a property of the model).
 """
 
 from __future__ import annotations
