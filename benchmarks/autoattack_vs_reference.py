@@ -15,9 +15,19 @@ For every ``--eps`` (in /255 units) it runs the reference's ``run_standard_evalu
 times and their ratio. The JAX time includes jit compilation (``--warm`` adds a second, compiled
 run). The model is not robust: compare at small budgets (0.5/255 to 2/255).
 
+``--checkpoint`` attacks another PyTorch ``state_dict`` instead (``--arch`` resnet18,
+preact_resnet18 or wrn<depth>_<width>, e.g. a PreAct ResNet-18 trained with Rice et al.'s code,
+``--normalization cifar10`` when its training normalised the inputs): the reference attacks
+``saat_jax.models.torch_reference``'s module and JAX the imported Flax model. A ``.npz`` of the
+state_dict's arrays loads without torch, for a JAX-only run (``--skip-reference``) on a machine
+that has no torch. Each run records images per second (points / wall time) as well.
+
   python benchmarks/autoattack_vs_reference.py --n 20 --eps 1 --attacks apgd-ce
   python benchmarks/autoattack_vs_reference.py --n 100 --eps 0.5 1 2 --out benchmarks/results/aa_ref.json
   python benchmarks/autoattack_vs_reference.py --merge ref.json jax.json --out both.json
+  # AA standard at 8/255 on 1,000 points of a PreAct ResNet-18 (on a GPU: the issue-3 speed figure)
+  python benchmarks/autoattack_vs_reference.py --checkpoint preact.pt --arch preact_resnet18 \
+      --normalization cifar10 --n 1000 --eps 8 --batch-size 500 --warm --out aa_preact18_gpu.json
   # a long comparison in chunks of points, each run side by side, then joined:
   python benchmarks/autoattack_vs_reference.py --start 250 --n 250 --eps 1 --skip-jax --out ref_250.json
   python benchmarks/autoattack_vs_reference.py --merge ref_0.json jax_0.json ref_250.json jax_250.json --out all.json
@@ -55,6 +65,7 @@ def reference_dir() -> str:
 
 
 def load_torch_model(examples: str):
+  """The wheel's ``model_test.pt`` in the wheel's own ``examples/resnet.py`` ResNet-18."""
   import torch
 
   spec = importlib.util.spec_from_file_location("_pyautoattack_resnet", os.path.join(examples, "resnet.py"))
@@ -75,6 +86,59 @@ def load_jax_model(examples: str):
     return model.apply(variables, x, train=False)
 
   return logits_fn
+
+
+def read_state_dict(path: str) -> dict:
+  """A checkpoint's state_dict, wrappers and ``module.``-style prefixes removed: a ``.npz`` of arrays
+  (no torch needed) or a PyTorch file (``torch.load(weights_only=True)``)."""
+  from saat_jax.models.torch_import import _strip_prefixes, _unwrap
+
+  if not os.path.isfile(path):
+    sys.exit(f"no checkpoint at {path!r}: pass --checkpoint a PyTorch state_dict (.pt/.pth) or a .npz of one")
+  if path.endswith(".npz"):
+    with np.load(path) as f:
+      return _strip_prefixes({k: f[k] for k in f.files})
+  import torch
+
+  return _strip_prefixes(_unwrap(torch.load(path, map_location="cpu", weights_only=True)))
+
+
+def load_checkpoint_models(path: str, arch: str, normalization: str, *, want_torch: bool, want_jax: bool):
+  """``(torch_net or None, logits_fn or None)`` for a user's checkpoint of ``arch``."""
+  from saat_jax.models import create_model
+  from saat_jax.models.torch_import import convert_state_dict
+
+  sd = read_state_dict(path)
+  try:
+    variables = convert_state_dict(sd, arch)
+  except ValueError as e:
+    sys.exit(f"{path}: {e}")
+  head = variables["params"]["fc" if "fc" in variables["params"] else "linear"]
+  num_classes = int(head["kernel"].shape[1])
+  net = logits_fn = None
+  if want_torch:
+    import torch
+
+    from saat_jax.models.torch_reference import build_torch_model
+
+    net = build_torch_model(arch, num_classes, normalization=normalization,
+                            sub_block1=any(k.startswith("sub_block1.") for k in sd))
+    inner = getattr(net, "model", net)
+    tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in sd.items()}
+    if "fc.weight" in tensors and "fc.bias" not in tensors:  # RobustBench's bias-free classifier
+      tensors["fc.bias"] = torch.zeros(num_classes)
+    missing, unexpected = inner.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # unused in eval mode
+    if missing or unexpected:
+      sys.exit(f"{path} does not fit the torch {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    net.eval()
+  if want_jax:
+    model = create_model(arch, num_classes, normalization=normalization)
+
+    def logits_fn(x):
+      return model.apply(variables, x, train=False)
+
+  return net, logits_fn
 
 
 def load_points(path: str, n: int, start: int = 0):
@@ -111,12 +175,14 @@ def run_reference(net, x, y, *, eps, norm, attacks, batch_size, seed):
 
   from saat_jax.autoattack.reference import run_reference as run_logged
 
-  adversary = AutoAttack(net, norm=norm, eps=eps, version="standard", seed=seed)
+  device = next(net.parameters()).device
+  adversary = AutoAttack(net, norm=norm, eps=eps, version="standard", seed=seed, device=device)
   adversary.attacks_to_run = list(attacks)  # the standard settings, restricted to these attacks
   xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   ref = run_logged(adversary, xt, torch.from_numpy(y.astype(np.int64)), batch_size=batch_size)
   accs = dict(clean=ref["clean"], **ref["robust_accuracy"])
-  return dict(robust_accuracy=accs, attack_times_s=ref["attack_times_s"], wall_s=ref["wall_s"]), ref["robust"]
+  return dict(robust_accuracy=accs, attack_times_s=ref["attack_times_s"], wall_s=ref["wall_s"],
+              images_per_s=len(y) / ref["wall_s"]), ref["robust"]
 
 
 def run_jax(logits_fn, x, y, *, eps, norm, attacks, batch_size, seed):
@@ -134,7 +200,8 @@ def run_jax(logits_fn, x, y, *, eps, norm, attacks, batch_size, seed):
   finally:
     core.attack_settings = orig
   times = {k: v for k, v in res.times.items() if k != "clean"}
-  return dict(robust_accuracy=dict(res.robust_accuracy), attack_times_s=times, wall_s=total), np.asarray(res.robust)
+  return (dict(robust_accuracy=dict(res.robust_accuracy), attack_times_s=times, wall_s=total,
+               images_per_s=len(y) / total), np.asarray(res.robust))
 
 
 def main(argv=None):
@@ -153,6 +220,13 @@ def main(argv=None):
   p.add_argument("--skip-jax", action="store_true")
   p.add_argument("--warm", action="store_true", help="time a second JAX run as well (compiled)")
   p.add_argument("--torch-threads", type=int, default=os.cpu_count())
+  p.add_argument("--torch-device", default=None, help="cuda or cpu (default: cuda when torch sees a GPU)")
+  p.add_argument("--checkpoint", default=None,
+                 help="a PyTorch state_dict (.pt/.pth, or .npz of its arrays) to attack instead of the wheel's "
+                 "model_test.pt")
+  p.add_argument("--arch", default="resnet18", help="with --checkpoint: resnet18, preact_resnet18, wrn34_10, ...")
+  p.add_argument("--normalization", default="none", choices=["none", "cifar10", "cifar100"],
+                 help="with --checkpoint: input normalisation the model was trained with (applied inside it)")
   p.add_argument("--merge", nargs="+", metavar="JSON", help="only join these result files into --out")
   p.add_argument("--note", default=None, help="with --merge: how the runs were made (stored as 'note')")
   args = p.parse_args(argv)
@@ -165,21 +239,39 @@ def main(argv=None):
 
   import jax
 
-  examples = reference_dir()
+  if args.skip_reference and args.skip_jax:
+    p.error("--skip-reference and --skip-jax together leave nothing to run")
+  if not os.path.isfile(args.data):
+    p.error(f"no CIFAR-10 archive at {args.data!r}; pass --data (see ../shared/data/README.md)")
+  if args.checkpoint is None:
+    examples = reference_dir()
+    net = None if args.skip_reference else load_torch_model(examples)
+    logits_fn = None if args.skip_jax else load_jax_model(examples)
+    model_desc = dict(checkpoint="pyautoattack examples/model_test.pt", arch="resnet18", normalization="none")
+  else:
+    if not args.skip_reference:
+      reference_dir()  # pyautoattack must be installed for the reference run
+    net, logits_fn = load_checkpoint_models(args.checkpoint, args.arch, args.normalization,
+                                            want_torch=not args.skip_reference, want_jax=not args.skip_jax)
+    model_desc = dict(checkpoint=os.path.basename(args.checkpoint), arch=args.arch,
+                      normalization=args.normalization)
   x, y = load_points(args.data, args.n, args.start)
-  out = dict(n=args.n, start=args.start, norm=args.norm, attacks=attacks, batch_size=args.batch_size, seed=args.seed,
+  out = dict(n=args.n, start=args.start, model=model_desc, norm=args.norm, attacks=attacks,
+             batch_size=args.batch_size, seed=args.seed,
              machine=dict(platform=platform.platform(), cpus=os.cpu_count(), jax_backend=jax.default_backend(),
                           jax=jax.__version__, cpu_affinity=sorted(os.sched_getaffinity(0)),
                           xla_flags=os.environ.get("XLA_FLAGS", "")),
              command=" ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:]),
              runs=[])
-  net = None if args.skip_reference else load_torch_model(examples)
+  out["machine"]["jax_devices"] = [str(d) for d in jax.devices()]
   if net is not None:
     import torch
     torch.set_num_threads(args.torch_threads)
-    out["machine"]["torch"] = torch.__version__
-    out["machine"]["torch_threads"] = args.torch_threads
-  logits_fn = None if args.skip_jax else load_jax_model(examples)
+    device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = net.to(device)
+    out["machine"].update(torch=torch.__version__, torch_threads=args.torch_threads, torch_device=device)
+    if device.startswith("cuda"):
+      out["machine"]["torch_gpu"] = torch.cuda.get_device_name()
 
   def save():
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -223,10 +315,12 @@ def merge(paths, out_path, note=None):
     with open(path) as f:
       part = json.load(f)
     part.setdefault("start", 0)
+    part.setdefault("model", dict(checkpoint="pyautoattack examples/model_test.pt", arch="resnet18",
+                                  normalization="none"))  # files written before --checkpoint existed
     if merged is None:
       merged = {k: v for k, v in part.items() if k not in ("runs", "command", "start", "n")}
       merged["merged_from"] = []
-    for key in ("norm", "attacks", "seed"):
+    for key in ("model", "norm", "attacks", "seed"):
       if part[key] != merged[key]:
         sys.exit(f"cannot merge {path}: its {key} is {part[key]!r}, not {merged[key]!r}")
     merged["merged_from"].append(dict(file=os.path.basename(path), start=part["start"], n=part["n"],
@@ -288,19 +382,22 @@ def _join_chunks(row, part, n_part):
         attack_times_s={k: a["attack_times_s"].get(k, 0.0) + b["attack_times_s"].get(k, 0.0)
                         for k in set(a["attack_times_s"]) | set(b["attack_times_s"])},
         wall_s=a["wall_s"] + b["wall_s"],
+        images_per_s=n / (a["wall_s"] + b["wall_s"]),
         robust=list(a["robust"]) + list(b["robust"]))
   return out
 
 
 def print_row(row, attacks):
-  head = f"{'eps':>6} {'impl':<10}" + "".join(f"{a:>10}" for a in ["clean"] + attacks) + f"{'wall s':>10}"
+  head = (f"{'eps':>6} {'impl':<10}" + "".join(f"{a:>10}" for a in ["clean"] + attacks)
+          + f"{'wall s':>10}{'images/s':>10}")
   print(head)
   print("-" * len(head))
   for impl in ("reference", "jax", "jax_warm"):
     if impl in row:
       r = row[impl]
       cells = "".join(f"{100 * r['robust_accuracy'].get(a, float('nan')):>9.1f}%" for a in ["clean"] + attacks)
-      print(f"{row['eps']:>6g} {impl:<10}{cells}{r['wall_s']:>10.1f}")
+      per_s = r.get("images_per_s", len(r.get("robust", ())) / r["wall_s"])  # older files lack it
+      print(f"{row['eps']:>6g} {impl:<10}{cells}{r['wall_s']:>10.1f}{per_s:>10.3g}")
   if "agreement" in row:
     print(f"per-point agreement {100 * row['agreement']:.1f}%, time jax/reference "
           f"{row['time_ratio_jax_over_reference']:.2f}")

@@ -1,8 +1,8 @@
 """Importing PyTorch state_dicts: same logits as the PyTorch reference modules, wrappers, errors.
 
-The PyTorch reference architectures are rebuilt below with the reference code's structure and
-parameter names: the AutoAttack examples' ResNet-18, Rice et al.'s PreAct ResNet-18 and the
-TRADES / Rice / RobustBench Wide ResNet (with its unused ``sub_block1``). Their BatchNorm running
+The PyTorch reference architectures (``saat_jax.models.torch_reference``) have the reference
+code's structure and parameter names: the AutoAttack examples' ResNet-18, Rice et al.'s PreAct
+ResNet-18 and the TRADES / Rice / RobustBench Wide ResNet (with its unused ``sub_block1``). Their BatchNorm running
 statistics are set to non-trivial values, so eval mode (``train=False``) is really compared.
 """
 
@@ -20,7 +20,6 @@ from saat_jax.models.torch_import import convert_state_dict, load_torch_checkpoi
 
 try:
   import torch
-  import torch.nn.functional as F
   from torch import nn
 except ImportError:
   torch = None
@@ -32,150 +31,8 @@ TOL = 1e-4
 
 
 if torch is not None:
-
-  class TorchBasicBlock(nn.Module):
-    """AutoAttack examples' ``resnet.py`` BasicBlock: post-activation, conv+BN shortcut."""
-
-    def __init__(self, in_planes, planes, stride=1):
-      super().__init__()
-      self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.shortcut = nn.Sequential()
-      if stride != 1 or in_planes != planes:
-        self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                      nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1(x)))
-      out = self.bn2(self.conv2(out))
-      return F.relu(out + self.shortcut(x))
-
-  class TorchResNet18(nn.Module):
-
-    def __init__(self, num_classes=10):
-      super().__init__()
-      self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-      self.bn1 = nn.BatchNorm2d(64)
-      in_planes = 64
-      for i, planes in enumerate((64, 128, 256, 512)):
-        stride = 1 if i == 0 else 2
-        blocks = [TorchBasicBlock(in_planes, planes, stride), TorchBasicBlock(planes, planes, 1)]
-        setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        in_planes = planes
-      self.linear = nn.Linear(512, num_classes)
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1(x)))
-      out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-      out = F.avg_pool2d(out, 4).flatten(1)
-      return self.linear(out)
-
-  class TorchPreActBlock(nn.Module):
-    """Rice et al. ``preactresnet.py`` PreActBlock: the conv shortcut (no BN) sees relu(bn1(x))."""
-
-    def __init__(self, in_planes, planes, stride=1):
-      super().__init__()
-      self.bn1 = nn.BatchNorm2d(in_planes)
-      self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-      if stride != 1 or in_planes != planes:
-        self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
-
-    def forward(self, x):
-      out = F.relu(self.bn1(x))
-      shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
-      out = self.conv1(out)
-      out = self.conv2(F.relu(self.bn2(out)))
-      return out + shortcut
-
-  class TorchPreActResNet18(nn.Module):
-
-    def __init__(self, num_classes=10):
-      super().__init__()
-      self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-      in_planes = 64
-      for i, planes in enumerate((64, 128, 256, 512)):
-        stride = 1 if i == 0 else 2
-        blocks = [TorchPreActBlock(in_planes, planes, stride), TorchPreActBlock(planes, planes, 1)]
-        setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        in_planes = planes
-      self.bn = nn.BatchNorm2d(512)
-      self.linear = nn.Linear(512, num_classes)
-
-    def forward(self, x):
-      out = self.conv1(x)
-      out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-      out = F.relu(self.bn(out))
-      out = F.avg_pool2d(out, 4).flatten(1)
-      return self.linear(out)
-
-  class TorchWideBlock(nn.Module):
-    """TRADES / Rice ``wideresnet.py`` BasicBlock: ``convShortcut`` when in != out planes."""
-
-    def __init__(self, in_planes, out_planes, stride):
-      super().__init__()
-      self.bn1 = nn.BatchNorm2d(in_planes)
-      self.relu1 = nn.ReLU(inplace=True)
-      self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
-      self.bn2 = nn.BatchNorm2d(out_planes)
-      self.relu2 = nn.ReLU(inplace=True)
-      self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
-      self.equal_in_out = in_planes == out_planes
-      self.convShortcut = None if self.equal_in_out else nn.Conv2d(
-          in_planes, out_planes, 1, stride=stride, padding=0, bias=False)
-
-    def forward(self, x):
-      if self.equal_in_out:
-        out = self.relu1(self.bn1(x))
-        shortcut = x
-      else:
-        x = self.relu1(self.bn1(x))
-        out = x
-        shortcut = self.convShortcut(x)
-      out = self.relu2(self.bn2(self.conv1(out)))
-      return shortcut + self.conv2(out)
-
-  class TorchNetworkBlock(nn.Module):
-
-    def __init__(self, n, in_planes, out_planes, stride):
-      super().__init__()
-      self.layer = nn.Sequential(*[
-          TorchWideBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
-          for i in range(n)])
-
-    def forward(self, x):
-      return self.layer(x)
-
-  class TorchWideResNet(nn.Module):
-    """With ``sub_block1=True`` it has TRADES' / RobustBench's unused ``sub_block1`` as well."""
-
-    def __init__(self, depth, widen_factor, num_classes=10, sub_block1=False):
-      super().__init__()
-      n = (depth - 4) // 6
-      ch = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-      self.conv1 = nn.Conv2d(3, ch[0], 3, stride=1, padding=1, bias=False)
-      self.block1 = TorchNetworkBlock(n, ch[0], ch[1], 1)
-      if sub_block1:
-        self.sub_block1 = TorchNetworkBlock(n, ch[0], ch[1], 1)
-      self.block2 = TorchNetworkBlock(n, ch[1], ch[2], 2)
-      self.block3 = TorchNetworkBlock(n, ch[2], ch[3], 2)
-      self.bn1 = nn.BatchNorm2d(ch[3])
-      self.relu = nn.ReLU(inplace=True)
-      self.fc = nn.Linear(ch[3], num_classes)
-      for m in self.modules():
-        if isinstance(m, nn.Conv2d):
-          nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.Linear):
-          m.bias.data.zero_()
-
-    def forward(self, x):
-      out = self.block3(self.block2(self.block1(self.conv1(x))))
-      out = self.relu(self.bn1(out))
-      out = F.avg_pool2d(out, 8).flatten(1)
-      return self.fc(out)
+  from saat_jax.models.torch_reference import (Normalized, TorchPreActResNet18, TorchResNet18,
+                                               TorchWideResNet, build_torch_model)
 
 
 TORCH_BUILDERS = {
@@ -297,6 +154,36 @@ def test_other_wrappers_numpy_values_and_normalization(torch_nets, tmp_path):
   normed = (x - np.float32(CIFAR10_MEAN)) / np.float32(CIFAR10_STD)
   out = np.asarray(model.apply(variables, x, train=False))
   assert np.abs(out - torch_logits(net, normed)).max() < TOL
+
+
+@requires_torch
+@pytest.mark.torch
+def test_build_torch_model_normalized_round_trip(tmp_path):
+  """A normalised torch model saved whole loads into the Flax model with the same normalisation."""
+  torch.manual_seed(3)
+  net = build_torch_model("preact_resnet18", normalization="cifar10")
+  assert isinstance(net, Normalized) and isinstance(net.model, TorchPreActResNet18)
+  with torch.no_grad():  # leave the trivial running statistics, so eval mode is a real check
+    for m in net.modules():
+      if isinstance(m, nn.BatchNorm2d):
+        m.running_mean.uniform_(-0.2, 0.2)
+        m.running_var.uniform_(0.5, 2.0)
+  net.eval()
+  assert all(k.startswith("model.") for k in net.state_dict())  # mean/std are not saved
+  path = tmp_path / "normed.pt"
+  torch.save(net.state_dict(), path)
+  model, variables = load_torch_checkpoint(str(path), "preact_resnet18", normalization="cifar10")
+  diff, ref = max_logit_diff(net, model, variables, images(4, 2))
+  assert diff < TOL and np.abs(ref).max() > 0.01  # default init: logits of order 0.1
+  # without the normalisation the logits differ: the wrapper really normalises
+  plain, plain_vars = load_torch_checkpoint(str(path), "preact_resnet18")
+  assert max_logit_diff(net, plain, plain_vars, images(4, 2))[0] > 10 * TOL
+  assert isinstance(build_torch_model("WRN-16-2", 100, sub_block1=True), TorchWideResNet)
+  assert build_torch_model("wrn16_2", 100).fc.out_features == 100
+  with pytest.raises(ValueError, match="normalization"):
+    build_torch_model("resnet18", normalization="imagenet")
+  with pytest.raises(ValueError, match="no PyTorch import"):
+    build_torch_model("small_cnn")
 
 
 @requires_torch

@@ -66,6 +66,7 @@ def run_reference(adversary, xt, yt, *, batch_size: int) -> dict:
   for name in adversary.attacks_to_run:  # skipped once nothing was robust any more
     accs.setdefault(name, 0.0)
   with torch.no_grad():
-    robust = adversary.model(x_adv).argmax(1).cpu().numpy() == yt.cpu().numpy()
+    logits = adversary.model(x_adv.to(getattr(adversary, "device", "cpu")))  # model on cuda or cpu
+    robust = logits.argmax(1).cpu().numpy() == yt.cpu().numpy()
   return dict(clean=clean, robust_accuracy=accs, attack_times_s=times, wall_s=wall,
               x_adv=x_adv.cpu().numpy().transpose(0, 2, 3, 1), robust=np.asarray(robust))
