@@ -50,7 +50,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from saat_jax.models import NORMALIZATIONS  # noqa: E402  (after the path insert)
+
 STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
+# What the default run attacks, as recorded in each result file's "model".
+WHEEL_MODEL = dict(checkpoint="pyautoattack examples/model_test.pt", arch="resnet18", normalization="none")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -88,39 +92,22 @@ def load_jax_model(examples: str):
   return logits_fn
 
 
-def read_state_dict(path: str) -> dict:
-  """A checkpoint's state_dict, wrappers and ``module.``-style prefixes removed: a ``.npz`` of arrays
-  (no torch needed) or a PyTorch file (``torch.load(weights_only=True)``)."""
-  from saat_jax.models.torch_import import _strip_prefixes, _unwrap
-
-  if not os.path.isfile(path):
-    sys.exit(f"no checkpoint at {path!r}: pass --checkpoint a PyTorch state_dict (.pt/.pth) or a .npz of one")
-  if path.endswith(".npz"):
-    with np.load(path) as f:
-      return _strip_prefixes({k: f[k] for k in f.files})
-  import torch
-
-  return _strip_prefixes(_unwrap(torch.load(path, map_location="cpu", weights_only=True)))
-
-
 def load_checkpoint_models(path: str, arch: str, normalization: str, *, want_torch: bool, want_jax: bool):
   """``(torch_net or None, logits_fn or None)`` for a user's checkpoint of ``arch``."""
-  from saat_jax.models import create_model
-  from saat_jax.models.torch_import import convert_state_dict
+  from saat_jax.models.torch_import import model_from_state_dict, read_state_dict
 
-  sd = read_state_dict(path)
   try:
-    variables = convert_state_dict(sd, arch)
-  except ValueError as e:
-    sys.exit(f"{path}: {e}")
-  head = variables["params"]["fc" if "fc" in variables["params"] else "linear"]
-  num_classes = int(head["kernel"].shape[1])
+    sd = read_state_dict(path)
+    model, variables = model_from_state_dict(sd, arch, normalization=normalization)
+  except (OSError, ImportError, ValueError) as e:
+    sys.exit(f"--checkpoint {path}: {e}")
   net = logits_fn = None
   if want_torch:
     import torch
 
     from saat_jax.models.torch_reference import build_torch_model
 
+    num_classes = model.num_classes
     net = build_torch_model(arch, num_classes, normalization=normalization,
                             sub_block1=any(k.startswith("sub_block1.") for k in sd))
     inner = getattr(net, "model", net)
@@ -133,7 +120,6 @@ def load_checkpoint_models(path: str, arch: str, normalization: str, *, want_tor
       sys.exit(f"{path} does not fit the torch {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     net.eval()
   if want_jax:
-    model = create_model(arch, num_classes, normalization=normalization)
 
     def logits_fn(x):
       return model.apply(variables, x, train=False)
@@ -225,7 +211,7 @@ def main(argv=None):
                  help="a PyTorch state_dict (.pt/.pth, or .npz of its arrays) to attack instead of the wheel's "
                  "model_test.pt")
   p.add_argument("--arch", default="resnet18", help="with --checkpoint: resnet18, preact_resnet18, wrn34_10, ...")
-  p.add_argument("--normalization", default="none", choices=["none", "cifar10", "cifar100"],
+  p.add_argument("--normalization", default="none", choices=sorted(NORMALIZATIONS),
                  help="with --checkpoint: input normalisation the model was trained with (applied inside it)")
   p.add_argument("--merge", nargs="+", metavar="JSON", help="only join these result files into --out")
   p.add_argument("--note", default=None, help="with --merge: how the runs were made (stored as 'note')")
@@ -247,7 +233,7 @@ def main(argv=None):
     examples = reference_dir()
     net = None if args.skip_reference else load_torch_model(examples)
     logits_fn = None if args.skip_jax else load_jax_model(examples)
-    model_desc = dict(checkpoint="pyautoattack examples/model_test.pt", arch="resnet18", normalization="none")
+    model_desc = WHEEL_MODEL
   else:
     if not args.skip_reference:
       reference_dir()  # pyautoattack must be installed for the reference run
@@ -315,8 +301,7 @@ def merge(paths, out_path, note=None):
     with open(path) as f:
       part = json.load(f)
     part.setdefault("start", 0)
-    part.setdefault("model", dict(checkpoint="pyautoattack examples/model_test.pt", arch="resnet18",
-                                  normalization="none"))  # files written before --checkpoint existed
+    part.setdefault("model", WHEEL_MODEL)  # files written before --checkpoint existed
     if merged is None:
       merged = {k: v for k, v in part.items() if k not in ("runs", "command", "start", "n")}
       merged["merged_from"] = []
@@ -380,7 +365,7 @@ def _join_chunks(row, part, n_part):
         robust_accuracy={k: (a["robust_accuracy"][k] * n_a + b["robust_accuracy"][k] * n_part) / n
                          for k in a["robust_accuracy"]},
         attack_times_s={k: a["attack_times_s"].get(k, 0.0) + b["attack_times_s"].get(k, 0.0)
-                        for k in set(a["attack_times_s"]) | set(b["attack_times_s"])},
+                        for k in dict.fromkeys([*a["attack_times_s"], *b["attack_times_s"]])},  # in order
         wall_s=a["wall_s"] + b["wall_s"],
         images_per_s=n / (a["wall_s"] + b["wall_s"]),
         robust=list(a["robust"]) + list(b["robust"]))

@@ -35,18 +35,14 @@ if torch is not None:
                                                TorchWideResNet, build_torch_model)
 
 
-TORCH_BUILDERS = {
-    "resnet18": lambda c: TorchResNet18(c),
-    "preact_resnet18": lambda c: TorchPreActResNet18(c),
-    "wrn16_2": lambda c: TorchWideResNet(16, 2, c, sub_block1=True),
-    "wrn34_1": lambda c: TorchWideResNet(34, 1, c, sub_block1=False),
-}
+# The Wide ResNets of these tests: one in TRADES' layout with its unused ``sub_block1``, one without.
+SUB_BLOCK1 = {"wrn16_2": True, "wrn34_1": False}
 
 
 def build_torch_net(name, seed=0, num_classes=10):
   """A seeded torch net in eval mode with non-trivial BN affine params and running statistics."""
   torch.manual_seed(seed)
-  net = TORCH_BUILDERS[name](num_classes)
+  net = build_torch_model(name, num_classes, sub_block1=SUB_BLOCK1.get(name, False))
   bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
   with torch.no_grad():
     # Running statistics from a train-mode pass (momentum None = plain average), then perturbed,
@@ -309,6 +305,24 @@ def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
   with pytest.raises(ImportError, match=r"pip install torch==2\.13\.0"):
     load_torch_checkpoint(str(path), "resnet18")
+
+
+@requires_torch
+@pytest.mark.torch
+def test_npz_state_dict_loads_without_torch(torch_nets, tmp_path, monkeypatch):
+  """A .npz of a state_dict's arrays gives the same model as the .pt, with torch unimportable."""
+  net = get_net(torch_nets, "preact_resnet18")
+  expected = convert_state_dict(net.state_dict(), "preact_resnet18")
+  path = tmp_path / "weights.npz"
+  np.savez(path, **{"module." + k: v for k, v in numpy_state_dict(net).items()})
+  bad = tmp_path / "bad.npz"
+  bad.write_bytes(b"not an npz")
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+  model, variables = load_torch_checkpoint(str(path), "preact_resnet18", normalization="cifar10")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, variables, expected)
+  assert model.num_classes == 10
+  with pytest.raises(ValueError, match=r"\.npz of state_dict arrays"):
+    load_torch_checkpoint(str(bad), "preact_resnet18")
 
 
 @requires_torch

@@ -17,8 +17,8 @@ whole batch at once (examples must not interact through the model, e.g. no Batch
 statistics). Target classes and restarts are a short Python loop around it; as in the reference,
 each run attacks only the points not fooled yet, gathered into a sub-batch padded to a size from a
 short ladder (:mod:`saat_jax.autoattack.batching`), so each size compiles once. ``eps`` is used as
-in the reference: the radius of the random starts of restarts
-``> 0`` and the bound a perturbation must satisfy to count.
+in the reference: the radius of the random starts of restarts ``> 0`` and the bound a perturbation
+must satisfy to count.
 """
 
 from __future__ import annotations

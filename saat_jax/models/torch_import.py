@@ -269,42 +269,73 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str,
   return traverse_util.unflatten_dict(out)
 
 
-def load_torch_checkpoint(path: str, model_name: str, *, num_classes: Optional[int] = None,
-                          normalization: str = "none") -> tuple[Any, dict]:
-  """Read a PyTorch checkpoint and return ``(flax_model, variables)``.
+def read_state_dict(path: str) -> dict[str, Any]:
+  """The state_dict stored at ``path``, checkpoint wrappers and ``module.``-style prefixes removed.
 
-  The file is read with ``torch.load(path, map_location='cpu', weights_only=True)`` (no arbitrary
-  pickles), unwrapped and converted by ``convert_state_dict``; the model is
-  ``create_model(model_name, num_classes, normalization=normalization)``, with ``num_classes``
-  taken from the checkpoint's final layer when None. Apply it with
-  ``model.apply(variables, images_nhwc, train=False)`` on images in [0, 1].
+  A ``.npz`` of the state_dict's arrays (``np.savez(f, **{k: v.numpy() ...})``) reads without
+  torch, e.g. on an accelerator machine that has none; any other file is read with
+  ``torch.load(path, map_location='cpu', weights_only=True)`` (no arbitrary pickles).
 
-  Raises ``FileNotFoundError`` for a missing file, ``ImportError`` when torch is not installed,
-  and ``ValueError`` for a file that is not a matching state_dict.
+  Raises ``FileNotFoundError`` for a missing file, ``ImportError`` when a PyTorch file is given and
+  torch is not installed, and ``ValueError`` for a file that is not a state_dict.
   """
-  from saat_jax.models import create_model
-
-  _family(model_name)  # reject unknown names before touching the file
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no PyTorch checkpoint at {path!r}")
+  if path.endswith(".npz"):
+    try:
+      with np.load(path) as f:
+        return _strip_prefixes({k: f[k] for k in f.files})
+    except Exception as e:
+      raise ValueError(f"could not read {path!r} as a .npz of state_dict arrays "
+                       f"({type(e).__name__}: {e})") from e
   try:
     import torch
   except ImportError as e:
     raise ImportError("loading a PyTorch checkpoint needs torch, which saat_jax does not require "
                       "for training: pip install torch==2.13.0 (a CPU build is enough), or "
-                      "pip install saat_jax[torch]") from e
+                      "pip install saat_jax[torch]; or save its arrays as a .npz") from e
   try:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:
     raise ValueError(f"could not read {path!r} as a PyTorch checkpoint with weights_only=True "
                      f"({type(e).__name__}: {e}). If it pickles whole objects and you trust it, "
                      "load it yourself and pass its state_dict to convert_state_dict.") from e
-  state_dict = _unwrap(ckpt)
+  return _strip_prefixes(_unwrap(ckpt))
+
+
+def model_from_state_dict(state_dict: Mapping[str, Any], model_name: str, *,
+                          num_classes: Optional[int] = None,
+                          normalization: str = "none") -> tuple[Any, dict]:
+  """``(flax_model, variables)`` of a PyTorch ``state_dict`` (see :func:`convert_state_dict`).
+
+  The model is ``create_model(model_name, num_classes, normalization=normalization)``, with
+  ``num_classes`` taken from the state_dict's final layer when None.
+  """
+  from saat_jax.models import create_model
+
+  variables = convert_state_dict(state_dict, model_name, num_classes)
+  family, canonical = _family(model_name)
+  n_classes = variables["params"][_final_layer_key(family)]["kernel"].shape[1]
+  return create_model(canonical, int(n_classes), normalization=normalization), variables
+
+
+def load_torch_checkpoint(path: str, model_name: str, *, num_classes: Optional[int] = None,
+                          normalization: str = "none") -> tuple[Any, dict]:
+  """Read a PyTorch checkpoint and return ``(flax_model, variables)``.
+
+  The file is read by :func:`read_state_dict` (``torch.load(..., weights_only=True)``, or a
+  ``.npz`` of the state_dict's arrays without torch) and converted by
+  :func:`model_from_state_dict`. Apply the model with
+  ``model.apply(variables, images_nhwc, train=False)`` on images in [0, 1].
+
+  Raises ``FileNotFoundError`` for a missing file, ``ImportError`` when torch is needed and not
+  installed, and ``ValueError`` for a file that is not a matching state_dict.
+  """
+  _family(model_name)  # reject unknown names before touching the file
+  state_dict = read_state_dict(path)
   try:
-    variables = convert_state_dict(state_dict, model_name, num_classes)
+    return model_from_state_dict(state_dict, model_name, num_classes=num_classes,
+                                 normalization=normalization)
   except ValueError as e:
-    raise ValueError(f"{path}: {e}") from e
-  n_classes = variables["params"][_final_layer_key(_family(model_name)[0])]["kernel"].shape[1]
-  model = create_model(_family(model_name)[1], int(n_classes), normalization=normalization)
-  return model, variables
+    raise ValueError(f"{os.fspath(path)}: {e}") from e
