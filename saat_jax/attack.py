@@ -46,6 +46,10 @@ class SAPGDStats:
   satisfied: jax.Array
 
 
+# Budgets closer than this fraction of tau count as equal (see budget_schedule).
+BUDGET_RTOL = 1e-3
+
+
 def _is_concrete(v) -> bool:
   return not isinstance(v, jax.core.Tracer)
 
@@ -56,11 +60,17 @@ def budget_schedule(eps_max: float, tau: float, eps_init: float = 0.0) -> list[f
   Lines 7-8 (``while eps < eps_max: eps <- eps + tau``) evaluated in Python floats, with the
   budget clipped at ``eps_max`` ("never beyond eps_max"). With the released code's warm start
   (``eps_init=8/255, tau=2/255, eps_max=14/255``) this gives stages 10, 12 and 14/255.
+
+  ``eps < eps_max`` is decided with a tolerance of ``BUDGET_RTOL * tau``: a budget typed as a
+  rounded decimal (``0.054902`` for 14/255) must not add a stage a hair above the last one, and
+  float sums of ``tau`` must not either. A stage that lands within the tolerance of ``eps_max``
+  becomes ``eps_max`` exactly.
   """
+  tol = BUDGET_RTOL * float(tau)
   budgets = [float(eps_init)]
   eps = float(eps_init)
-  while eps < eps_max:
-    eps = min(eps + tau, float(eps_max))
+  while eps < eps_max - tol:
+    eps = float(eps_max) if eps + tau >= eps_max - tol else eps + tau
     budgets.append(eps)
   return budgets
 
@@ -117,25 +127,40 @@ def _project(x_adv, x, eps, clip_min, clip_max):
   return jnp.clip(x_adv, clip_min, clip_max)
 
 
-def _value_and_input_grad(loss_fn: LossFn, y: jax.Array):
-  """One forward and backward pass: per-example loss and the gradient of its sum w.r.t. the input."""
+def _stateful(loss_fn, state):
+  """``loss_fn`` as ``(x, y, state) -> (out, state)``; a stateless one passes ``state`` through."""
+  if state is None:
+    return lambda xa, ya, st: (loss_fn(xa, ya), st)
+  return loss_fn
 
-  def summed(xa):
-    losses = loss_fn(xa, y)
-    return jnp.sum(losses), losses
+
+def _value_and_input_grad(loss_fn: LossFn, y: jax.Array, stateful: bool = False):
+  """One forward and backward pass: per-example loss and the gradient of its sum w.r.t. the input.
+
+  ``loss_fn`` returns the per-example loss ``(B,)``, or a pair ``(ascent, stop)`` of per-example
+  losses from the same forward pass: the gradient is that of ``sum(ascent)`` and the loss returned
+  (the one compared with rho) is ``stop``. With ``stateful``, ``loss_fn(x, y, state)`` returns
+  ``(out, new_state)`` and ``f(x, state) -> (losses, grad, new_state)``.
+  """
+  lf = loss_fn if stateful else (lambda xa, ya, st: (loss_fn(xa, ya), st))
+
+  def summed(xa, st):
+    out, new_st = lf(xa, y, st)
+    ascent, stop = out if isinstance(out, tuple) else (out, out)
+    return jnp.sum(ascent), (stop, new_st)
 
   vg = canonicalize_on_cpu(jax.value_and_grad(summed, has_aux=True))
 
-  def f(xa):
-    (_, losses), grad = vg(xa)
-    return losses, grad
+  def f(xa, st=()):
+    (_, (losses, new_st)), grad = vg(xa, st)
+    return losses, grad, new_st
 
   return f
 
 
 def sa_pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, rho, eps_max: float, tau: float, k: int,
            alpha, clip_min: float = 0.0, clip_max: float = 1.0, x_init: Optional[jax.Array] = None,
-           eps_init: float = 0.0):
+           eps_init: float = 0.0, state=None):
   """Strength-Adaptive PGD (Algorithm 1), over the whole batch in one ``lax.while_loop``.
 
   Per example (Algorithm 1): ``x' <- x, eps <- 0`` (line 3); if ``l(f(x'), y) >= rho`` it is
@@ -152,7 +177,10 @@ def sa_pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, rho, eps_max: float, 
   plain PGD with the same number of steps (the clean loss of line 4).
 
   Args:
-    loss_fn: ``loss_fn(x, y) -> (B,)`` per-example loss (the paper's ``l(f(x), y)``).
+    loss_fn: ``loss_fn(x, y) -> (B,)`` per-example loss (the paper's ``l(f(x), y)``), or
+      ``-> (ascent, stop)``: two per-example losses of one forward pass, the steps ascending
+      ``ascent`` and lines 4 and 11 testing ``stop >= rho`` (SA-TRADES ascends the TRADES KL and
+      may stop on the cross-entropy; see :mod:`saat_jax.methods.trades`).
     x, y: clean batch and labels.
     rho: minimum adversarial loss of Eq. 5 (scalar).
     eps_max: maximum perturbation budget (Python float).
@@ -164,9 +192,13 @@ def sa_pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, rho, eps_max: float, 
       released code (SAAT/main.py) starts from a PGD-10 example at ``eps_init=8/255`` and grows the
       budget from there; pass ``x_init`` (inside the ``eps_init`` ball around ``x``) and
       ``eps_init`` to reproduce it. Line 4 is then tested on ``x_init``.
+    state: optional pytree threaded through every pass: ``loss_fn(x, y, state) -> (loss, state)``.
+      This is how the PyTorch lineage's side effect is reproduced functionally: attacking in train
+      mode there updates BatchNorm's running statistics at every forward pass.
 
   Returns:
-    ``(x_adv, stats)`` with ``stats`` an :class:`SAPGDStats` of per-example arrays.
+    ``(x_adv, stats)`` with ``stats`` an :class:`SAPGDStats` of per-example arrays; with ``state``,
+    ``(x_adv, stats, state)`` after all passes.
   """
   check_sa_pgd_hparams(rho=rho, eps_max=eps_max, tau=tau, k=k, alpha=alpha, eps_init=eps_init)
   k = int(k)
@@ -177,9 +209,9 @@ def sa_pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, rho, eps_max: float, 
   alpha_b = _per_example(alpha, x)
   rho = jnp.asarray(rho, jnp.float32)
 
-  value_and_grad = _value_and_input_grad(loss_fn, y)
+  value_and_grad = _value_and_input_grad(loss_fn, y, stateful=state is not None)
   x0 = x if x_init is None else x_init.astype(x.dtype)
-  loss0, grad0 = value_and_grad(x0)
+  loss0, grad0, state0 = value_and_grad(x0, () if state is None else state)
   loss0 = loss0.astype(jnp.float32)
   # Line 4: examples whose loss is already >= rho are done; with no budget stage (eps_max <=
   # eps_init) every example is done at once.
@@ -194,6 +226,7 @@ def sa_pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, rho, eps_max: float, 
       k_in_stage=jnp.full((batch,), k, jnp.int32),
       steps=zeros_i,
       done=done0,
+      state=state0,
   )
 
   def cond(s):
@@ -210,7 +243,7 @@ def sa_pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, rho, eps_max: float, 
     x_adv = jnp.where(mask, stepped, s["x_adv"])
     step_i = active.astype(jnp.int32)
     k_in_stage = k_in_stage + step_i
-    loss, grad = value_and_grad(x_adv)
+    loss, grad, new_state = value_and_grad(x_adv, s["state"])
     loss = loss.astype(jnp.float32)
     reached = loss >= rho  # line 11
     exhausted = (stage >= n_stages) & (k_in_stage >= k)  # last iterate at eps_max
@@ -222,6 +255,7 @@ def sa_pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, rho, eps_max: float, 
         k_in_stage=k_in_stage,
         steps=s["steps"] + step_i,
         done=s["done"] | (active & (reached | exhausted)),
+        state=new_state,
     )
 
   final = lax.while_loop(cond, body, init)
@@ -231,12 +265,14 @@ def sa_pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, rho, eps_max: float, 
       loss=final["loss"],
       satisfied=final["loss"] >= rho,
   )
+  if state is not None:
+    return final["x_adv"], stats, final["state"]
   return final["x_adv"], stats
 
 
 def pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, eps, alpha, steps: int,
         key: Optional[jax.Array] = None, restarts: int = 1, clip_min: float = 0.0,
-        clip_max: float = 1.0) -> jax.Array:
+        clip_max: float = 1.0, state=None):
   """Madry PGD under l_inf (Eq. 4): ``x' <- clip(Proj_eps(x' + alpha * sign(grad)))``, ``steps`` times.
 
   With ``key``, each restart starts from ``x + U(-eps, eps)`` clipped to the pixel box, and the
@@ -244,6 +280,10 @@ def pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, eps, alpha, steps: int,
   and the authors' released code do (PGD-10 for training, PGD-20 with alpha 2/255 for evaluation).
   Without ``key`` the start is ``x`` itself and ``restarts`` must be 1. ``eps`` and ``alpha`` may be
   scalars or per-example ``(B,)`` arrays.
+
+  With ``state`` (``loss_fn(x, y, state) -> (loss, state)``, see :func:`sa_pgd`) the passes are
+  those of ``attack_pgd``: ``steps`` value-and-grad passes and one more forward pass per restart
+  for the restart selection, each threading ``state``; returns ``(x_adv, state)``.
   """
   if isinstance(steps, bool) or int(steps) != steps or steps < 0:
     raise ValueError(f"pgd: steps must be an integer >= 0, got {steps!r}")
@@ -255,30 +295,95 @@ def pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, eps, alpha, steps: int,
     raise ValueError(f"pgd: eps must be >= 0 (and not NaN), got {eps!r}")
   eps_b = _per_example(eps, x)
   alpha_b = _per_example(alpha, x)
-  grad_fn = canonicalize_on_cpu(jax.grad(lambda xa: jnp.sum(loss_fn(xa, y))))
+  stateful = state is not None
+  lf = _stateful(loss_fn, state)
+  grad_fn = canonicalize_on_cpu(jax.grad(lambda xa, st: _summed_with_state(lf, xa, y, st), has_aux=True))
 
-  def one_run(x_start):
-    def step(_, xa):
-      return _project(xa + alpha_b * jnp.sign(grad_fn(xa)), x, eps_b, clip_min, clip_max)
+  def one_run(x_start, st):
+    def step(_, carry):
+      xa, st = carry
+      g, st = grad_fn(xa, st)
+      return _project(xa + alpha_b * jnp.sign(g), x, eps_b, clip_min, clip_max), st
 
-    return lax.fori_loop(0, int(steps), step, x_start)
+    return lax.fori_loop(0, int(steps), step, (x_start, st))
 
+  st = state if stateful else ()
   if key is None:
-    return one_run(x)
+    x_adv, st = one_run(x, st)
+    return (x_adv, st) if stateful else x_adv
   best_x, best_loss = None, None
   for r_key in jax.random.split(key, restarts):
     delta = jax.random.uniform(r_key, x.shape, x.dtype, -1.0, 1.0) * eps_b
-    x_adv = one_run(jnp.clip(x + delta, clip_min, clip_max))
-    if restarts == 1:
+    x_adv, st = one_run(jnp.clip(x + delta, clip_min, clip_max), st)
+    if restarts == 1 and not stateful:
       return x_adv
-    loss = loss_fn(x_adv, y)
+    loss, st = lf(x_adv, y, st)  # attack_pgd's all_loss pass
     if best_x is None:
       best_x, best_loss = x_adv, loss
     else:
       better = loss >= best_loss
       best_x = jnp.where(_per_example(better, x), x_adv, best_x)
       best_loss = jnp.maximum(loss, best_loss)
-  return best_x
+  return (best_x, st) if stateful else best_x
 
 
-__all__: Sequence[str] = ["sa_pgd", "pgd", "SAPGDStats", "budget_schedule", "check_sa_pgd_hparams"]
+def _summed_with_state(lf, xa, y, st):
+  loss, st = lf(xa, y, st)
+  return jnp.sum(loss), st
+
+
+def trades_pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, alpha, steps: int,
+               key: jax.Array, clip_min: float = 0.0, clip_max: float = 1.0) -> jax.Array:
+  """The TRADES inner maximisation (Zhang et al. 2019, Eq. 5; yaodongyu/TRADES trades.py).
+
+  Starts at ``x + 0.001 * N(0, 1)`` (the reference does not clip the start) and takes ``steps``
+  signed-gradient steps ascending ``sum_i KL(f(x_i) || f(x'_i))``:
+  ``x' <- clip(Proj_eps(x' + alpha * sign(grad)))``; the result is clipped to the pixel box once
+  more, as the reference does after its loop (which matters only for ``steps=0``). The natural
+  logits ``f(x)`` are computed once and held constant: the reference recomputes
+  ``model(x_natural)`` every step, but with the model in eval mode and the gradient taken w.r.t.
+  ``x'`` only, that is the same value.
+
+  The TRADES CIFAR-10 settings (train_trades_cifar10.py) are ``eps=0.031``, ``alpha=0.007``,
+  ``steps=10``, with the attack run on BatchNorm in eval mode (``model.eval()`` in trades.py); the
+  caller's ``logits_fn`` decides the BatchNorm mode. (trades.py's own default ``step_size`` is
+  0.003; TRADES-AWP uses ``eps=8/255``, ``alpha=2/255``.)
+
+  Args:
+    logits_fn: ``logits_fn(x) -> (B, num_classes)``.
+    x: clean batch, pixels in ``[clip_min, clip_max]``.
+    eps, alpha: l_inf budget and step size, scalars or per-example ``(B,)`` arrays.
+    steps: number of steps (int >= 0).
+    key: PRNG key for the ``0.001 * N(0, 1)`` start.
+    clip_min, clip_max: the valid pixel range.
+
+  Returns:
+    ``x_adv``, of the shape and dtype of ``x``.
+  """
+  from saat_jax.losses import kl_divergence  # here rather than at the top: losses has no attack import
+
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise ValueError(f"trades_pgd: steps must be an integer >= 0, got {steps!r} (TRADES uses 10)")
+  if _is_concrete(eps) and np.any(~(np.asarray(eps, dtype=np.float64) >= 0)):
+    raise ValueError(f"trades_pgd: eps must be >= 0 (and not NaN), got {eps!r} (TRADES uses eps=0.031)")
+  if _is_concrete(alpha):
+    a = np.asarray(alpha, dtype=np.float64)
+    if np.any(~(a > 0)) or np.any(~np.isfinite(a)):
+      raise ValueError(f"trades_pgd: alpha (step size) must be finite and > 0, got {alpha!r} "
+                       "(TRADES uses alpha=0.007)")
+  if key is None:
+    raise ValueError("trades_pgd: key is needed for the 0.001 * N(0, 1) start; pass key=jax.random.key(seed)")
+  eps_b = _per_example(eps, x)
+  alpha_b = _per_example(alpha, x)
+  logits_natural = lax.stop_gradient(logits_fn(x))
+  grad_fn = canonicalize_on_cpu(jax.grad(lambda xa: jnp.sum(kl_divergence(logits_natural, logits_fn(xa)))))
+
+  def step(_, xa):
+    return _project(xa + alpha_b * jnp.sign(grad_fn(xa)), x, eps_b, clip_min, clip_max)
+
+  x_start = x + 0.001 * jax.random.normal(key, x.shape, x.dtype)
+  x_adv = lax.fori_loop(0, int(steps), step, x_start)
+  return jnp.clip(x_adv, clip_min, clip_max)
+
+
+__all__: Sequence[str] = ["sa_pgd", "pgd", "trades_pgd", "SAPGDStats", "budget_schedule", "check_sa_pgd_hparams"]
