@@ -12,7 +12,9 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.method = "saat"  # natural | at | saat
+  c.method = "saat"  # natural | at | saat | trades | sa_trades (saat_jax.methods)
+  # Which experiment of the paper this run is (configs/paper.py sets it; the report groups by it).
+  c.experiment = ml_collections.ConfigDict(dict(row="", label=""))
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"
@@ -23,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.val_size = 0  # > 0 holds out training examples to choose `best` (robust_overfitting)
   c.data.augment = True  # random crop with 4 px padding + horizontal flip, on device
   c.data.pad = 4
+  c.data.pad_mode = "reflect"  # reflect (Rice et al., the released SAAT code) | zero (torchvision)
   c.data.flip = True
 
   c.model = ml_collections.ConfigDict()
@@ -45,7 +48,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.saat.start_alpha = 2 / 255
   c.saat.start_steps = 10
 
-  c.attack_bn = "train"  # the attack sees BatchNorm on batch statistics (running stats untouched)
+  # TRADES (Zhang et al. 2019; yaodongyu/TRADES train_trades_cifar10.py): beta 6, PGD on the KL with
+  # eps 0.031, step 0.007, 10 steps, BatchNorm in eval mode during the attack (attack_bn='eval').
+  c.trades = ml_collections.ConfigDict(dict(beta=6.0, eps=0.031, alpha=0.007, steps=10))
+  # SA-TRADES (our design, see saat_jax/methods/trades.py): SA-PGD's schedule (config.saat) driving
+  # TRADES' KL ascent; an example stops when stop_loss (ce: l(f(x'), y) as Eq. 5 | kl) reaches rho.
+  c.sa_trades = ml_collections.ConfigDict(dict(stop_loss="ce"))
+
+  # AWP (Wu et al. 2020; csdongxian/AWP): gamma 0 is off; AWP-AT: gamma 0.01, proxy lr 0.01, no
+  # warm-up; AWP-TRADES: gamma 5e-3, proxy lr = the lr (0.1), warm-up 10 epochs.
+  c.awp = ml_collections.ConfigDict(dict(gamma=0.0, proxy_lr=0.01, warmup=0))
+
+  # EMA of the weights (beyond the paper; Gowal et al. 2020): 0 is off, e.g. 0.999 per step.
+  c.ema = ml_collections.ConfigDict(dict(decay=0.0))
+
+  # train: the attack sees BatchNorm on batch statistics, running statistics untouched;
+  # train_update: and every attack pass updates them (the PyTorch code's side effect); eval.
+  c.attack_bn = "train"
 
   # SGD, momentum 0.9, weight decay 5e-4, lr 0.1 divided by 10 at epochs 100 and 150 of 200.
   c.num_epochs = 200
@@ -65,6 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 500
   c.eval.num_test = 0  # 0: the full test set
   c.eval.select_best_on = "test"  # test (as the paper and Rice et al.) | val (needs data.val_size)
+  c.eval.best_weights = "raw"  # raw | ema (needs ema.decay): whose PGD-20 accuracy picks `best`
+  # First N training images (no augmentation) evaluated every epoch: training robust accuracy, for
+  # the robust generalisation gap of Figure 3(d).
+  c.eval.train_subset = 1000
 
   c.progress = True
   c.check_every = 20  # steps between NaN checks / progress updates

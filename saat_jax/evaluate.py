@@ -131,6 +131,8 @@ def main(argv=None) -> int:
   ap.add_argument("--data-dir", default=None, help="override the run's data.data_dir")
   ap.add_argument("--seed", type=int, default=None,
                   help="seed of the attacks' random starts (default: those of the run's own evaluation)")
+  ap.add_argument("--weights", default="raw", choices=("raw", "ema"),
+                  help="the trained weights or their EMA (runs with ema.decay > 0)")
   ap.add_argument("--out", default=None, help="JSON path (default <workdir>/eval.json)")
   args = ap.parse_args(argv)
 
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
                           alpha=None if args.alpha is None else args.alpha / 255,
                           num_test=args.num_test, batch_size=args.batch_size, aa_version=args.aa_version,
                           sweep=sweep, sweep_attack=args.sweep_attack, data_dir=args.data_dir,
-                          seed=args.seed, progress=True)
+                          seed=args.seed, progress=True, weights=args.weights)
   except (checkpointing.CheckpointError, DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -180,7 +182,7 @@ def main(argv=None) -> int:
   return 0
 
 
-def _restore_for_eval(workdir: str, kind: str):
+def _restore_for_eval(workdir: str, kind: str, weights: str = "raw"):
   from saat_jax import checkpointing, train
 
   ck = checkpointing.RunCheckpoints(workdir)
@@ -190,18 +192,22 @@ def _restore_for_eval(workdir: str, kind: str):
     import ml_collections
 
     cfg = ml_collections.ConfigDict(meta["config"])
-    image_shape = (8, 8, 1) if cfg.data.name == "digits" else (32, 32, 3)
+    image_shape = meta.get("image_shape") or ((8, 8, 1) if cfg.data.name == "digits" else (32, 32, 3))
     tx, _ = train.make_optimizer(cfg, 1)
-    target = train.initial_state(model, tx, jax.random.key(0), image_shape)
+    has_ema = float(cfg.get("ema", {}).get("decay", 0.0)) > 0
+    if weights == "ema" and not has_ema:
+      raise ValueError(f"{workdir} was trained without an EMA of the weights (ema.decay = 0); "
+                       "evaluate its raw weights (--weights raw)")
+    target = train.initial_state(model, tx, jax.random.key(0), tuple(image_shape), ema=has_ema)
     state, meta = ck.restore(kind, target)
   finally:
     ck.close()
-  return model, state.variables, meta, cfg
+  return model, state.ema_variables if weights == "ema" else state.variables, meta, cfg
 
 
 def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20", "aa"), eps=None, alpha=None,
                  num_test=0, batch_size=None, aa_version="standard", sweep=(), sweep_attack="pgd",
-                 data_dir=None, seed=0, progress=False) -> dict:
+                 data_dir=None, seed=0, progress=False, weights="raw") -> dict:
   """Evaluate checkpoints of a run; returns a JSON-able report (see ``format_table``).
 
   ``eps``/``alpha`` default to the run's own ``eval.eps``/``eval.alpha``, and PGD starts from the
@@ -212,10 +218,10 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
   from saat_jax import train
   from saat_jax.input_pipeline import load_dataset
 
-  report = {"workdir": workdir, "checkpoints": {}, "sweep_attack": sweep_attack}
+  report = {"workdir": workdir, "checkpoints": {}, "sweep_attack": sweep_attack, "weights": weights}
   data = None
   for kind in kinds:
-    model, variables, meta, cfg = _restore_for_eval(workdir, kind)
+    model, variables, meta, cfg = _restore_for_eval(workdir, kind, weights)
     if data is None:
       eps = float(cfg.eval.eps) if eps is None else eps
       alpha = float(cfg.eval.alpha) if alpha is None else alpha

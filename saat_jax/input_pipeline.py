@@ -29,10 +29,10 @@ stay uint8 (NHWC) in host memory; labels are int32.
 "Overfitting in adversarially robust deep learning" (robust_overfitting's generate_validation.py
 holds out 1,000 randomly permuted training images).
 
-:func:`augment` runs inside the jitted step: a random 32x32 crop of the image zero-padded by 4
-pixels on each side, with an independent offset per example, then a horizontal flip with
-probability 1/2, i.e. torchvision's ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()``
-that the reference AT code uses. :func:`epoch_batches` gives each epoch's example order as a pure
+:func:`augment` runs inside the jitted step: a random 32x32 crop of the image padded by 4 pixels
+on each side (by reflection, as Rice et al. 2020 and the released SAAT code; zeros as torchvision's
+``RandomCrop(32, padding=4)`` on request), with an independent offset per example, then a
+horizontal flip with probability 1/2. :func:`epoch_batches` gives each epoch's example order as a pure
 function of ``(seed, epoch)``, so a resumed run sees the same batches. Every bad input raises
 :class:`DataError`, whose message says what is wrong and how to fix it.
 """
@@ -224,13 +224,17 @@ def to_float(images_uint8) -> jax.Array:
   return jnp.asarray(_UINT8_TO_FLOAT)[x.astype(jnp.int32)]
 
 
-def augment(key, images_uint8, *, pad: int = 4, flip: bool = True) -> jax.Array:
-  """Random crop after zero padding, then random horizontal flip; uint8 NHWC -> float32 [0, 1].
+PAD_MODES = ("reflect", "zero")
 
-  torchvision's ``RandomCrop(H, padding=pad)`` + ``RandomHorizontalFlip()`` for a whole batch:
-  each example gets its own crop offset, uniform in ``{0..2*pad}`` along each axis, and is flipped
-  with probability 1/2. Jittable; a pure function of ``key``. ``pad=0, flip=False`` is
-  :func:`to_float`.
+
+def augment(key, images_uint8, *, pad: int = 4, flip: bool = True, pad_mode: str = "reflect") -> jax.Array:
+  """Random crop after padding, then random horizontal flip; uint8 NHWC -> float32 [0, 1].
+
+  Rice et al. (2020, ``utils.pad``: ``np.pad(..., mode='reflect')`` then ``Crop(32, 32)`` and
+  ``FlipLR``), which the released SAAT code inherits, pad by reflection: ``pad_mode='reflect'``
+  (the default). ``pad_mode='zero'`` is torchvision's ``RandomCrop(H, padding=pad)`` (zeros). Each
+  example gets its own crop offset, uniform in ``{0..2*pad}`` along each axis, and is flipped with
+  probability 1/2. Jittable; a pure function of ``key``. ``pad=0, flip=False`` is :func:`to_float`.
   """
   x = jnp.asarray(images_uint8)
   if x.ndim != 4:
@@ -238,10 +242,16 @@ def augment(key, images_uint8, *, pad: int = 4, flip: bool = True) -> jax.Array:
   pad = int(pad)
   if pad < 0:
     raise ValueError(f"pad must be >= 0, got {pad}")
+  if pad_mode not in PAD_MODES:
+    raise ValueError(f"pad_mode={pad_mode!r} is unknown; use 'reflect' (Rice et al.) or 'zero' (torchvision)")
   n, h, w, c = x.shape
+  if pad_mode == "reflect" and pad >= min(h, w):
+    raise ValueError(f"reflect padding of {pad} px needs images larger than {pad} px, got {h}x{w}; "
+                     "lower data.pad or use data.pad_mode='zero'")
   crop_key, flip_key = jax.random.split(key)
   if pad > 0:
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    widths = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+    padded = jnp.pad(x, widths, mode="reflect") if pad_mode == "reflect" else jnp.pad(x, widths)
     offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
     x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
   if flip:

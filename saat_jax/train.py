@@ -1,21 +1,17 @@
-"""Training: Strength-Adaptive Adversarial Training (Algorithm 2) with the recipe of Sec. 4.1.
+"""Training: Strength-Adaptive Adversarial Training (Algorithm 2) and the methods it is compared with.
 
-Methods (``config.method``):
+The step is the same for every method (:mod:`saat_jax.methods`): augment the batch, run the
+method's adversary, stop the gradient through its examples, and take one SGD step on the method's
+outer loss -- optionally at weights perturbed by AWP (:mod:`saat_jax.awp`, ``config.awp.gamma``),
+and optionally keeping an exponential moving average of the weights (``config.ema.decay``).
 
-* ``natural`` -- Eq. 1.
-* ``at`` -- standard AT (Eq. 2) with PGD-10, eps 8/255, alpha 2/255, uniform random start
-  (Madry et al. 2017; Rice et al. 2020).
-* ``saat`` -- Algorithm 2: each mini-batch is replaced by SA-PGD examples (Algorithm 1, line 7 of
-  Algorithm 2) and theta takes one SGD step on their mean loss (line 9). ``config.saat.start``
-  chooses Algorithm 1's start (``zero``: x' = x, eps = 0) or the released code's warm start
-  (``pgd``: PGD-10 at 8/255, then the budget grows from 8/255).
-
-The attack sees the model as the reference AT code does, BatchNorm on batch statistics
-(``config.attack_bn = 'train'``), but its passes never update the running statistics (the issue's
-requirement; the released PyTorch code let them). SGD with momentum 0.9 and weight decay 5e-4 added
-to the gradient as ``torch.optim.SGD`` does; the learning rate is divided by 10 at each milestone.
-Everything is a pure function of explicit state and of ``(seed, step)``, so a resumed run repeats
-an uninterrupted one exactly.
+The attack sees the model as ``config.attack_bn`` says (:data:`saat_jax.methods.ATTACK_BN`): by
+default BatchNorm on batch statistics with the running statistics untouched; ``train_update`` lets
+every attack pass update them, as the PyTorch code (Rice et al., the released SAAT code) does by
+attacking in train mode. SGD with momentum 0.9 and weight decay 5e-4 added to the gradient as
+``torch.optim.SGD`` does; the learning rate is divided by 10 at each milestone. Everything is a pure
+function of explicit state and of ``(seed, step)``, so a resumed run repeats an uninterrupted one
+exactly.
 """
 
 from __future__ import annotations
@@ -36,29 +32,45 @@ import optax
 from tqdm.auto import tqdm
 
 from saat_jax import checkpointing, parallel
-from saat_jax.attack import check_sa_pgd_hparams, pgd, sa_pgd
+from saat_jax.attack import check_sa_pgd_hparams
+from saat_jax.awp import perturb, weight_perturbation
 from saat_jax.evaluate import make_eval_step, natural_and_pgd_accuracy
-from saat_jax.input_pipeline import augment, epoch_batches, load_dataset, to_float
-from saat_jax.losses import ce_loss_fn, correct, cross_entropy
+from saat_jax.input_pipeline import PAD_MODES, augment, epoch_batches, load_dataset, to_float
+from saat_jax.losses import correct
+from saat_jax.methods import ATTACK_BN, METHODS, STOP_LOSSES, AttackNet, get_method
 from saat_jax.models import count_params, create_model, init_variables
 
-METHODS = ("natural", "at", "saat")
 EPS_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 @flax.struct.dataclass
 class TrainState:
+  """Everything a step changes. ``ema`` is ``{'params', 'batch_stats'}`` averaged over steps, or
+  None (an empty pytree: checkpoints without EMA keep their structure)."""
+
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  ema: Any = None
 
   @property
   def variables(self) -> dict:
-    v = {"params": self.params}
-    if self.batch_stats:
-      v["batch_stats"] = self.batch_stats
-    return v
+    return _variables(self.params, self.batch_stats)
+
+  @property
+  def ema_variables(self) -> dict:
+    if self.ema is None:
+      raise ValueError("this run keeps no EMA of the weights; train with --config.ema.decay=0.999 "
+                       "(or another decay in (0, 1)) to have one")
+    return _variables(self.ema["params"], self.ema["batch_stats"])
+
+
+def _variables(params, batch_stats) -> dict:
+  v = {"params": params}
+  if batch_stats:
+    v["batch_stats"] = batch_stats
+  return v
 
 
 class TrainingDiverged(FloatingPointError):
@@ -74,8 +86,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raise ``ValueError`` naming every impossible value, before anything is read or written."""
   problems = []
   if config.method not in METHODS:
-    problems.append(f"method={config.method!r} is unknown; use one of {METHODS}")
-  if config.method == "saat":
+    problems.append(f"method={config.method!r} is unknown; use one of {tuple(METHODS)}")
+  if config.method in ("saat", "sa_trades"):
     s = config.saat
     try:
       check_sa_pgd_hparams(rho=s.rho, eps_max=s.eps_max, tau=s.tau, k=s.k, alpha=s.alpha,
@@ -86,6 +98,33 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       problems.append(f"saat.start={s.start!r} is unknown; use 'zero' (Algorithm 1) or 'pgd' (released code)")
     if s.start == "pgd" and s.start_eps > s.eps_max:
       problems.append(f"saat.start_eps={s.start_eps} exceeds saat.eps_max={s.eps_max}")
+  if config.method in ("trades", "sa_trades"):
+    t = config.trades
+    if not t.beta >= 0:
+      problems.append(f"trades.beta must be >= 0, got {t.beta} (TRADES uses 6; 0 is natural training)")
+    if not t.eps >= 0 or not t.alpha > 0 or int(t.steps) < 0:
+      problems.append(f"trades: need eps >= 0, alpha > 0, steps >= 0, got eps={t.eps}, alpha={t.alpha}, "
+                      f"steps={t.steps} (TRADES: 0.031, 0.007, 10)")
+    if config.attack_bn == "train_update":
+      problems.append("attack_bn='train_update' is for attacks in train mode; TRADES attacks with "
+                      "BatchNorm in eval mode: use attack_bn='eval'")
+  if config.method == "sa_trades" and config.sa_trades.stop_loss not in STOP_LOSSES:
+    problems.append(f"sa_trades.stop_loss={config.sa_trades.stop_loss!r} is unknown; use one of {STOP_LOSSES}")
+  a = config.awp
+  if not a.gamma >= 0 or not math.isfinite(a.gamma):
+    problems.append(f"awp.gamma must be finite and >= 0, got {a.gamma} (0: no AWP; AWP-AT uses 0.01)")
+  if not a.proxy_lr > 0:
+    problems.append(f"awp.proxy_lr must be > 0, got {a.proxy_lr} (AWP-AT uses 0.01)")
+  if not a.warmup >= 0:
+    problems.append(f"awp.warmup must be >= 0 epochs, got {a.warmup}")
+  if not 0 <= config.ema.decay < 1:
+    problems.append(f"ema.decay must be in [0, 1), got {config.ema.decay} (0: no EMA; e.g. 0.999)")
+  if config.eval.best_weights not in ("raw", "ema"):
+    problems.append(f"eval.best_weights={config.eval.best_weights!r}; use 'raw' or 'ema'")
+  elif config.eval.best_weights == "ema" and not config.ema.decay > 0:
+    problems.append("eval.best_weights='ema' needs an EMA: set ema.decay (e.g. 0.999)")
+  if config.data.pad_mode not in PAD_MODES:
+    problems.append(f"data.pad_mode={config.data.pad_mode!r} is unknown; use one of {PAD_MODES}")
   if config.method == "at":
     if not config.at.eps >= 0:
       problems.append(f"at.eps must be >= 0, got {config.at.eps}")
@@ -93,8 +132,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       problems.append(f"at.alpha must be > 0, got {config.at.alpha}")
     if int(config.at.steps) < 1:
       problems.append(f"at.steps must be >= 1, got {config.at.steps}")
-  if config.attack_bn not in ("train", "eval"):
-    problems.append(f"attack_bn={config.attack_bn!r}; use 'train' (batch statistics) or 'eval'")
+  if config.attack_bn not in ATTACK_BN:
+    problems.append(f"attack_bn={config.attack_bn!r}; use 'train' (batch statistics), 'train_update' "
+                    "(batch statistics, attack passes update the running ones, as the PyTorch code) or 'eval'")
   if int(config.num_epochs) < 1:
     problems.append(f"num_epochs must be >= 1, got {config.num_epochs}")
   for name in ("batch_size", "eval.batch_size"):
@@ -149,11 +189,20 @@ def run_keys(seed: int):
   return tuple(jax.random.split(jax.random.key(seed), 3))
 
 
-def initial_state(model, tx, key: jax.Array, image_shape) -> TrainState:
-  """Freshly initialised state; also the restore target for a checkpoint of the same model."""
+def initial_state(model, tx, key: jax.Array, image_shape, *, ema: bool = False) -> TrainState:
+  """Freshly initialised state; also the restore target for a checkpoint of the same model.
+
+  With ``ema`` the average starts at the initial weights (``optax.incremental_update`` then moves
+  it by ``1 - decay`` each step)."""
   variables = init_variables(model, key, image_shape)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
+  params, bs = variables["params"], variables.get("batch_stats", {})
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=bs,
+                    opt_state=tx.init(params), ema=_copy({"params": params, "batch_stats": bs}) if ema else None)
+
+
+def _copy(tree):
+  """Fresh buffers: the EMA must not alias the parameters (the step donates its state)."""
+  return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,73 +210,68 @@ def initial_state(model, tx, key: jax.Array, image_shape) -> TrainState:
 # --------------------------------------------------------------------------------------------
 
 
-def make_adversary(config: ml_collections.ConfigDict, apply_fn):
-  """``adversary(variables, x, y, key) -> (x_adv, per-example eps, steps, satisfied)``."""
-  method = config.method
-  attack_train_bn = config.attack_bn == "train"
+def train_forward(apply_fn, params):
+  """``forward(inputs, batch_stats) -> (logits, batch_stats)``: a train-mode pass at ``params``
+  (BatchNorm on batch statistics, running statistics updated), as the methods' outer losses take."""
 
-  def logits_fn_of(variables):
-    if attack_train_bn and "batch_stats" in variables:
-      # BatchNorm on batch statistics, running statistics left untouched.
-      return lambda xa: apply_fn(variables, xa, train=True, mutable=["batch_stats"])[0]
-    return lambda xa: apply_fn(variables, xa, train=attack_train_bn)
+  def forward(inputs, batch_stats):
+    if batch_stats:
+      logits, upd = apply_fn({"params": params, "batch_stats": batch_stats}, inputs, train=True,
+                             mutable=["batch_stats"])
+      return logits, upd["batch_stats"]
+    return apply_fn({"params": params}, inputs, train=True), batch_stats
 
-  def adversary(variables, x, y, key):
-    loss_fn = ce_loss_fn(logits_fn_of(variables))
-    batch = x.shape[0]
-    if method == "natural":
-      zeros = jnp.zeros((batch,), jnp.float32)
-      return x, zeros, zeros.astype(jnp.int32), jnp.ones((batch,), bool)
-    if method == "at":
-      a = config.at
-      x_adv = pgd(loss_fn, x, y, eps=a.eps, alpha=a.alpha, steps=int(a.steps), key=key)
-      return (x_adv, jnp.full((batch,), a.eps, jnp.float32), jnp.full((batch,), int(a.steps), jnp.int32),
-              jnp.ones((batch,), bool))
-    s = config.saat
-    x_init, eps_init, pre_steps = None, 0.0, 0
-    if s.start == "pgd":
-      x_init = pgd(loss_fn, x, y, eps=s.start_eps, alpha=s.start_alpha, steps=int(s.start_steps), key=key)
-      eps_init, pre_steps = float(s.start_eps), int(s.start_steps)
-    x_adv, stats = sa_pgd(loss_fn, x, y, rho=s.rho, eps_max=float(s.eps_max), tau=float(s.tau),
-                          k=int(s.k), alpha=s.alpha, x_init=x_init, eps_init=eps_init)
-    return x_adv, stats.eps, stats.steps + pre_steps, stats.satisfied
-
-  return adversary
+  return forward
 
 
-def make_train_step(config: ml_collections.ConfigDict, apply_fn, tx):
-  adversary = make_adversary(config, apply_fn)
-  d = config.data
+def make_train_step(config: ml_collections.ConfigDict, apply_fn, tx, steps_per_epoch: int = 1):
+  """``train_step(state, images_uint8, labels, key) -> (state, metrics)``: Algorithm 2, lines 5-9.
+
+  The method's adversary makes ``x'`` (line 7); theta takes one step on the method's outer loss
+  (line 9). With AWP (``awp.gamma > 0``, from epoch ``awp.warmup`` on, the epoch being
+  ``step // steps_per_epoch``) the weights are perturbed against that same loss first, the gradient
+  and the optimizer step (weight decay included) are taken at the perturbed weights, and the
+  perturbation is removed afterwards, as ``AdvWeightPerturb`` of the AWP code.
+  """
+  method = get_method(config)
+  d, awp_cfg = config.data, config.awp
+  gamma, proxy_lr, warmup = float(awp_cfg.gamma), float(awp_cfg.proxy_lr), float(awp_cfg.warmup)
+  ema_decay = float(config.ema.decay)
 
   def train_step(state: TrainState, images, labels, key):
     aug_key, attack_key = jax.random.split(key)
-    if d.augment:
-      x = augment(aug_key, images, pad=int(d.pad), flip=bool(d.flip))
-    else:
-      x = to_float(images)
-    x_adv, eps, steps, satisfied = adversary(state.variables, x, labels, attack_key)
-    x_adv = jax.lax.stop_gradient(x_adv)
+    x = augment(aug_key, images, pad=int(d.pad), flip=bool(d.flip), pad_mode=d.pad_mode) if d.augment \
+        else to_float(images)
+    adv = method.adversary(AttackNet(apply_fn, state.variables, config.attack_bn), x, labels, attack_key)
+    x_adv = jax.lax.stop_gradient(adv.x_adv)
 
-    def loss_and_aux(params):
-      variables = {"params": params}
-      if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-        logits, updates = apply_fn(variables, x_adv, train=True, mutable=["batch_stats"])
-        new_bs = updates["batch_stats"]
-      else:
-        logits, new_bs = apply_fn(variables, x_adv, train=True), state.batch_stats
-      return jnp.mean(cross_entropy(logits, labels)), (logits, new_bs)
+    def objective(params):
+      loss, logits, new_bs = method.loss(train_forward(apply_fn, params), adv.batch_stats, x, x_adv, labels)
+      return loss, (logits, new_bs)
 
-    (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state)
+    params = state.params
+    if gamma > 0:
+      def awp_diff(p):
+        return weight_perturbation(lambda q: objective(q)[0], p, gamma=gamma, proxy_lr=proxy_lr)
+
+      zeros = lambda p: jax.tree_util.tree_map(jnp.zeros_like, p)
+      diff = jax.lax.cond(state.step >= int(math.ceil(warmup * steps_per_epoch)), awp_diff, zeros, params)
+      params = perturb(params, diff)
+    (loss, (logits, new_bs)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, state.opt_state, params)
+    params = optax.apply_updates(params, updates)
+    if gamma > 0:
+      params = perturb(params, diff, -1.0)
+    ema = state.ema
+    if ema is not None:
+      ema = optax.incremental_update({"params": params, "batch_stats": new_bs}, ema, step_size=1.0 - ema_decay)
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state, ema=ema)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(correct(logits, labels)),
-        "eps": eps,
-        "steps": steps,
-        "satisfied": satisfied,
+        "eps": adv.eps,
+        "steps": adv.steps,
+        "satisfied": adv.satisfied,
         "unperturbed": jnp.all(x_adv == x, axis=tuple(range(1, x.ndim))),
     }
     return new_state, metrics
@@ -305,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   tx, schedule = make_optimizer(config, steps_per_epoch)
 
   init_key, train_key, eval_key = run_keys(int(config.seed))
-  state = initial_state(model, tx, init_key, data.train_images.shape[1:])
+  state = initial_state(model, tx, init_key, data.train_images.shape[1:], ema=float(config.ema.decay) > 0)
 
   # Everything that can be refused has been checked; now the work dir is touched.
   os.makedirs(workdir, exist_ok=True)
@@ -326,13 +370,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     json.dump(_config_json(config), f, indent=2)
 
   state = jax.device_put(state, repl)
-  train_step = jax.jit(make_train_step(config, model.apply, tx), donate_argnums=0,
+  train_step = jax.jit(make_train_step(config, model.apply, tx, steps_per_epoch), donate_argnums=0,
                        out_shardings=(repl, repl))
   ev = config.eval
   eval_step = jax.jit(make_eval_step(model.apply, eps=float(ev.eps), alpha=float(ev.alpha),
                                      steps=int(ev.steps)))
   num_test = int(ev.num_test) if ev.num_test else len(data.test_labels)
   test_images, test_labels = data.test_images[:num_test], data.test_labels[:num_test]
+  # A fixed subset of the training set (no augmentation), for the training robust accuracy and the
+  # robust generalisation gap of Figure 3(d).
+  n_sub = min(int(ev.train_subset), num_train)
+  sub_images, sub_labels = data.train_images[:n_sub], data.train_labels[:n_sub]
   print(f"{config.method} | {spec['name']} ({count_params(state.params):,} params) | {data.name}: "
         f"{num_train} train, {len(data.val_labels)} val, {num_test} test | {jax.device_count()} device(s) "
         f"| {steps_per_epoch} steps/epoch")
@@ -363,18 +411,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     train_time = time.time() - t0
 
     t1 = time.time()
-    variables = state.variables
     record = {"epoch": epoch, "step": int(state.step), "lr": float(schedule(int(state.step) - 1)),
               **_epoch_summary(step_metrics), "train_time_s": train_time}
-    ekey = jax.random.fold_in(eval_key, 0)  # the same PGD starts every epoch
-    record["test_natural_accuracy"], record["test_pgd_accuracy"] = natural_and_pgd_accuracy(
-        eval_step, variables, test_images, test_labels, batch_size=int(ev.batch_size), key=ekey, mesh=mesh)
-    if len(data.val_labels):
-      record["val_natural_accuracy"], record["val_pgd_accuracy"] = natural_and_pgd_accuracy(
-          eval_step, variables, data.val_images, data.val_labels, batch_size=int(ev.batch_size),
-          key=jax.random.fold_in(eval_key, 1), mesh=mesh)
+    weights = {"": state.variables}  # each split gets the same PGD starts every epoch
+    if state.ema is not None:
+      weights["ema_"] = state.ema_variables
+    for prefix, variables in weights.items():
+      for split, images, labels, k in (("test", test_images, test_labels, 0),
+                                       ("val", data.val_images, data.val_labels, 1),
+                                       ("trainsub", sub_images, sub_labels, 2)):
+        if len(labels):
+          record[f"{prefix}{split}_natural_accuracy"], record[f"{prefix}{split}_pgd_accuracy"] = \
+              natural_and_pgd_accuracy(eval_step, variables, images, labels, batch_size=int(ev.batch_size),
+                                       key=jax.random.fold_in(eval_key, k), mesh=mesh)
     record["eval_time_s"] = time.time() - t1
-    selected = record[f"{ev.select_best_on}_pgd_accuracy"]
+    selected = record[f"{'ema_' if ev.best_weights == 'ema' else ''}{ev.select_best_on}_pgd_accuracy"]
     is_best = selected > best_metric
     if is_best:
       best_metric, best_epoch = selected, epoch
@@ -383,7 +434,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     _write_jsonl(metrics_path, history)
 
     meta = {"epoch": epoch, "step": int(state.step), "model": spec, "best_metric": best_metric,
-            "best_epoch": best_epoch, "select_best_on": ev.select_best_on, "method": config.method,
+            "best_epoch": best_epoch, "select_best_on": ev.select_best_on, "best_weights": ev.best_weights,
+            "method": config.method, "image_shape": list(data.train_images.shape[1:]),
             "config": _config_json(config)}
     host_state = jax.device_get(state)
     if is_best:

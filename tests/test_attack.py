@@ -105,6 +105,65 @@ def test_budget_schedule_matches_released_code_and_paper():
   assert budget_schedule(0.0, 2 / 255) == [0.0]
 
 
+def test_budget_typed_as_a_rounded_decimal_adds_no_stage():
+  """14/255 typed on the command line as 0.054902 (or 0.0549) gives stages 10, 12, 14/255, not a
+  fourth stage a hair above 14/255; the last stage is the eps_max given."""
+  for typed in (0.054902, 0.0549019, 0.05490196, 14 / 255):
+    b = budget_schedule(typed, 2 / 255, 8 / 255)
+    assert len(b) == 4, (typed, b)
+    np.testing.assert_allclose(np.array(b) * 255, [8, 10, 12, 14], atol=1e-3)
+    assert b[-1] == typed
+    b0 = budget_schedule(typed, 2 / 255, 0.0)  # Algorithm 1's zero start: 7 stages
+    assert len(b0) == 8 and b0[-1] == typed, b0
+  # a genuinely different eps_max still gets its own (partial) last stage
+  assert len(budget_schedule(14.5 / 255, 2 / 255, 8 / 255)) == 5
+
+
+def _exact_problem():
+  """A loss that float32 computes exactly: the sum of 4 pixels on a 1/64 grid, so rho can be set
+  to a loss value exactly and ``loss >= rho`` tells ``>=`` from ``>``."""
+  x = jnp.asarray(np.arange(8 * 4).reshape(8, 2, 2, 1) % 7 / 64.0, jnp.float32)
+  loss_fn = lambda xa, y: jnp.sum(xa, axis=(1, 2, 3))
+  return loss_fn, x, jnp.zeros((8,), jnp.int32)
+
+
+def test_loss_equal_to_rho_counts_as_reached_at_line_4():
+  loss_fn, x, y = _exact_problem()
+  clean = np.asarray(loss_fn(x, y))
+  i = 3
+  x_adv, st = sa_pgd(loss_fn, x, y, rho=float(clean[i]), eps_max=4 / 64, tau=1 / 64, k=2, alpha=1 / 64)
+  assert int(st.steps[i]) == 0 and bool(st.satisfied[i]) and float(st.eps[i]) == 0.0
+  np.testing.assert_array_equal(np.asarray(x_adv[i]), np.asarray(x[i]))
+
+
+def test_loss_equal_to_rho_counts_as_reached_at_line_11():
+  loss_fn, x, y = _exact_problem()
+  clean = np.asarray(loss_fn(x, y))
+  i = int(np.argmin(clean))
+  rho = float(clean[i] + 4 / 64)  # exactly the loss after one step of 1/64 on each of 4 pixels
+  assert clean[i] < rho
+  x_adv, st = sa_pgd(loss_fn, x, y, rho=rho, eps_max=4 / 64, tau=1 / 64, k=2, alpha=1 / 64)
+  assert int(st.steps[i]) == 1 and bool(st.satisfied[i]) and float(st.loss[i]) == rho
+  np.testing.assert_array_equal(np.asarray(x_adv[i]), np.asarray(x[i]) + 1 / 64)
+
+
+def test_sa_pgd_pair_loss_ascends_one_and_stops_on_the_other(problem):
+  """``loss_fn -> (ascent, stop)``: the steps follow ``ascent``; lines 4/11 test ``stop``."""
+  loss_fn, x, y = problem
+  kw = dict(rho=2.5, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
+  pair = lambda xa, ya: (loss_fn(xa, ya), loss_fn(xa, ya))
+  a, sa = run(pair, x, y, **kw)
+  b, sb = run(loss_fn, x, y, **kw)
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(sa.steps, sb.steps)
+  # descending the loss while stopping on it: nobody reaches a rho far above, all take every step,
+  # and the returned loss is no higher than the clean one
+  neg = lambda xa, ya: (-loss_fn(xa, ya), loss_fn(xa, ya))
+  _, sn = run(neg, x, y, rho=1e9, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
+  clean = np.asarray(loss_fn(jnp.asarray(x), jnp.asarray(y)))
+  assert (sn.loss <= clean + 1e-5).all() and (sn.steps == K * len(budget_schedule(EPS_MAX, TAU)[1:])).all()
+
+
 @pytest.mark.parametrize("rho", [1.0, float("inf"), 0.0, -1.0])
 def test_sa_pgd_invariants(problem, rho):
   loss_fn, x, y = problem

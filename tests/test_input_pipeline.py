@@ -639,10 +639,13 @@ def test_impossible_val_size(val_size):
 # On-device augmentation.
 
 
-def all_crops(image, pad):
-  """Every (2*pad+1)^2 crop of the zero-padded image, and their mirror images (numpy, slow)."""
+def all_crops(image, pad, mode="zero"):
+  """Every (2*pad+1)^2 crop of the padded image, and their mirror images (numpy, slow).
+
+  ``mode='reflect'`` is Rice et al.'s ``np.pad(x, ..., mode='reflect')``."""
   h, w, _ = image.shape
-  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  widths = ((pad, pad), (pad, pad), (0, 0))
+  padded = np.pad(image, widths, mode="reflect") if mode == "reflect" else np.pad(image, widths)
   crops = {}
   for dy in range(2 * pad + 1):
     for dx in range(2 * pad + 1):
@@ -652,16 +655,17 @@ def all_crops(image, pad):
   return crops
 
 
-def test_augment_outputs_are_padded_crops_and_flips():
+@pytest.mark.parametrize("pad_mode", ["reflect", "zero"])
+def test_augment_outputs_are_padded_crops_and_flips(pad_mode):
   rng = np.random.default_rng(0)
   x = rng.integers(1, 256, size=(256, 32, 32, 3), dtype=np.uint8)  # no zeros: padding is visible
-  out = np.asarray(jax.jit(lambda k, im: augment(k, im, pad=4))(jax.random.key(0), x))
+  out = np.asarray(jax.jit(lambda k, im: augment(k, im, pad=4, pad_mode=pad_mode))(jax.random.key(0), x))
   assert out.shape == x.shape and out.dtype == np.float32
   assert out.min() >= 0.0 and out.max() <= 1.0
   seen = []
   for i in range(len(x)):
     ref = x[i].astype(np.float32) / 255.0
-    matches = [k for k, c in all_crops(ref, 4).items() if np.array_equal(c, out[i])]
+    matches = [k for k, c in all_crops(ref, 4, pad_mode).items() if np.array_equal(c, out[i])]
     assert len(matches) == 1, f"example {i} is not exactly one padded crop (or its flip)"
     seen.append(matches[0])
   offsets = {(dy, dx) for dy, dx, _ in seen}
@@ -669,6 +673,18 @@ def test_augment_outputs_are_padded_crops_and_flips():
   assert {dy for dy, _ in offsets} == set(range(9)) and {dx for _, dx in offsets} == set(range(9))
   flipped = np.mean([f for _, _, f in seen])
   assert 0.4 < flipped < 0.6
+
+
+def test_augment_pads_by_reflection_by_default_as_rice_et_al():
+  x = np.random.default_rng(5).integers(1, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+  out = np.asarray(augment(jax.random.key(1), x, pad=4))
+  # with zero padding some crops hold zero pixels; by reflection none can (x has no zeros)
+  assert out.min() > 0
+  assert np.asarray(augment(jax.random.key(1), x, pad=4, pad_mode="zero")).min() == 0
+  with pytest.raises(ValueError, match="pad_mode='zero'"):
+    augment(jax.random.key(0), x[:, :4, :4], pad=4)
+  with pytest.raises(ValueError, match="unknown"):
+    augment(jax.random.key(0), x, pad=4, pad_mode="edge")
 
 
 def test_augment_is_a_function_of_the_key():

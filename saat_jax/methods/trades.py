@@ -1,0 +1,90 @@
+"""TRADES (Zhang et al. 2019) and SA-TRADES, the strength-adaptive TRADES of Tables 2-3.
+
+**TRADES.** Adversary: :func:`~saat_jax.attack.trades_pgd`, ascending ``KL(f(x) || f(x'))`` from
+``x + 0.001 N(0, 1)`` with BatchNorm in eval mode (``config.attack_bn='eval'``, as trades.py's
+``model.eval()``). Outer loss: :func:`~saat_jax.losses.trades_loss`,
+``CE(f(x), y) + beta * KL(f(x) || f(x'))`` with the model in train mode.
+
+**SA-TRADES.** The paper names it (Tables 2-3, "SATRADES_up") but gives no formula. Our design,
+from Algorithm 1 and TRADES: Algorithm 1's budget schedule and per-example stopping drive the TRADES
+inner maximisation, and the outer loss stays TRADES'. Concretely, the SA-PGD loop of
+:func:`~saat_jax.attack.sa_pgd` ascends TRADES' ``KL(f(x) || f(x'))`` (TRADES' adversary, so only
+the strength adapts) and each example stops when its *stopping loss* reaches ``rho``:
+
+* ``stop_loss='ce'`` (default): the cross-entropy ``l(f(x'), y)`` of Eq. 5, so ``rho`` means what it
+  means in SAAT (the minimum adversarial loss of the training data) and the SAAT_up choices
+  (eps_max 14/255, rho 1.7) carry over;
+* ``stop_loss='kl'``: the KL itself, the quantity TRADES' adversary maximises (its scale differs:
+  choose ``rho`` for it).
+
+The KL is exactly 0 with zero gradient at ``x' = x``, so Algorithm 1's literal start would never
+move: ``start='zero'`` starts at TRADES' ``x + 0.001 N(0, 1)`` with budget 0, and
+``start='pgd'`` (the SAAT_up scheme of the released code) first runs the TRADES attack at
+``start_eps`` (8/255, ``start_steps`` steps of ``start_alpha``) and grows the budget from there.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from saat_jax.attack import trades_pgd
+from saat_jax.losses import cross_entropy, kl_divergence, trades_loss
+from saat_jax.methods.base import Method, fixed_budget
+from saat_jax.methods.saat import sa_pgd_adversary
+
+STOP_LOSSES = ("ce", "kl")
+
+
+def trades_outer_loss(beta: float):
+  """``trades_loss`` with the forward passes of trades.py, in its order, in train mode.
+
+  trades.py calls ``model(x_natural)`` for the CE, ``model(x_adv)`` and ``model(x_natural)`` again
+  for the KL target: three train-mode passes, so BatchNorm's running statistics are updated three
+  times (natural, adversarial, natural). The two natural passes give the same logits (batch
+  statistics), so XLA computes them once; the third pass is kept for its running-statistics update.
+  """
+
+  def loss(forward, batch_stats, x, x_adv, y):
+    logits_nat, batch_stats = forward(x, batch_stats)
+    logits_adv, batch_stats = forward(x_adv, batch_stats)
+    logits_nat2, batch_stats = forward(x, batch_stats)
+    return trades_loss(logits_nat, logits_adv, y, beta=beta), logits_adv, batch_stats
+
+  return loss
+
+
+def trades(config) -> Method:
+  t = config.trades
+  eps, alpha, steps = float(t.eps), float(t.alpha), int(t.steps)
+
+  def adversary(net, x, y, key):
+    x_adv = trades_pgd(net.logits, x, eps=eps, alpha=alpha, steps=steps, key=key)
+    return fixed_budget(x_adv, net.batch_stats, eps=eps, steps=steps)
+
+  return Method("trades", adversary, trades_outer_loss(float(t.beta)))
+
+
+def sa_trades(config) -> Method:
+  s, t = config.saat, config.trades
+  stop = config.sa_trades.stop_loss
+
+  def adversary(net, x, y, key):
+    logits_nat = jax.lax.stop_gradient(net.logits(x))
+
+    def loss_fn(xa, ya):
+      logits = net.logits(xa)
+      kl = kl_divergence(logits_nat, logits)
+      return kl, (cross_entropy(logits, ya) if stop == "ce" else kl)
+
+    if s.start == "pgd":
+      x_init = trades_pgd(net.logits, x, eps=float(s.start_eps), alpha=float(s.start_alpha),
+                          steps=int(s.start_steps), key=key)
+      start = (x_init, float(s.start_eps), int(s.start_steps), net.batch_stats)
+    else:
+      # TRADES' start x + 0.001 N(0, 1) at budget 0 (the KL's gradient vanishes at x itself).
+      x_noise = jnp.clip(x + 0.001 * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
+      start = (x_noise, 0.0, 0, net.batch_stats)
+    return sa_pgd_adversary(net, x, y, s, start=start, loss_fn=loss_fn)
+
+  return Method("sa_trades", adversary, trades_outer_loss(float(t.beta)))
