@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import flax
 import jax
