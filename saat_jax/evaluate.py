@@ -282,9 +282,11 @@ def format_table(report: dict) -> str:
   cols = [c for c in ("natural", "pgd20", "aa", "rd") if any(c in r for r in report["checkpoints"].values())]
   names = {"natural": "Natural", "pgd20": "PGD-20", "aa": "AA", "rd": "RD"}
   head = f"{'checkpoint':<12}{'epoch':>6}" + "".join(f"{names[c]:>10}" for c in cols)
-  lines = [f"eps = {report['eps_255']:.3g}/255", head, "-" * len(head)]
+  units = "accuracies in %" + (", RD in % of accuracy lost per 1/255 of budget (Sec. 3.1)" if "rd" in cols else "")
+  lines = [f"eps = {report['eps_255']:.3g}/255; {units}", head, "-" * len(head)]
   for kind, r in report["checkpoints"].items():
-    cells = "".join(f"{(100 * r[c] if c != 'rd' else r[c]):>10.2f}" if c in r else f"{'-':>10}" for c in cols)
+    # RD is computed from fractions (accuracy lost per 1/255); shown, as the accuracies, in %.
+    cells = "".join(f"{100 * r[c]:>10.2f}" if c in r else f"{'-':>10}" for c in cols)
     lines.append(f"{kind:<12}{r['epoch']:>6}" + cells)
   return "\n".join(lines)
 
@@ -300,7 +302,7 @@ def plot_sweep(report: dict, path: str) -> None:
   for kind, r in report["checkpoints"].items():
     if "sweep" not in r:
       continue
-    label = f"{kind} (RD {r['rd']:.2f})" if "rd" in r else kind
+    label = f"{kind} (RD {100 * r['rd']:.2f} %/(1/255))" if "rd" in r else kind
     ax.plot(r["sweep"]["eps_255"], 100 * np.asarray(r["sweep"]["accuracy"]), marker="o", label=label)
   ax.set_xlabel("test budget eps (/255)")
   ax.set_ylabel(f"accuracy under {report['sweep_attack'].upper()} (%)")

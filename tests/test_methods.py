@@ -324,3 +324,44 @@ def test_paper_rows_set_method_data_model_and_awp():
     paper.get_config("saat_up_e14_r17")
   with pytest.raises(ValueError, match="unknown method"):
     digits.get_config("mart")
+
+
+# ---- resume == uninterrupted, for every method ------------------------------------------------
+
+
+def _restore(workdir, c):
+  from saat_jax import checkpointing
+  ck = checkpointing.RunCheckpoints(str(workdir))
+  meta = ck.restore_meta("last")
+  model = train.model_from_spec(meta["model"])
+  tx, _ = train.make_optimizer(c, 1)
+  state, _ = ck.restore("last", train.initial_state(model, tx, jax.random.key(0), (8, 8, 1), ema=c.ema.decay > 0))
+  ck.close()
+  return state
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("saat_down", {"attack_bn": "train_update"}),
+    ("trades", {"ema.decay": 0.9}),
+    ("awp_sa_trades_up", {"awp.warmup": 1}),  # AWP switches on at the resumed epoch
+    ("awp_saat_up", {"ema.decay": 0.9, "eval.best_weights": "ema"}),
+])
+def test_resume_equals_uninterrupted(tmp_path, method, extra):
+  from saat_jax.train import train_and_evaluate
+
+  def cfg(epochs):
+    c = _config(method, **{"num_epochs": epochs, "data.num_train": 128, "batch_size": 64, "eval.num_test": 64,
+                           "eval.batch_size": 64, "eval.train_subset": 64, "progress": False,
+                           "model.kwargs": {"width": 4, "use_bn": True}, **extra})
+    return c
+
+  full = train_and_evaluate(cfg(2), str(tmp_path / "full"))
+  train_and_evaluate(cfg(1), str(tmp_path / "split"))
+  resumed = train_and_evaluate(cfg(2), str(tmp_path / "split"))
+  a, b = _restore(tmp_path / "full", cfg(2)), _restore(tmp_path / "split", cfg(2))
+  assert int(a.step) == int(b.step) == 4
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  drop = ("train_time_s", "eval_time_s")
+  assert [{k: v for k, v in r.items() if k not in drop} for r in full] == \
+         [{k: v for k, v in r.items() if k not in drop} for r in resumed]
