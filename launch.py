@@ -26,7 +26,7 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   from saat_jax.checkpointing import CheckpointError
-  from saat_jax.input_pipeline import DataError
+  from saat_jax.data import DataError
   from saat_jax.train import TrainingDiverged, train_and_evaluate
 
   try:

@@ -108,11 +108,11 @@ def main(argv=None):
   import jax
   import torch
 
-  from saat_jax.evaluate import _restore_for_eval
-  from saat_jax.input_pipeline import load_dataset, to_float
+  from saat_jax.run_state import restore_for_eval
+  from saat_jax.data import load_dataset, to_float
 
   trained_run(args.workdir, args.method, args.epochs)
-  model, variables, meta, cfg = _restore_for_eval(args.workdir, args.checkpoint)
+  model, variables, meta, cfg = restore_for_eval(args.workdir, args.checkpoint)
   data = load_dataset("digits", None)
   x = np.asarray(to_float(data.test_images), np.float32)
   y = np.asarray(data.test_labels, np.int32)

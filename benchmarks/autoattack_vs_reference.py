@@ -6,7 +6,7 @@ Both implementations attack the same model and points:
   ResNet-18, inputs in [0, 1], no normalisation), loaded into PyTorch with the wheel's own
   ``examples/resnet.py`` and into Flax with ``saat_jax.models.load_torch_checkpoint``;
 * the points: the first ``--n`` test images of ``../shared/data/cifar10-jpeg.tar.gz`` (read with
-  ``saat_jax.input_pipeline.load_dataset``, whose test order is a fixed shuffle, so the first N mix
+  ``saat_jax.data.load_dataset``, whose test order is a fixed shuffle, so the first N mix
   the classes; decoded directly from the tar with Pillow if that module is missing).
 
 For every ``--eps`` (in /255 units) it runs the reference's ``run_standard_evaluation`` and
@@ -130,7 +130,7 @@ def load_checkpoint_models(path: str, arch: str, normalization: str, *, want_tor
 def load_points(path: str, n: int, start: int = 0):
   """Test images ``start .. start + n - 1`` as float32 NHWC in [0, 1] and int32 labels."""
   try:
-    from saat_jax.input_pipeline import load_dataset
+    from saat_jax.data import load_dataset
   except ImportError:
     load_dataset = None
   if load_dataset is not None:

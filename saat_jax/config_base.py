@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import ml_collections
 
+# Where this project keeps its offline copy of CIFAR-10 (JPEG image folders in a tar.gz): the
+# default data.data_dir, and the copy that saat_jax.data's error messages point to. Relative to the
+# project root; saat_jax.data resolves a relative data_dir from the working directory, then from
+# the project root, so it works from any working directory.
+SHARED_CIFAR10 = "../shared/data/cifar10-jpeg.tar.gz"
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -18,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"
-  c.data.data_dir = "../shared/data/cifar10-jpeg.tar.gz"
+  c.data.data_dir = SHARED_CIFAR10
   c.data.source = "auto"  # auto (a local archive/folder) | tfds
   c.data.cache_dir = ml_collections.config_dict.placeholder(str)
   c.data.num_train = 0  # > 0: train on the first N training examples only (quick runs)

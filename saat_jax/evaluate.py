@@ -1,64 +1,20 @@
-"""Evaluation: natural and PGD-k accuracy of a model on a split (the Natural / PGD-20 columns).
+"""Evaluation of a run's checkpoints: ``python -m saat_jax.evaluate --workdir runs/x``.
 
-PGD-20 follows the released SAAT code and Rice et al. (2020): l_inf, eps 8/255, step 2/255, one
-uniform random start, BatchNorm on running averages (``train=False``).
+The Natural / PGD-20 / AA columns of Table 1 and accuracy against the test budget with RD (Fig. 1a).
+The numbers come from :mod:`saat_jax.evaluators` (the same evaluator as training's per-epoch
+evaluation) on weights restored by :mod:`saat_jax.run_state`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from saat_jax import parallel
-from saat_jax.attack import pgd
-from saat_jax.input_pipeline import to_float
-from saat_jax.losses import ce_loss_fn, correct
-
-
-def make_eval_step(apply_fn: Callable, *, eps: float, alpha: float, steps: int, restarts: int = 1):
-  """``eval_step(variables, images_u8, labels, mask, key) -> (n_natural_correct, n_pgd_correct)``."""
-
-  def eval_step(variables, images, labels, mask, key):
-    x = to_float(images)
-    logits_fn = lambda xa: apply_fn(variables, xa, train=False)
-    nat = correct(logits_fn(x), labels) & mask
-    if steps > 0 and eps > 0:
-      x_adv = pgd(ce_loss_fn(logits_fn), x, labels, eps=eps, alpha=alpha, steps=steps, key=key,
-                  restarts=restarts)
-      rob = correct(logits_fn(x_adv), labels) & mask
-    else:
-      rob = nat
-    return jnp.sum(nat), jnp.sum(rob)
-
-  return eval_step
-
-
-def natural_and_pgd_accuracy(eval_step, variables, images: np.ndarray, labels: np.ndarray, *,
-                             batch_size: int, key: jax.Array, mesh=None) -> tuple[float, float]:
-  """Accuracies over a whole split; the last batch is padded (and masked) to keep one compiled shape."""
-  n = len(labels)
-  if n == 0:
-    return float("nan"), float("nan")
-  mesh = mesh or parallel.make_mesh()
-  variables = jax.device_put(variables, parallel.replicated(mesh))  # as in training: one compiled program
-  nat_sum, rob_sum = 0, 0
-  totals = []
-  for b, start in enumerate(range(0, n, batch_size)):
-    idx = np.arange(start, min(start + batch_size, n))
-    mask = np.zeros(batch_size, bool)
-    mask[:len(idx)] = True
-    pad_idx = np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)])
-    imgs, labs, m = parallel.shard_batch(mesh, images[pad_idx], labels[pad_idx], mask)
-    totals.append(eval_step(variables, imgs, labs, m, jax.random.fold_in(key, b)))
-  for nat, rob in jax.device_get(totals):
-    nat_sum += int(nat)
-    rob_sum += int(rob)
-  return nat_sum / n, rob_sum / n
+from saat_jax.evaluators import (RobustnessEvaluator, autoattack_accuracy, robustness_disparity,
+                                 sweep_pgd_schedule)
+from saat_jax.run_state import restore_for_eval, run_keys
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,33 +22,6 @@ def natural_and_pgd_accuracy(eval_step, variables, images: np.ndarray, labels: n
 # --------------------------------------------------------------------------------------------
 
 ATTACKS = ("natural", "pgd20", "aa")
-
-
-def robustness_disparity(eps_list, accuracies) -> float:
-  """RD of Sec. 3.1: ``(1/n) sum_i (A_0 - A_i) / eps_i`` over the budgets ``eps_i > 0``.
-
-  ``accuracies[j]`` is the accuracy at ``eps_list[j]``; ``A_0`` is the one at eps 0 (natural).
-  Budgets are taken in units of 1/255, as the paper writes them (eps = 8 means 8/255), so RD is
-  accuracy lost per 1/255 of budget.
-  """
-  eps = np.asarray(eps_list, np.float64)
-  acc = np.asarray(accuracies, np.float64)
-  if eps.shape != acc.shape or eps.ndim != 1:
-    raise ValueError("robustness_disparity: eps_list and accuracies must be 1-D and of equal length")
-  zero = np.flatnonzero(eps == 0)
-  if len(zero) == 0:
-    raise ValueError("robustness_disparity needs the accuracy at eps = 0 (A_0)")
-  pos = eps > 0
-  if not pos.any():
-    raise ValueError("robustness_disparity needs at least one budget eps_i > 0")
-  a0 = acc[zero[0]]
-  return float(np.mean((a0 - acc[pos]) / eps[pos]))
-
-
-def sweep_pgd_schedule(eps_255: float) -> tuple[float, int]:
-  """(alpha, steps) of the PGD used at a sweep budget, as the released SAAT code's budget sweep:
-  alpha 2/255 and 2.5 steps per 1/255 of budget (PGD-20 at 8/255)."""
-  return 2 / 255, max(1, int(math.ceil(2.5 * eps_255)))
 
 
 def _parse_list(s: str, what: str, cast=float):
@@ -107,12 +36,9 @@ def main(argv=None) -> int:
   import json
   import os
   import sys
-  import time
-
-  from tqdm.auto import tqdm
 
   from saat_jax import checkpointing
-  from saat_jax.input_pipeline import DataError, load_dataset
+  from saat_jax.data import DataError
 
   ap = argparse.ArgumentParser(prog="python -m saat_jax.evaluate",
                                description="Natural / PGD-20 / AutoAttack accuracy of a run's checkpoints "
@@ -182,29 +108,6 @@ def main(argv=None) -> int:
   return 0
 
 
-def _restore_for_eval(workdir: str, kind: str, weights: str = "raw"):
-  from saat_jax import checkpointing, train
-
-  ck = checkpointing.RunCheckpoints(workdir)
-  try:
-    meta = ck.restore_meta(kind)
-    model = train.model_from_spec(meta["model"])
-    import ml_collections
-
-    cfg = ml_collections.ConfigDict(meta["config"])
-    image_shape = meta.get("image_shape") or ((8, 8, 1) if cfg.data.name == "digits" else (32, 32, 3))
-    tx, _ = train.make_optimizer(cfg, 1)
-    has_ema = float(cfg.get("ema", {}).get("decay", 0.0)) > 0
-    if weights == "ema" and not has_ema:
-      raise ValueError(f"{workdir} was trained without an EMA of the weights (ema.decay = 0); "
-                       "evaluate its raw weights (--weights raw)")
-    target = train.initial_state(model, tx, jax.random.key(0), tuple(image_shape), ema=has_ema)
-    state, meta = ck.restore(kind, target)
-  finally:
-    ck.close()
-  return model, state.ema_variables if weights == "ema" else state.variables, meta, cfg
-
-
 def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20", "aa"), eps=None, alpha=None,
                  num_test=0, batch_size=None, aa_version="standard", sweep=(), sweep_attack="pgd",
                  data_dir=None, seed=0, progress=False, weights="raw") -> dict:
@@ -215,19 +118,18 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
   """
   from tqdm.auto import tqdm
 
-  from saat_jax import train
-  from saat_jax.input_pipeline import load_dataset
+  from saat_jax.data import load_dataset
 
   report = {"workdir": workdir, "checkpoints": {}, "sweep_attack": sweep_attack, "weights": weights}
   data = None
   for kind in kinds:
-    model, variables, meta, cfg = _restore_for_eval(workdir, kind, weights)
+    model, variables, meta, cfg = restore_for_eval(workdir, kind, weights)
     if data is None:
       eps = float(cfg.eval.eps) if eps is None else eps
       alpha = float(cfg.eval.alpha) if alpha is None else alpha
       batch_size = int(cfg.eval.batch_size) if batch_size is None else batch_size
       report["eps_255"], report["alpha_255"] = eps * 255, alpha * 255
-      key = jax.random.fold_in(train.run_keys(int(cfg.seed))[2], 0) if seed is None else jax.random.key(seed)
+      key = jax.random.fold_in(run_keys(int(cfg.seed))[2], 0) if seed is None else jax.random.key(seed)
       data = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, source=cfg.data.source)
       n = num_test or len(data.test_labels)
       images, labels = data.test_images[:n], data.test_labels[:n]
@@ -236,28 +138,26 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
     todo = [a for a in attacks]
     bar = tqdm(total=len(todo) + len(sweep), desc=f"{kind}", disable=not progress, leave=False)
     if "natural" in todo or "pgd20" in todo:
-      step = jax.jit(make_eval_step(model.apply, eps=eps, alpha=alpha, steps=20))
-      nat, rob = natural_and_pgd_accuracy(step, variables, images, labels, batch_size=batch_size, key=key)
-      if "natural" in todo:
-        row["natural"] = nat
-        bar.update(1)
-      if "pgd20" in todo:
-        row["pgd20"] = rob
-        bar.update(1)
+      acc = RobustnessEvaluator(model.apply, eps=eps, alpha=alpha, steps=20, batch_size=batch_size).run(
+          variables, images, labels, key)
+      for attack, name in (("natural", "natural_accuracy"), ("pgd20", "pgd_accuracy")):
+        if attack in todo:
+          row[attack] = acc[name]
+          bar.update(1)
     if "aa" in todo:
-      row["aa"] = _aa_accuracy(logits_fn, images, labels, eps=eps, version=aa_version, seed=seed or 0,
-                               batch_size=batch_size)
+      row["aa"] = autoattack_accuracy(logits_fn, images, labels, eps=eps, version=aa_version, seed=seed or 0,
+                                      batch_size=batch_size)
       bar.update(1)
     if sweep:
       accs = []
       for e255 in sweep:
         if sweep_attack == "aa":
-          acc = _aa_accuracy(logits_fn, images, labels, eps=e255 / 255, version=aa_version, seed=seed or 0,
-                             batch_size=batch_size)
+          acc = autoattack_accuracy(logits_fn, images, labels, eps=e255 / 255, version=aa_version,
+                                    seed=seed or 0, batch_size=batch_size)
         else:
           sweep_alpha, steps = sweep_pgd_schedule(e255)
-          step = jax.jit(make_eval_step(model.apply, eps=e255 / 255, alpha=sweep_alpha, steps=steps))
-          acc = natural_and_pgd_accuracy(step, variables, images, labels, batch_size=batch_size, key=key)[1]
+          acc = RobustnessEvaluator(model.apply, eps=e255 / 255, alpha=sweep_alpha, steps=steps,
+                                    batch_size=batch_size).run(variables, images, labels, key)["pgd_accuracy"]
         accs.append(acc)
         bar.update(1)
       row["sweep"] = {"eps_255": list(sweep), "accuracy": accs}
@@ -266,15 +166,6 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
     bar.close()
     report["checkpoints"][kind] = row
   return report
-
-
-def _aa_accuracy(logits_fn, images, labels, *, eps, version, seed, batch_size) -> float:
-  from saat_jax.autoattack import autoattack
-  from saat_jax.input_pipeline import to_float
-
-  res = autoattack(logits_fn, to_float(images), jnp.asarray(labels), eps=eps, version=version, seed=seed,
-                   batch_size=batch_size, progress=True)
-  return float(np.mean(np.asarray(res.robust)))
 
 
 def format_table(report: dict) -> str:

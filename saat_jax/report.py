@@ -427,7 +427,8 @@ def group_runs(runs: Sequence[Run], warn: Callable[[str], None]) -> dict[str, li
         row = None
     if row is None:
       key = run_key(run)
-      add("runs", key, key, None, run)
+      label = _get(run.config, "experiment.label")  # the config's own name, e.g. "digits saat_up"
+      add("runs", key, f"{label}: {key}" if label else key, None, run)
       continue
     for t in paper.tables_of(row.id):
       add(t, row.id, row.label, row, run)

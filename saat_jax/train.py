@@ -34,11 +34,12 @@ from tqdm.auto import tqdm
 from saat_jax import checkpointing, parallel
 from saat_jax.attack import check_sa_pgd_hparams
 from saat_jax.awp import perturb, weight_perturbation
-from saat_jax.evaluate import make_eval_step, natural_and_pgd_accuracy
-from saat_jax.input_pipeline import PAD_MODES, augment, epoch_batches, load_dataset, to_float
+from saat_jax.evaluators import RobustnessEvaluator
+from saat_jax.data import PAD_MODES, augment, epoch_batches, load_dataset, to_float
 from saat_jax.losses import correct
 from saat_jax.methods import ATTACK_BN, METHODS, STOP_LOSSES, AttackNet, get_method
-from saat_jax.models import count_params, create_model, init_variables
+from saat_jax.models import count_params, init_variables
+from saat_jax.run_state import model_from_spec, model_spec, run_keys
 
 EPS_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -162,18 +163,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
-def model_spec(config: ml_collections.ConfigDict, num_classes: int) -> dict:
-  """What identifies the network of a checkpoint (compared on resume and evaluation)."""
-  return {"name": config.model.name, "num_classes": int(num_classes),
-          "normalization": config.model.normalization,
-          "kwargs": dict(config.model.get("kwargs", {}) or {})}
-
-
-def model_from_spec(spec: dict):
-  return create_model(spec["name"], spec["num_classes"], normalization=spec["normalization"],
-                      **spec.get("kwargs", {}))
-
-
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """SGD as ``torch.optim.SGD(momentum, weight_decay)`` with a piecewise-constant schedule."""
   o = config.optim
@@ -182,11 +171,6 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   tx = optax.chain(optax.add_decayed_weights(o.weight_decay),
                    optax.sgd(schedule, momentum=o.momentum or None))
   return tx, schedule
-
-
-def run_keys(seed: int):
-  """``(init_key, train_key, eval_key)`` of a run; evaluation reuses ``eval_key`` for its PGD starts."""
-  return tuple(jax.random.split(jax.random.key(seed), 3))
 
 
 def initial_state(model, tx, key: jax.Array, image_shape, *, ema: bool = False) -> TrainState:
@@ -373,8 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   train_step = jax.jit(make_train_step(config, model.apply, tx, steps_per_epoch), donate_argnums=0,
                        out_shardings=(repl, repl))
   ev = config.eval
-  eval_step = jax.jit(make_eval_step(model.apply, eps=float(ev.eps), alpha=float(ev.alpha),
-                                     steps=int(ev.steps)))
+  evaluator = RobustnessEvaluator(model.apply, eps=float(ev.eps), alpha=float(ev.alpha), steps=int(ev.steps),
+                                  batch_size=int(ev.batch_size), mesh=mesh)
   num_test = int(ev.num_test) if ev.num_test else len(data.test_labels)
   test_images, test_labels = data.test_images[:num_test], data.test_labels[:num_test]
   # A fixed subset of the training set (no augmentation), for the training robust accuracy and the
@@ -421,9 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                                        ("val", data.val_images, data.val_labels, 1),
                                        ("trainsub", sub_images, sub_labels, 2)):
         if len(labels):
-          record[f"{prefix}{split}_natural_accuracy"], record[f"{prefix}{split}_pgd_accuracy"] = \
-              natural_and_pgd_accuracy(eval_step, variables, images, labels, batch_size=int(ev.batch_size),
-                                       key=jax.random.fold_in(eval_key, k), mesh=mesh)
+          for name, value in evaluator.run(variables, images, labels, jax.random.fold_in(eval_key, k)).items():
+            record[f"{prefix}{split}_{name}"] = value
     record["eval_time_s"] = time.time() - t1
     selected = record[f"{'ema_' if ev.best_weights == 'ema' else ''}{ev.select_best_on}_pgd_accuracy"]
     is_best = selected > best_metric

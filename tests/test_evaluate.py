@@ -1,4 +1,5 @@
-"""Evaluation of a run: RD (Sec. 3.1), the Table-1 report, the eps sweep and the CLI's errors."""
+"""Evaluation of a run: the Table-1 report, the eps sweep and the CLI's errors (the evaluators
+themselves, RD included: tests/test_evaluators.py)."""
 
 import json
 import sys
@@ -7,31 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from saat_jax import evaluate
-from saat_jax.evaluate import robustness_disparity
+from saat_jax import evaluate, run_state
+from saat_jax.evaluators import robustness_disparity
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs import saat_digits  # noqa: E402
-
-
-def test_rd_matches_hand_computation():
-  eps = [0, 2, 4, 8]
-  acc = [0.9, 0.8, 0.6, 0.3]
-  # (1/3) * ((0.9-0.8)/2 + (0.9-0.6)/4 + (0.9-0.3)/8)
-  assert robustness_disparity(eps, acc) == pytest.approx((0.05 + 0.075 + 0.075) / 3)
-  # a model whose accuracy does not drop has RD 0; order of budgets does not matter
-  assert robustness_disparity([4, 0, 2], [0.7, 0.7, 0.7]) == 0.0
-  with pytest.raises(ValueError, match="eps = 0"):
-    robustness_disparity([2, 4], [0.5, 0.4])
-  with pytest.raises(ValueError, match="> 0"):
-    robustness_disparity([0], [0.5])
-
-
-def test_sweep_pgd_schedule_follows_released_code():
-  assert evaluate.sweep_pgd_schedule(8) == (2 / 255, 20)
-  assert evaluate.sweep_pgd_schedule(2) == (2 / 255, 5)
-  assert evaluate.sweep_pgd_schedule(16) == (2 / 255, 40)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +58,7 @@ def test_cli_autoattack_column(digits_run, capsys):
   import jax.numpy as jnp
 
   from saat_jax.autoattack import autoattack
-  from saat_jax.input_pipeline import load_dataset, to_float
+  from saat_jax.data import load_dataset, to_float
 
   workdir, _ = digits_run
   out = workdir / "eval_aa.json"
@@ -88,12 +70,40 @@ def test_cli_autoattack_column(digits_run, capsys):
   assert row["aa"] <= row["natural"]          # AA only keeps correctly classified points
   assert row["aa"] <= row["pgd20"] + 1 / 64   # and is at least as strong as PGD-20
   # the CLI's number is the driver's, run directly on the same checkpoint, points, eps and seed
-  model, variables, _, cfg = evaluate._restore_for_eval(str(workdir), "last")
+  model, variables, _, cfg = run_state.restore_for_eval(str(workdir), "last")
   data = load_dataset("digits", None)
   res = autoattack(jax.jit(lambda x: model.apply(variables, x, train=False)), to_float(data.test_images[:64]),
                    jnp.asarray(data.test_labels[:64]), eps=float(cfg.eval.eps), seed=0)
   assert row["aa"] == pytest.approx(float(np.mean(np.asarray(res.robust))))
   assert "AA" in capsys.readouterr().out
+
+
+def test_restore_reads_the_weights_only(digits_run):
+  """run_state restores params and batch_stats from the checkpoint's own metadata, without an optimizer
+  or an image shape: the same arrays as restoring the whole training state."""
+  import jax
+
+  from saat_jax import checkpointing, train
+
+  workdir, _ = digits_run
+  model, variables, meta, cfg = run_state.restore_for_eval(str(workdir), "last")
+  assert meta["epoch"] == 1 and meta["image_shape"] == [8, 8, 1] and cfg.data.name == "digits"
+  ck = checkpointing.RunCheckpoints(str(workdir))
+  full, _ = ck.restore("last", train.initial_state(model, train.make_optimizer(cfg, 1)[0], jax.random.key(0),
+                                                   (8, 8, 1)))
+  ck.close()
+  assert jax.tree.structure(variables) == jax.tree.structure(full.variables)
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(full.variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # checkpoints written before image_shape was recorded: the shape is guessed from the data set
+  old = {k: v for k, v in meta.items() if k != "image_shape"}
+  assert run_state.image_shape(old) == (8, 8, 1)
+  assert run_state.image_shape({"config": {"data": {"name": "cifar10"}}}) == (32, 32, 3)
+  with pytest.raises(checkpointing.CheckpointError, match="does not fit"):
+    run_state.check_weights_fit(run_state.model_from_spec({**meta["model"], "num_classes": 5}), variables,
+                                (8, 8, 1), str(workdir))
+  with pytest.raises(ValueError, match="without an EMA"):
+    run_state.restore_for_eval(str(workdir), "last", weights="ema")
 
 
 @pytest.mark.parametrize("argv,match", [

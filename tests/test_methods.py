@@ -16,7 +16,7 @@ import pytest
 
 from saat_jax import train
 from saat_jax.attack import budget_schedule
-from saat_jax.input_pipeline import load_dataset
+from saat_jax.data import load_dataset
 from saat_jax.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]

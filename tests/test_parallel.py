@@ -65,7 +65,7 @@ _SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from configs import saat_digits
     from saat_jax import parallel, train
-    from saat_jax.input_pipeline import load_dataset
+    from saat_jax.data import load_dataset
     from saat_jax.models import create_model
 
     data = load_dataset("digits")

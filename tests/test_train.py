@@ -140,7 +140,7 @@ def test_impossible_config_is_refused_before_writing(tmp_path, override, match):
 
 
 def test_missing_data_path_is_refused_before_writing(tmp_path):
-  from saat_jax.input_pipeline import DataError
+  from saat_jax.data import DataError
   c = digits_config(**{"data.name": "cifar10", "data.data_dir": str(tmp_path / "nope.tar.gz")})
   with pytest.raises(DataError, match="nope.tar.gz"):
     train_and_evaluate(c, str(tmp_path / "w"))

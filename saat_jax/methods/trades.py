@@ -48,7 +48,7 @@ def trades_outer_loss(beta: float):
   def loss(forward, batch_stats, x, x_adv, y):
     logits_nat, batch_stats = forward(x, batch_stats)
     logits_adv, batch_stats = forward(x_adv, batch_stats)
-    logits_nat2, batch_stats = forward(x, batch_stats)
+    _, batch_stats = forward(x, batch_stats)  # trades.py's second model(x_natural)
     return trades_loss(logits_nat, logits_adv, y, beta=beta), logits_adv, batch_stats
 
   return loss

@@ -1,5 +1,5 @@
-"""Input pipeline: every archive format round-trips, the real JPEG archive, digits, TFDS (mocked),
-the cache, bad input, on-device augmentation and epoch batching."""
+"""Data readers: every archive format round-trips, the real JPEG archive, digits, TFDS (mocked),
+the cache and bad input (saat_jax.data.archives, .cache, .sources, .dataset)."""
 
 import gzip
 import io
@@ -10,15 +10,13 @@ import time
 import zipfile
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from saat_jax import input_pipeline as ip
-from saat_jax.input_pipeline import (CIFAR10_CLASSES, CIFAR100_CLASSES, DataError, augment, epoch_batches,
-                                     load_dataset, to_float)
+import saat_jax.data.cache as data_cache  # not `cache`: that name is the fixture below
+from saat_jax import config_base
+from saat_jax.data import CIFAR10_CLASSES, CIFAR100_CLASSES, DataError, archives, core, load_dataset
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 N_TRAIN, N_TEST = 20, 10
@@ -265,9 +263,9 @@ def test_relative_path_resolves_from_project_root(tmp_path, monkeypatch, tiny, c
   from saat_jax.config_base import base_config
 
   # The default points at REAL_ARCHIVE from the real project root (whether or not it exists).
-  assert ip._PROJECT_ROOT == Path(__file__).resolve().parents[1]
-  assert base_config().data.data_dir == ip.SHARED_CIFAR10 == "../shared/data/cifar10-jpeg.tar.gz"
-  assert (ip._PROJECT_ROOT / ip.SHARED_CIFAR10).resolve() == REAL_ARCHIVE.resolve()
+  assert archives._PROJECT_ROOT == Path(__file__).resolve().parents[1]
+  assert base_config().data.data_dir == config_base.SHARED_CIFAR10 == "../shared/data/cifar10-jpeg.tar.gz"
+  assert (archives._PROJECT_ROOT / config_base.SHARED_CIFAR10).resolve() == REAL_ARCHIVE.resolve()
 
   # tmp/project is the project root; tmp/shared/data/cifar10-tiny.tar.gz its "../shared" archive.
   (tx, ty), (sx, sy) = tiny
@@ -275,13 +273,13 @@ def test_relative_path_resolves_from_project_root(tmp_path, monkeypatch, tiny, c
   (tmp_path / "shared" / "data").mkdir(parents=True)
   archive = make_tar(src, tmp_path / "shared" / "data" / "cifar10-tiny.tar.gz")
   (tmp_path / "project").mkdir()
-  monkeypatch.setattr(ip, "_PROJECT_ROOT", tmp_path / "project")
+  monkeypatch.setattr(archives, "_PROJECT_ROOT", tmp_path / "project")
   cwd = tmp_path / "elsewhere" / "cwd"
   cwd.mkdir(parents=True)
   monkeypatch.chdir(cwd)
   rel = os.path.join("..", "shared", "data", "cifar10-tiny.tar.gz")
   assert not Path(rel).exists()  # not from the working directory ...
-  assert ip._resolve_path(rel).samefile(archive)  # ... but from the project root
+  assert archives._resolve_path(rel).samefile(archive)  # ... but from the project root
   d = load_dataset("cifar10", rel, cache_dir=cache)
   np.testing.assert_array_equal(d.train_images, tx)
   np.testing.assert_array_equal(d.test_labels, sy)
@@ -392,7 +390,7 @@ def test_tfds_source_with_mock_data(tmp_path, name, num_classes):
   assert d.train_images.shape == (10, 32, 32, 3) and d.val_images.shape == (2, 32, 32, 3)
   assert d.test_images.shape == (12, 32, 32, 3)
   assert d.train_images.dtype == np.uint8 and d.test_labels.dtype == np.int32
-  assert d.num_classes == num_classes and d.class_names == ip.CANONICAL_CLASSES[name]
+  assert d.num_classes == num_classes and d.class_names == core.CANONICAL_CLASSES[name]
   assert 0 <= d.test_labels.min() and d.test_labels.max() < num_classes
   assert d.test_images.std() > 0  # real (random) pixels came through
 
@@ -429,13 +427,13 @@ def test_tfds_other_failure_becomes_data_error(monkeypatch):
 
 def count_decodes(monkeypatch):
   calls = []
-  real = ip._decode_local
+  real = archives._decode_local
 
   def counting(*a, **k):
     calls.append(a[0])
     return real(*a, **k)
 
-  monkeypatch.setattr(ip, "_decode_local", counting)
+  monkeypatch.setattr(archives, "_decode_local", counting)
   return calls
 
 
@@ -505,7 +503,7 @@ def test_interrupted_cache_write_leaves_nothing_behind(tmp_path, tiny, cache, mo
     f.write(b"PK\x03\x04 half of an npz")
     raise failure
 
-  monkeypatch.setattr(ip.np, "savez", savez)
+  monkeypatch.setattr(data_cache.np, "savez", savez)
   if isinstance(failure, OSError):
     with pytest.warns(UserWarning, match="could not write the data cache"):
       d = load_dataset("cifar10", str(src), cache_dir=cache)
@@ -662,115 +660,3 @@ def test_malicious_pickle_is_not_executed(tmp_path, tiny, cache):
 def test_impossible_val_size(val_size):
   with pytest.raises(DataError, match="val_size"):
     load_dataset("digits", val_size=val_size)
-
-
-# ------------------------------------------------------------------------------------------------
-# On-device augmentation.
-
-
-def all_crops(image, pad, mode="zero"):
-  """Every (2*pad+1)^2 crop of the padded image, and their mirror images (numpy, slow).
-
-  ``mode='reflect'`` is Rice et al.'s ``np.pad(x, ..., mode='reflect')``."""
-  h, w, _ = image.shape
-  widths = ((pad, pad), (pad, pad), (0, 0))
-  padded = np.pad(image, widths, mode="reflect") if mode == "reflect" else np.pad(image, widths)
-  crops = {}
-  for dy in range(2 * pad + 1):
-    for dx in range(2 * pad + 1):
-      crop = padded[dy:dy + h, dx:dx + w]
-      crops[(dy, dx, False)] = crop
-      crops[(dy, dx, True)] = crop[:, ::-1]
-  return crops
-
-
-@pytest.mark.parametrize("pad_mode", ["reflect", "zero"])
-def test_augment_outputs_are_padded_crops_and_flips(pad_mode):
-  rng = np.random.default_rng(0)
-  x = rng.integers(1, 256, size=(256, 32, 32, 3), dtype=np.uint8)  # no zeros: padding is visible
-  out = np.asarray(jax.jit(lambda k, im: augment(k, im, pad=4, pad_mode=pad_mode))(jax.random.key(0), x))
-  assert out.shape == x.shape and out.dtype == np.float32
-  assert out.min() >= 0.0 and out.max() <= 1.0
-  seen = []
-  for i in range(len(x)):
-    ref = x[i].astype(np.float32) / 255.0
-    matches = [k for k, c in all_crops(ref, 4, pad_mode).items() if np.array_equal(c, out[i])]
-    assert len(matches) == 1, f"example {i} is not exactly one padded crop (or its flip)"
-    seen.append(matches[0])
-  offsets = {(dy, dx) for dy, dx, _ in seen}
-  assert len(offsets) > 50  # independent offsets per example, over the 81 possible
-  assert {dy for dy, _ in offsets} == set(range(9)) and {dx for _, dx in offsets} == set(range(9))
-  flipped = np.mean([f for _, _, f in seen])
-  assert 0.4 < flipped < 0.6
-
-
-def test_augment_pads_by_reflection_by_default_as_rice_et_al():
-  x = np.random.default_rng(5).integers(1, 256, size=(64, 32, 32, 3), dtype=np.uint8)
-  out = np.asarray(augment(jax.random.key(1), x, pad=4))
-  # with zero padding some crops hold zero pixels; by reflection none can (x has no zeros)
-  assert out.min() > 0
-  assert np.asarray(augment(jax.random.key(1), x, pad=4, pad_mode="zero")).min() == 0
-  with pytest.raises(ValueError, match="pad_mode='zero'"):
-    augment(jax.random.key(0), x[:, :4, :4], pad=4)
-  with pytest.raises(ValueError, match="unknown"):
-    augment(jax.random.key(0), x, pad=4, pad_mode="edge")
-
-
-def test_augment_is_a_function_of_the_key():
-  x = np.random.default_rng(1).integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
-  a = augment(jax.random.key(3), x)
-  b = augment(jax.random.key(3), x)
-  c = augment(jax.random.key(4), x)
-  np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(a, c)
-  np.testing.assert_array_equal(jax.jit(augment)(jax.random.key(3), x), a)  # jit == eager
-  np.testing.assert_array_equal(augment(jax.random.PRNGKey(3), x), augment(jax.random.PRNGKey(3), x))
-
-
-def test_augment_without_crop_or_flip_is_to_float():
-  x = np.random.default_rng(2).integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
-  np.testing.assert_array_equal(augment(jax.random.key(0), x, pad=0, flip=False), x.astype(np.float32) / 255)
-  np.testing.assert_array_equal(to_float(x), x.astype(np.float32) / 255)
-  assert to_float(jnp.asarray(x)).dtype == jnp.float32
-  flip_only = np.asarray(augment(jax.random.key(0), x, pad=0, flip=True))
-  f = x.astype(np.float32) / 255
-  for i in range(len(x)):
-    assert np.array_equal(flip_only[i], f[i]) or np.array_equal(flip_only[i], f[i, :, ::-1])
-  with pytest.raises(TypeError, match="uint8"):
-    to_float(f)
-
-
-def test_augment_works_on_digits_shapes():
-  x = load_dataset("digits").train_images[:32]
-  out = augment(jax.random.key(0), x, pad=2, flip=False)
-  assert out.shape == (32, 8, 8, 1)
-
-
-# ------------------------------------------------------------------------------------------------
-# Epoch batching.
-
-
-def test_epoch_batches_deterministic_and_complete():
-  a = epoch_batches(103, 10, seed=0, epoch=3)
-  b = epoch_batches(103, 10, seed=0, epoch=3)
-  assert len(a) == 10 and all(len(i) == 10 for i in a)
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x, y)
-  flat = np.concatenate(a)
-  assert len(np.unique(flat)) == 100 and flat.min() >= 0 and flat.max() < 103  # 3 dropped
-  assert not np.array_equal(np.concatenate(epoch_batches(103, 10, seed=0, epoch=4)), flat)
-  assert not np.array_equal(np.concatenate(epoch_batches(103, 10, seed=1, epoch=3)), flat)
-  # The order depends on (seed, epoch) only: it is np.random.default_rng((seed, epoch)).
-  np.testing.assert_array_equal(flat, np.random.default_rng((0, 3)).permutation(103)[:100])
-
-
-def test_epoch_batches_keep_last_for_evaluation():
-  kept = epoch_batches(103, 10, seed=0, epoch=0, shuffle=False, drop_last=False)
-  assert [len(i) for i in kept] == [10] * 10 + [3]
-  np.testing.assert_array_equal(np.concatenate(kept), np.arange(103))
-  shuffled = epoch_batches(103, 10, seed=0, epoch=0, drop_last=False)
-  np.testing.assert_array_equal(np.sort(np.concatenate(shuffled)), np.arange(103))
-  assert epoch_batches(5, 10, seed=0, epoch=0) == []
-  assert [len(i) for i in epoch_batches(5, 10, seed=0, epoch=0, drop_last=False)] == [5]
-  with pytest.raises(ValueError):
-    epoch_batches(10, 0, seed=0, epoch=0)

@@ -1,0 +1,36 @@
+"""Data: CIFAR-10, CIFAR-100 and scikit-learn's digits as uint8 arrays; augmentation on device.
+
+:func:`load_dataset` reads a data set into host memory as a :class:`Dataset` (uint8 NHWC images,
+int32 labels, an optional validation split); every bad input raises :class:`DataError`, whose
+message says what is wrong and how to fix it. :func:`augment` / :func:`to_float` turn uint8 batches
+into float32 inside the jitted step, and :func:`epoch_batches` gives each epoch's batch order.
+
+What is where:
+
+* :mod:`saat_jax.data.core`: :class:`Dataset`, :class:`DataError`, the data set and class names.
+* :mod:`saat_jax.data.dataset`: :func:`load_dataset`, which picks the source and holds out
+  ``val_size`` training examples (seeded, as Rice et al. 2020).
+* :mod:`saat_jax.data.archives`: local sources, a folder or a tar archive holding
+  ``cifar-10-batches-py``, ``cifar-10-batches-bin``, ``cifar-100-python`` or an image-folder tree
+  (PNG/JPEG), and the rule for a relative ``data_dir``: looked for from the current directory, then
+  from the project root (the folder holding ``saat_jax/``). The default location of the offline
+  CIFAR-10 copy is ``saat_jax.config_base.SHARED_CIFAR10``, the configs' default ``data.data_dir``.
+* :mod:`saat_jax.data.cache`: decoded local sources cached as ``.npz`` in ``cache_dir``
+  (default ``$SAAT_JAX_CACHE`` or ``~/.cache/saat_jax``).
+* :mod:`saat_jax.data.sources`: scikit-learn's digits (fixed 1,397 / 400 split) and
+  tensorflow-datasets (``source='tfds'``).
+* :mod:`saat_jax.data.augmentation`: :func:`to_float`, :func:`augment` (random crop after padding,
+  horizontal flip), :func:`epoch_batches`.
+"""
+
+from saat_jax.data.augmentation import PAD_MODES, augment, epoch_batches, to_float
+from saat_jax.data.cache import default_cache_dir
+from saat_jax.data.core import (CANONICAL_CLASSES, CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_SHAPE,
+                                KNOWN_DATASETS, SOURCES, DataError, Dataset)
+from saat_jax.data.dataset import load_dataset
+
+__all__ = [
+    "CANONICAL_CLASSES", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR_SHAPE", "KNOWN_DATASETS",
+    "PAD_MODES", "SOURCES", "DataError", "Dataset", "augment", "default_cache_dir", "epoch_batches",
+    "load_dataset", "to_float",
+]

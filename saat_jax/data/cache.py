@@ -1,0 +1,122 @@
+"""The cache of decoded arrays: a local source is decoded once, then read back as uint8 ``.npz``.
+
+Files live in ``cache_dir``, by default ``$SAAT_JAX_CACHE`` or ``~/.cache/saat_jax``, and are
+written atomically. A file is keyed by the data set, the absolute path and the size and
+modification time of what was read, so a changed archive is decoded again; a damaged file is
+decoded again too, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from saat_jax.data import archives
+from saat_jax.data.core import CANONICAL_CLASSES, DataError
+
+logger = logging.getLogger(__name__)
+
+_CACHE_VERSION = 1  # bump when what a cache file holds, or the order of examples, changes
+
+
+def default_cache_dir() -> Path:
+  return Path(os.path.expanduser(os.environ.get("SAAT_JAX_CACHE") or "~/.cache/saat_jax"))
+
+
+def _cache_file(cache_dir: Optional[str], name: str, kind: str, path: Path, signature) -> Path:
+  key = json.dumps({"v": _CACHE_VERSION, "name": name, "kind": kind, "path": str(path),
+                    "sig": signature}, sort_keys=True)
+  digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+  directory = Path(os.path.expanduser(cache_dir)) if cache_dir else default_cache_dir()
+  return directory / f"{name}-{kind}-{digest}.npz"
+
+
+_CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "class_names", "format")
+
+
+def _read_cache(file: Path, name: str):
+  if not file.exists():
+    return None
+  try:
+    with np.load(file, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in _CACHE_KEYS}
+    tx, ty, sx, sy = (arrays[k] for k in _CACHE_KEYS[:4])
+    ok = (tx.dtype == np.uint8 and sx.dtype == np.uint8 and tx.ndim == 4 and sx.ndim == 4
+          and ty.dtype == np.int32 and sy.dtype == np.int32 and ty.shape == (len(tx),)
+          and sy.shape == (len(sx),) and len(arrays["class_names"]) == len(CANONICAL_CLASSES[name]))
+    if not ok:
+      raise ValueError("unexpected arrays")
+  except Exception as e:  # noqa: BLE001 -- a damaged cache is rebuilt, never trusted
+    logger.warning("ignoring the unreadable cache file %s (%s: %s); decoding again",
+                   file, type(e).__name__, e)
+    return None
+  return tx, ty, sx, sy, tuple(str(c) for c in arrays["class_names"])
+
+
+def _write_cache(file: Path, arrays, fmt: str) -> None:
+  train_x, train_y, test_x, test_y, class_names = arrays
+  tmp = None
+  try:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=file.name + ".", suffix=".tmp", dir=file.parent)
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, train_images=train_x, train_labels=train_y, test_images=test_x,
+               test_labels=test_y, class_names=np.asarray(class_names, dtype=str),
+               format=np.asarray(fmt))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, file)  # atomic: readers see the old file or the complete new one
+    tmp = None
+  except OSError as e:
+    warnings.warn(f"could not write the data cache {file} ({e}); the data will be decoded again "
+                  f"next time. Set cache_dir or $SAAT_JAX_CACHE to a writable folder.", stacklevel=3)
+  finally:
+    if tmp is not None:
+      try:
+        os.unlink(tmp)
+      except OSError:
+        pass
+
+
+def _load_local_cached(name: str, path: Path, cache_dir: Optional[str]):
+  """The arrays of the archive or folder ``path``: from the cache, else decoded and then cached."""
+  if path.is_file():
+    # An archive is keyed by its own size and mtime, so a cache hit never opens it.
+    st = path.stat()
+    file = _cache_file(cache_dir, name, "archive", path, [st.st_size, st.st_mtime_ns])
+    cached = _read_cache(file, name)
+    if cached is not None:
+      return cached
+    tree = archives._Tree(path)
+    try:
+      fmt, root = archives._choose_layout(name, tree)
+      t0 = time.time()
+      arrays = archives._decode_local(name, tree, fmt, root)
+    finally:
+      tree.close()
+  elif path.is_dir():
+    tree = archives._Tree(path)
+    fmt, root = archives._choose_layout(name, tree)
+    prefix = f"{root}/" if root else ""
+    used = [n for n in tree.names if n.startswith(prefix)]
+    file = _cache_file(cache_dir, name, fmt, path / root, tree.stat_signature(used))
+    cached = _read_cache(file, name)
+    if cached is not None:
+      return cached
+    t0 = time.time()
+    arrays = archives._decode_local(name, tree, fmt, root)
+  else:
+    raise DataError(f"data_dir {path} is neither a file nor a folder; pass a CIFAR archive or folder.")
+  logger.info("decoded %s (%s) from %s in %.1fs; caching the arrays in %s",
+              name, fmt, path, time.time() - t0, file)
+  _write_cache(file, arrays, fmt)
+  return arrays

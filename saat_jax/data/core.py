@@ -1,0 +1,59 @@
+"""What every part of :mod:`saat_jax.data` shares: :class:`Dataset`, :class:`DataError`, the names.
+
+A leaf module (numpy only), so that the readers, the cache and :func:`~saat_jax.data.load_dataset`
+can all import it without importing each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+KNOWN_DATASETS = ("cifar10", "cifar100", "digits")
+SOURCES = ("auto", "local", "tfds")
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
+    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
+    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
+    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm")
+assert len(CIFAR100_CLASSES) == 100 and list(CIFAR100_CLASSES) == sorted(CIFAR100_CLASSES)
+
+CANONICAL_CLASSES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
+CIFAR_SHAPE = (32, 32, 3)
+
+
+class DataError(ValueError):
+  """A data set that cannot be read as asked; the message names the problem and the fix."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A data set in host memory: uint8 NHWC images and int32 labels."""
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  val_images: np.ndarray
+  val_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  class_names: tuple[str, ...]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(int(d) for d in self.train_images.shape[1:])
+
+  def __repr__(self) -> str:
+    return (f"Dataset({self.name!r}, train={self.train_images.shape}, val={self.val_images.shape}, "
+            f"test={self.test_images.shape}, num_classes={self.num_classes})")

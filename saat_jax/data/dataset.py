@@ -1,0 +1,89 @@
+"""The entry point :func:`load_dataset`: picks the source, checks the labels, holds out ``val_size``.
+
+``val_size > 0`` holds out that many training examples, chosen by a permutation drawn from
+``seed``, as the validation set used to pick the ``best`` checkpoint, following Rice et al. (2020),
+"Overfitting in adversarially robust deep learning" (robust_overfitting's generate_validation.py
+holds out 1,000 randomly permuted training images).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from saat_jax.config_base import SHARED_CIFAR10
+from saat_jax.data.archives import _resolve_path
+from saat_jax.data.cache import _load_local_cached
+from saat_jax.data.core import KNOWN_DATASETS, SOURCES, DataError, Dataset
+from saat_jax.data.sources import _load_digits, _load_tfds
+
+
+def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0, seed: int = 0,
+                 cache_dir: Optional[str] = None, source: str = "auto") -> Dataset:
+  """Loads ``name`` ('cifar10', 'cifar100' or 'digits') as uint8 arrays; see :mod:`saat_jax.data`.
+
+  Args:
+    name: the data set, case-insensitive.
+    data_dir: for CIFAR, a folder or a tar archive holding one of the supported layouts (or, with
+      ``source='tfds'``, TFDS's data directory; None for its default). Ignored for 'digits'.
+      A relative path that does not exist from the working directory is also tried from the
+      project root (:func:`saat_jax.data.archives._resolve_path`), so the default
+      ``config_base.SHARED_CIFAR10`` works from anywhere.
+    val_size: number of training examples held out as the validation set (0: none).
+    seed: chooses which training examples are held out.
+    cache_dir: where decoded arrays are cached; default ``$SAAT_JAX_CACHE`` or ``~/.cache/saat_jax``.
+    source: 'auto' / 'local' (read ``data_dir``) or 'tfds'.
+
+  Raises:
+    DataError: for an unknown name or source, a missing or unreadable path, an archive of another
+      layout, an undecodable image, or an impossible ``val_size``.
+  """
+  key = str(name).strip().lower()
+  if key not in KNOWN_DATASETS:
+    raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(KNOWN_DATASETS)}. "
+                    f"Set data.name to one of them.")
+  src = str(source).strip().lower()
+  if src not in SOURCES:
+    raise DataError(f"unknown data source {source!r}; use one of {', '.join(SOURCES)} "
+                    f"('auto' reads data_dir, 'tfds' loads through tensorflow-datasets).")
+  _check_val_size(val_size)
+
+  if key == "digits":
+    train_x, train_y, test_x, test_y, class_names = _load_digits()
+  elif src == "tfds":
+    train_x, train_y, test_x, test_y, class_names = _load_tfds(key, data_dir)
+  else:
+    if data_dir is None or str(data_dir).strip() == "":
+      raise DataError(
+          f"no data_dir given for {key}: pass data_dir= a CIFAR archive or folder (offline, "
+          f"CIFAR-10 as JPEG: {SHARED_CIFAR10} relative to the project root; or the archives of "
+          f"https://www.cs.toronto.edu/~kriz/cifar.html), or source='tfds' to load it through "
+          f"tensorflow-datasets (needs TensorFlow and internet).")
+    train_x, train_y, test_x, test_y, class_names = _load_local_cached(
+        key, _resolve_path(data_dir), cache_dir)
+
+  num_classes = len(class_names)
+  for split, labels in (("train", train_y), ("test", test_y)):
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+      raise DataError(f"{key} {split} labels lie in [{labels.min()}, {labels.max()}], outside "
+                      f"[0, {num_classes}); the data is not {key}: check data_dir.")
+  val_x, val_y = train_x[:0], train_y[:0]
+  if val_size:
+    if val_size >= len(train_y):
+      raise DataError(f"val_size={val_size} holds out all {len(train_y)} training examples of "
+                      f"{key}; choose val_size < {len(train_y)} (Rice et al. hold out 1000 of "
+                      f"CIFAR's 50000).")
+    perm = np.random.default_rng(seed).permutation(len(train_y))
+    val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
+    val_x, val_y = train_x[val_idx], train_y[val_idx]
+    train_x, train_y = train_x[train_idx], train_y[train_idx]
+  return Dataset(name=key, train_images=train_x, train_labels=train_y, val_images=val_x,
+                 val_labels=val_y, test_images=test_x, test_labels=test_y,
+                 num_classes=num_classes, class_names=tuple(class_names))
+
+
+def _check_val_size(val_size) -> None:
+  if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or val_size < 0:
+    raise DataError(f"val_size must be an integer >= 0, got {val_size!r}; use 0 for no "
+                    f"validation set or e.g. 1000 as Rice et al.")

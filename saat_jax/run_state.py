@@ -1,0 +1,108 @@
+"""What identifies a run (its model spec and random keys) and its weights read back for evaluation.
+
+Evaluation restores only the weights -- ``params`` and ``batch_stats``, or their EMA -- of a
+checkpoint written by :func:`saat_jax.train.train_and_evaluate`. The restore target is built from
+the checkpoint's own array metadata, so it needs neither the optimizer nor the image shape, and the
+optimizer state is not read. The model is then checked against the weights (abstractly, no
+initialisation) at the image shape recorded in ``meta`` (a guess from the dataset for checkpoints
+written before ``image_shape`` was recorded).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from saat_jax import checkpointing
+from saat_jax.models import create_model
+
+WEIGHTS = ("raw", "ema")
+
+
+def model_spec(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+  """What identifies the network of a checkpoint (compared on resume and evaluation)."""
+  return {"name": config.model.name, "num_classes": int(num_classes),
+          "normalization": config.model.normalization,
+          "kwargs": dict(config.model.get("kwargs", {}) or {})}
+
+
+def model_from_spec(spec: dict):
+  return create_model(spec["name"], spec["num_classes"], normalization=spec["normalization"],
+                      **spec.get("kwargs", {}))
+
+
+def run_keys(seed: int):
+  """``(init_key, train_key, eval_key)`` of a run; evaluation reuses ``eval_key`` for its PGD starts."""
+  return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
+def image_shape(meta: dict) -> tuple:
+  """(H, W, C) of the run's images: recorded in ``meta``, else guessed from the dataset's name."""
+  if meta.get("image_shape"):
+    return tuple(meta["image_shape"])
+  return (8, 8, 1) if meta["config"]["data"]["name"] == "digits" else (32, 32, 3)
+
+
+def _reader(workdir: str, kind: str) -> ocp.CheckpointManager:
+  where = checkpointing.checkpoint_dir(workdir, kind)
+  if not os.path.isdir(where):
+    raise checkpointing.CheckpointError(f"no {kind!r} checkpoint in {where}")
+  # PyTreeCheckpointHandler reads what StandardSave wrote and can restore a part of it.
+  return ocp.CheckpointManager(where, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                     "meta": ocp.JsonCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(create=False))
+
+
+def _variables(tree: dict) -> dict:
+  v = {"params": tree["params"]}
+  if jax.tree_util.tree_leaves(tree.get("batch_stats")):
+    v["batch_stats"] = tree["batch_stats"]
+  return v
+
+
+def restore_weights(workdir: str, kind: str = "last", weights: str = "raw", epoch=None) -> tuple[dict, dict]:
+  """``(variables, meta)`` of a checkpoint: ``{'params', 'batch_stats'?}`` (``weights='raw'``) or
+  their EMA (``'ema'``), as host arrays, without reading the optimizer state."""
+  if weights not in WEIGHTS:
+    raise ValueError(f"weights={weights!r}; use one of {WEIGHTS}")
+  mngr = _reader(workdir, kind)
+  try:
+    epoch = mngr.latest_step() if epoch is None else epoch
+    if epoch is None:
+      raise checkpointing.CheckpointError(f"no {kind!r} checkpoint in {checkpointing.checkpoint_dir(workdir, kind)}")
+    saved = dict(mngr.item_metadata(epoch)["state"])
+    names = ("ema",) if weights == "ema" else ("params", "batch_stats")
+    if weights == "ema" and not jax.tree_util.tree_leaves(saved.get("ema")):
+      raise ValueError(f"{workdir} was trained without an EMA of the weights (ema.decay = 0); "
+                       "evaluate its raw weights (--weights raw)")
+    part = {k: saved[k] for k in names if jax.tree_util.tree_leaves(saved.get(k))}
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), part)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    out = mngr.restore(epoch, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+  finally:
+    mngr.close()
+  tree = out.state["ema"] if weights == "ema" else out.state
+  return _variables(tree), dict(out.meta)
+
+
+def check_weights_fit(model, variables: dict, shape, where: str) -> None:
+  """Refuse weights whose structure or shapes are not those of ``model`` on ``shape`` images."""
+  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False))
+  shapes = lambda t: jax.tree.map(lambda a: tuple(a.shape), _variables(dict(t)))
+  if shapes(expected) != shapes(variables):
+    raise checkpointing.CheckpointError(f"the checkpoint in {where} does not fit its model {type(model).__name__}")
+
+
+def restore_for_eval(workdir: str, kind: str = "last", weights: str = "raw"):
+  """``(model, variables, meta, config)`` of a run's ``kind`` checkpoint, ready for the evaluators."""
+  variables, meta = restore_weights(workdir, kind, weights)
+  model = model_from_spec(meta["model"])
+  check_weights_fit(model, variables, image_shape(meta), checkpointing.checkpoint_dir(workdir, kind))
+  return model, jax.device_put(variables), meta, ml_collections.ConfigDict(meta["config"])

@@ -1,0 +1,117 @@
+"""The evaluators (saat_jax.evaluators): natural / PGD-k accuracy as a direct computation, the masked
+padding of the last batch, PGD really running its steps, RD (Sec. 3.1) and the sweep's PGD schedule."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from saat_jax.attack import pgd
+from saat_jax.data import to_float
+from saat_jax.evaluators import RobustnessEvaluator, robustness_disparity, sweep_pgd_schedule
+from saat_jax.losses import ce_loss_fn
+
+EPS, ALPHA = 16 / 255, 2 / 255
+
+
+class Linear(nn.Module):
+  """A linear classifier; with two classes the sign of its input gradient is that of ``w_other -
+  w_label`` wherever the attack is, so PGD with ``steps * alpha >= 2 eps`` ends at that corner of the
+  eps-box whatever its random start."""
+
+  classes: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(self.classes)(x.reshape(x.shape[0], -1))
+
+
+def split(classes, n, seed=0, label_noise=0.0):
+  """A model, its variables and a split of uint8 4x4 images labelled mostly as the model predicts."""
+  model = Linear(classes)
+  k_init, k_img, k_lab = jax.random.split(jax.random.key(seed), 3)
+  images = np.asarray(jax.random.randint(k_img, (n, 4, 4, 1), 0, 256), np.uint8)
+  variables = model.init(k_init, jnp.zeros((1, 4, 4, 1)))
+  labels = np.asarray(jnp.argmax(model.apply(variables, to_float(images)), -1), np.int32)
+  flip = np.asarray(jax.random.uniform(k_lab, (n,)) < label_noise)
+  labels = np.where(flip, (labels + 1) % classes, labels).astype(np.int32)
+  return model, variables, images, labels
+
+
+def evaluator(model, batch_size, steps=20, eps=EPS):
+  return RobustnessEvaluator(model.apply, eps=eps, alpha=ALPHA, steps=steps, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("batch_size,steps", [(16, 1), (48, 1), (16, 20)])
+def test_evaluator_is_the_direct_computation(batch_size, steps):
+  """Natural accuracy is mean(argmax == label); PGD accuracy is saat_jax.attack.pgd run on batch b
+  with the key fold_in(key, b), as the per-epoch evaluation has always drawn its random starts
+  (PGD-1 at 32/255 keeps much of its random start, so another key per batch shows)."""
+  model, variables, images, labels = split(3, 48, label_noise=0.25)
+  key, eps = jax.random.key(7), 32 / 255
+  got = evaluator(model, batch_size, steps, eps).run(variables, images, labels, key)
+
+  logits_fn = lambda x: model.apply(variables, x, train=False)
+  attack = jax.jit(lambda x, y, k: pgd(ce_loss_fn(logits_fn), x, y, eps=eps, alpha=ALPHA, steps=steps, key=k))
+  x = to_float(images)
+  natural = np.mean(np.argmax(np.asarray(logits_fn(x)), -1) == labels)
+  robust = []
+  for b, start in enumerate(range(0, len(labels), batch_size)):
+    xb, yb = x[start:start + batch_size], labels[start:start + batch_size]
+    robust.append(np.argmax(np.asarray(logits_fn(attack(xb, yb, jax.random.fold_in(key, b)))), -1) == yb)
+  robust = np.mean(np.concatenate(robust))
+  assert got == {"natural_accuracy": natural, "pgd_accuracy": robust}
+  assert 0 < robust < natural < 1  # the split is neither trivial nor hopeless
+
+
+def test_padding_of_the_last_batch_is_masked():
+  """7 examples in batches of 4 (the last padded with a copy of example 0) or 8 count as in one of 7."""
+  model, variables, images, labels = split(2, 7, seed=1)
+  key = jax.random.key(3)
+  one = evaluator(model, 7).run(variables, images, labels, key)
+  assert one["natural_accuracy"] == 1.0  # example 0, the padding, is correct: counting it would show
+  for batch_size in (4, 8):
+    assert evaluator(model, batch_size).run(variables, images, labels, key) == one
+
+
+def test_pgd_runs_its_steps():
+  """PGD-20 reaches the worst corner of the eps-box of a two-class linear model; PGD-1 does not."""
+  model, variables, images, labels = split(2, 256, seed=2)
+  key = jax.random.key(0)
+  w = variables["params"]["Dense_0"]["kernel"]  # (16, 2)
+  direction = jnp.sign(w[:, 1 - labels] - w[:, labels]).T.reshape(images.shape)
+  corner = jnp.clip(to_float(images) + EPS * direction, 0, 1)
+  worst = float(np.mean(np.argmax(model.apply(variables, corner), -1) == labels))
+
+  pgd20 = evaluator(model, 64, steps=20).run(variables, images, labels, key)["pgd_accuracy"]
+  pgd1 = evaluator(model, 64, steps=1).run(variables, images, labels, key)["pgd_accuracy"]
+  assert pgd20 == worst
+  assert worst < pgd1 - 0.05 and pgd1 < 1.0
+
+
+def test_no_attack_when_eps_or_steps_is_zero():
+  model, variables, images, labels = split(3, 12, label_noise=0.25)
+  for eps, steps in ((0.0, 20), (EPS, 0)):
+    got = RobustnessEvaluator(model.apply, eps=eps, alpha=ALPHA, steps=steps, batch_size=4).run(
+        variables, images, labels, jax.random.key(0))
+    assert got["pgd_accuracy"] == got["natural_accuracy"]
+
+
+def test_rd_matches_hand_computation():
+  eps = [0, 2, 4, 8]
+  acc = [0.9, 0.8, 0.6, 0.3]
+  # (1/3) * ((0.9-0.8)/2 + (0.9-0.6)/4 + (0.9-0.3)/8)
+  assert robustness_disparity(eps, acc) == pytest.approx((0.05 + 0.075 + 0.075) / 3)
+  # a model whose accuracy does not drop has RD 0; order of budgets does not matter
+  assert robustness_disparity([4, 0, 2], [0.7, 0.7, 0.7]) == 0.0
+  with pytest.raises(ValueError, match="eps = 0"):
+    robustness_disparity([2, 4], [0.5, 0.4])
+  with pytest.raises(ValueError, match="> 0"):
+    robustness_disparity([0], [0.5])
+
+
+def test_sweep_pgd_schedule_follows_released_code():
+  assert sweep_pgd_schedule(8) == (2 / 255, 20)
+  assert sweep_pgd_schedule(2) == (2 / 255, 5)
+  assert sweep_pgd_schedule(16) == (2 / 255, 40)
