@@ -365,3 +365,25 @@ def test_resume_equals_uninterrupted(tmp_path, method, extra):
   drop = ("train_time_s", "eval_time_s")
   assert [{k: v for k, v in r.items() if k not in drop} for r in full] == \
          [{k: v for k, v in r.items() if k not in drop} for r in resumed]
+
+
+def test_step_augments_with_reflect_padded_crops_and_flips(batch):
+  """The training step crops after reflect padding and flips, as Rice et al.: replayed by hand with
+  the same random draws (a step that never flips, or pads with zeros, fails here)."""
+  images, labels = batch
+  c = _config("natural", **{"data.augment": True, "data.pad": 2})
+  key = jax.random.key(11)
+  model, state, new, _ = _fast_step(c, images, labels, key)
+  aug_key, _ = jax.random.split(key)
+  crop_key, flip_key = jax.random.split(aug_key)
+  offsets = np.asarray(jax.random.randint(crop_key, (B, 2), 0, 5))
+  flips = np.asarray(jax.random.bernoulli(flip_key, 0.5, (B,)))
+  assert flips.any() and (~flips).any() and len({tuple(o) for o in offsets}) > 3
+  padded = np.pad(np.asarray(images, np.float32) / 255, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+  x = np.stack([padded[i, dy:dy + 8, dx:dx + 8] for i, (dy, dx) in enumerate(offsets)])
+  x = np.where(flips[:, None, None, None], x[:, :, ::-1], x)
+  y = jnp.asarray(labels)
+  loss = lambda p: jnp.mean(_ce(model.apply({"params": p}, x), y))
+  ref = _sgd(state.params, jax.grad(loss)(state.params), c)
+  for a, b in zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-6)

@@ -151,7 +151,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
   train_and_evaluate(digits_config(num_epochs=1), str(tmp_path))
   before = sorted(p.name for p in (tmp_path / "checkpoints" / "last").iterdir())
   c = digits_config(num_epochs=2, **{"model.kwargs": {"width": 16}})
-  with pytest.raises(checkpointing.CheckpointError, match="another|holds a checkpoint of model"):
+  with pytest.raises(checkpointing.CheckpointError, match="holds a checkpoint of model"):
     train_and_evaluate(c, str(tmp_path))
   assert sorted(p.name for p in (tmp_path / "checkpoints" / "last").iterdir()) == before
 
