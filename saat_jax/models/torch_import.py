@@ -192,6 +192,29 @@ def _guess_architecture(state_dict: Mapping[str, Any]) -> Optional[str]:
   return name
 
 
+def torch_key_map(model_name: str, num_classes: int) -> dict[str, tuple[tuple, tuple[int, ...]]]:
+  """``{torch state_dict key: (Flax variable path, torch shape)}`` of a model with a reference.
+
+  The one correspondence between the two layouts, used to import (:func:`convert_state_dict`) and
+  to export (:mod:`saat_jax.models.torch_export`).
+  """
+  from saat_jax.models import create_model
+
+  family, canonical = _family(model_name)
+  model = create_model(canonical, num_classes)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False))
+  expected: dict[str, tuple[tuple, tuple[int, ...]]] = {}
+  for path, leaf_shape in traverse_util.flatten_dict(dict(shapes)).items():
+    collection, *modules, leaf = path
+    torch_leaf = _LEAF_NAMES.get((collection, leaf))
+    if torch_leaf is None:  # pragma: no cover - the models only have conv, BN and linear layers
+      raise ValueError(f"cannot map Flax variable {'/'.join(path)} to a torch name")
+    key = ".".join(_torch_module_path(family, tuple(modules)) + [torch_leaf])
+    expected[key] = (path, _torch_shape(tuple(leaf_shape.shape), leaf))
+  return expected
+
+
 def _final_layer_key(family: str) -> str:
   return "fc" if family == "wrn" else "linear"
 
@@ -215,8 +238,6 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str,
   Raises ``ValueError`` for a model without a PyTorch reference, and for missing keys, unexpected
   keys or shape mismatches (naming the first few, and the architecture the checkpoint looks like).
   """
-  from saat_jax.models import create_model  # here, to keep this module importable on its own
-
   family, canonical = _family(model_name)
   sd = _strip_prefixes(_unwrap(state_dict))
   sd = {k: v for k, v in sd.items() if not _ignored(k, family)}
@@ -230,19 +251,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str,
   if family == "wrn" and f"{final}.weight" in sd and f"{final}.bias" not in sd:
     sd[f"{final}.bias"] = np.zeros((num_classes,), np.float32)
 
-  model = create_model(canonical, num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                             train=False))
-  flat = traverse_util.flatten_dict(dict(shapes))
-
-  expected: dict[str, tuple[tuple, tuple[int, ...]]] = {}
-  for path, leaf_shape in flat.items():
-    collection, *modules, leaf = path
-    torch_leaf = _LEAF_NAMES.get((collection, leaf))
-    if torch_leaf is None:  # pragma: no cover - the models only have conv, BN and linear layers
-      raise ValueError(f"cannot map Flax variable {'/'.join(path)} to a torch name")
-    key = ".".join(_torch_module_path(family, tuple(modules)) + [torch_leaf])
-    expected[key] = (path, _torch_shape(tuple(leaf_shape.shape), leaf))
+  expected = torch_key_map(canonical, num_classes)
 
   missing = [k for k in expected if k not in sd]
   unexpected = [str(k) for k in sd if k not in expected]
