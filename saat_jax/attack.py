@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from saat_jax.conv_layout import canonicalize_on_cpu
+from saat_jax.conv_layout import input_grad
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -149,7 +149,7 @@ def _value_and_input_grad(loss_fn: LossFn, y: jax.Array, stateful: bool = False)
     ascent, stop = out if isinstance(out, tuple) else (out, out)
     return jnp.sum(ascent), (stop, new_st)
 
-  vg = canonicalize_on_cpu(jax.value_and_grad(summed, has_aux=True))
+  vg = input_grad(summed, value=True, has_aux=True)
 
   def f(xa, st=()):
     (_, (losses, new_st)), grad = vg(xa, st)
@@ -297,7 +297,7 @@ def pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, eps, alpha, steps: int,
   alpha_b = _per_example(alpha, x)
   stateful = state is not None
   lf = _stateful(loss_fn, state)
-  grad_fn = canonicalize_on_cpu(jax.grad(lambda xa, st: _summed_with_state(lf, xa, y, st), has_aux=True))
+  grad_fn = input_grad(lambda xa, st: _summed_with_state(lf, xa, y, st), has_aux=True)
 
   def one_run(x_start, st):
     def step(_, carry):
@@ -376,7 +376,7 @@ def trades_pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps
   eps_b = _per_example(eps, x)
   alpha_b = _per_example(alpha, x)
   logits_natural = lax.stop_gradient(logits_fn(x))
-  grad_fn = canonicalize_on_cpu(jax.grad(lambda xa: jnp.sum(kl_divergence(logits_natural, logits_fn(xa)))))
+  grad_fn = input_grad(lambda xa: jnp.sum(kl_divergence(logits_natural, logits_fn(xa))))
 
   def step(_, xa):
     return _project(xa + alpha_b * jnp.sign(grad_fn(xa)), x, eps_b, clip_min, clip_max)

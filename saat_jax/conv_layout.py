@@ -10,8 +10,9 @@ that pass at the jaxpr level: it re-evaluates a function's jaxpr with every conv
 to the canonical layout between explicit transposes (identical values). SA-PGD's and PGD's
 loops gain the same (2.1x measured for PreAct ResNet-18, batch 16, on 2 cores).
 
-Used by the attack loops (``saat_jax.attack``: SA-PGD and PGD; ``saat_jax.autoattack``: APGD and
-FAB) when compiling for the CPU; on GPU/TPU they leave the function as it is.
+The attack loops take their input gradients through one helper, :func:`input_grad`
+(``saat_jax.attack``: SA-PGD, PGD, TRADES; ``saat_jax.autoattack``: APGD, FAB), which applies it
+when compiling for the CPU; on GPU/TPU the function is left as it is.
 """
 
 from __future__ import annotations
@@ -109,3 +110,11 @@ def on_cpu() -> bool:
 def canonicalize_on_cpu(fn: Callable) -> Callable:
   """``canonicalize_convs(fn)`` when compiling for the CPU, else ``fn`` itself."""
   return canonicalize_convs(fn) if on_cpu() else fn
+
+
+def input_grad(fn: Callable, *, value: bool = False, has_aux: bool = False) -> Callable:
+  """``jax.grad(fn)`` (``value=True``: ``jax.value_and_grad``) w.r.t. the first argument, the one
+  way every attack loop takes its input gradient: on CPU with the convolutions in the fast layout
+  (:func:`canonicalize_on_cpu`), elsewhere as it is. Identical values either way."""
+  transform = jax.value_and_grad if value else jax.grad
+  return canonicalize_on_cpu(transform(fn, has_aux=has_aux))

@@ -62,7 +62,7 @@ import numpy as np
 from jax import lax
 
 from saat_jax.autoattack.batching import padded_index, put_rows
-from saat_jax.conv_layout import canonicalize_on_cpu
+from saat_jax.conv_layout import input_grad
 
 LogitsFn = Callable[..., jax.Array]
 
@@ -243,7 +243,7 @@ def apgd_single_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, y_target: j
       l = _loss_value(loss, logits, y, y_target)
       return jnp.sum(l), (l, logits)
 
-    vg = canonicalize_on_cpu(jax.value_and_grad(summed, has_aux=True))
+    vg = input_grad(summed, value=True, has_aux=True)
     if eot_iter == 1:
       (_, (l, logits)), g = vg(xa, k_model)
       return l, logits, g

@@ -33,7 +33,7 @@ import numpy as np
 from jax import lax
 
 from saat_jax.autoattack.batching import padded_index, put_rows
-from saat_jax.conv_layout import canonicalize_on_cpu
+from saat_jax.conv_layout import canonicalize_on_cpu, input_grad
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -200,12 +200,13 @@ def _diff_logits_grads(logits_fn, x1, y, la_target, targeted):
       diff = _take(logits, la_target) - _take(logits, y)
       return jnp.sum(diff), diff
 
-    grad, diff = canonicalize_on_cpu(jax.grad(summed, has_aux=True))(x1)
+    grad, diff = input_grad(summed, has_aux=True)(x1)
     return diff[:, None], grad.reshape(batch, 1, -1)
 
   logits, vjp = jax.vjp(logits_fn, x1)
   n_cls = logits.shape[1]
   cot = jnp.broadcast_to(jnp.eye(n_cls, dtype=logits.dtype)[:, None, :], (n_cls, batch, n_cls))
+  # The per-class input gradients of one vjp: the pullback itself is what gets the CPU layout.
   grads = lax.map(canonicalize_on_cpu(lambda ct: vjp(ct)[0]), cot)  # (K, B, ...)
   grads = jnp.swapaxes(grads.reshape(n_cls, batch, -1), 0, 1)      # (B, K, D)
   onehot = jax.nn.one_hot(y, n_cls, dtype=bool)
