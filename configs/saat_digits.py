@@ -9,6 +9,8 @@ No crop/flip augmentation (flipping digits changes their class).
   python launch.py --config configs/saat_digits.py --config.method=natural --workdir runs/digits_nat
 """
 
+from ml_collections import config_dict
+
 from saat_jax.config_base import base_config
 
 
@@ -16,7 +18,9 @@ def get_config():
   config = base_config()
   config.method = "saat"
   config.data.name = "digits"
-  config.data.data_dir = None
+  # Digits come with scikit-learn: no data_dir. A str placeholder (None), so that
+  # --config.data.data_dir=... still parses (training then says it is ignored).
+  config.data.data_dir = config_dict.placeholder(str)
   config.data.augment = False
   config.model.name = "small_cnn"
   config.model.normalization = "none"

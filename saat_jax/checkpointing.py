@@ -5,12 +5,23 @@ validation PGD-20 accuracy, as Rice et al. 2020 select) improves. Each checkpoin
 training state (params, batch_stats, optimizer state, step) and a JSON ``meta`` record: the epoch,
 the model's identity, the best metric so far and the config. Orbax writes into a temporary
 directory and renames it when complete, so a process killed mid-save leaves the previous checkpoint
-intact; resuming from ``last`` is therefore always possible.
+intact; resuming from ``last`` is therefore always possible. A save that fails (full disk,
+unwritable directory) raises :class:`CheckpointSaveError` naming the checkpoint, the directory and
+the underlying error; the previous checkpoint of that kind stays as it was.
+
+:class:`RunLock` is the work dir's ``.lock`` (pid and host of the run using it), so that two runs
+never write the same work dir at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
+import sys
+import time
+import uuid
 from typing import Any, Optional
 
 import jax
@@ -21,6 +32,18 @@ KINDS = ("last", "best")
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used (missing, or of another model)."""
+
+
+class CheckpointSaveError(CheckpointError):
+  """A checkpoint could not be written (full disk, unwritable directory); the previous one is intact."""
+
+
+class WorkdirError(CheckpointError):
+  """The work dir cannot be created or written."""
+
+
+class WorkdirLocked(CheckpointError):
+  """Another run is using the work dir."""
 
 
 def checkpoint_dir(workdir: str, kind: str) -> str:
@@ -39,20 +62,39 @@ class RunCheckpoints:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self._managers = {kind: _manager(workdir, kind, create=True) for kind in KINDS}
+    try:
+      self._managers = {kind: _manager(workdir, kind, create=True) for kind in KINDS}
+    except OSError as e:
+      raise WorkdirError(f"cannot create the checkpoint directories of {workdir} ({type(e).__name__}: {e}); "
+                         "check its permissions and free space") from e
 
   def latest_epoch(self, kind: str = "last") -> Optional[int]:
     return self._managers[kind].latest_step()
 
   def save(self, kind: str, epoch: int, state: Any, meta: dict) -> None:
+    """Write ``kind`` for ``epoch`` (0-based). On failure raise :class:`CheckpointSaveError`; the
+    previous checkpoint of this kind is untouched (Orbax only replaces it after a complete write)."""
     mngr = self._managers[kind]
-    if epoch in mngr.all_steps():
+    before = mngr.all_steps()
+    if epoch in before:
       # A resumed run re-computing an epoch it had already saved as `best` before being killed:
       # the state is bit-identical (training is deterministic), keep the one on disk.
       return
-    mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)))
-    mngr.wait_until_finished()
+    try:
+      mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)))
+      mngr.wait_until_finished()
+    except (OSError, ValueError) as e:
+      # Orbax/TensorStore report a failed write (ENOSPC, EACCES, EFBIG) as an OSError or as a
+      # ValueError carrying the OS error; either way the step directory was never finalised.
+      where = checkpoint_dir(self.workdir, kind)
+      _remove_partial(where, epoch)
+      prev = f"epoch {max(before) + 1}" if before else "none yet"
+      raise CheckpointSaveError(
+          f"could not save the {kind!r} checkpoint of epoch {epoch + 1} in {where}: "
+          f"{type(e).__name__}: {str(e)[:500]}. The previous {kind!r} checkpoint ({prev}) is intact. "
+          f"Free disk space or fix the permissions of {os.path.abspath(self.workdir)}, then run the same "
+          f"command to resume.") from e
 
   def restore_meta(self, kind: str = "last", epoch: Optional[int] = None) -> dict:
     mngr = self._managers[kind]
@@ -80,6 +122,158 @@ class RunCheckpoints:
   def close(self) -> None:
     for m in self._managers.values():
       m.close()
+
+
+def _remove_partial(where: str, epoch: int) -> None:
+  """Best effort: delete the unfinished ``<epoch>.orbax-checkpoint-tmp*`` of a failed save (it frees
+  the space a full disk needs; Orbax would also replace it at the next save of that step)."""
+  try:
+    for name in os.listdir(where):
+      if name.startswith(f"{epoch}.orbax-checkpoint-tmp"):
+        shutil.rmtree(os.path.join(where, name), ignore_errors=True)
+  except OSError:
+    pass
+
+
+def read_meta(workdir: str, kind: str = "last") -> Optional[dict]:
+  """The ``meta`` of the latest ``kind`` checkpoint, or None if there is none; writes nothing (the
+  checkpoint directory is not created)."""
+  where = checkpoint_dir(workdir, kind)
+  if not os.path.isdir(where):
+    return None
+  mngr = ocp.CheckpointManager(where, options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    epoch = mngr.latest_step()
+    if epoch is None:
+      return None
+    return dict(mngr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+  finally:
+    mngr.close()
+
+
+# --------------------------------------------------------------------------------------------
+# One run at a time per work dir
+# --------------------------------------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, another user's
+    return True
+  except OSError:
+    return True
+  return True
+
+
+class RunLock:
+  """``<workdir>/.lock``, created with ``O_CREAT | O_EXCL`` and holding the pid and host of the run.
+
+  A second run on the same work dir raises :class:`WorkdirLocked`. A lock left by a run that died
+  without releasing it (its pid is not alive on this host) is taken over with a warning. Use as a
+  context manager: released on exit, exceptions included.
+  """
+
+  STALE_UNREADABLE_S = 60.0  # an unreadable lock file older than this is a leftover
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, LOCK_NAME)
+    self.token = uuid.uuid4().hex
+    self.held = False
+
+  def _read(self) -> Optional[dict]:
+    try:
+      with open(self.path) as f:
+        holder = json.load(f)
+      return holder if isinstance(holder, dict) else {}
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      return {}
+
+  def _stale(self, holder: dict) -> Optional[str]:
+    """Why the lock described by ``holder`` is stale, or None if it may be held."""
+    if not holder:
+      try:
+        age = time.time() - os.path.getmtime(self.path)
+      except OSError:
+        return None
+      return f"unreadable and {age:.0f} s old" if age > self.STALE_UNREADABLE_S else None
+    pid, host = holder.get("pid"), holder.get("host")
+    if host != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+      return None
+    return None if _pid_alive(pid) else f"pid {pid} on {host} is not running"
+
+  def _describe(self, holder: Optional[dict]) -> str:
+    if not holder:
+      return "a run (the lock file is unreadable)"
+    return f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('started', '?')})"
+
+  def acquire(self) -> "RunLock":
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+    except OSError as e:
+      raise WorkdirError(f"cannot create the work dir {self.workdir}: {type(e).__name__}: {e}") from e
+    for attempt in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._read()
+        if holder is None:  # released meanwhile
+          continue
+        why = self._stale(holder) if attempt == 0 else None
+        if why is None:
+          raise WorkdirLocked(
+              f"work dir {self.workdir} is in use by {self._describe(holder)}: its lock {self.path} exists. "
+              f"Wait for that run to finish, or use another --workdir; if no run is using it (e.g. a crash on "
+              f"another host), delete {self.path}.") from None
+        print(f"warning: taking over the stale lock {self.path} ({why}): the run that held it is gone",
+              file=sys.stderr, flush=True)
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+        continue
+      except OSError as e:
+        raise WorkdirError(f"cannot write to the work dir {self.workdir} ({type(e).__name__}: {e}); "
+                           "check its permissions and free space") from e
+      try:
+        with os.fdopen(fd, "w") as f:
+          json.dump({"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
+      except OSError as e:
+        try:
+          os.remove(self.path)
+        except OSError:
+          pass
+        raise WorkdirError(f"cannot write to the work dir {self.workdir} ({type(e).__name__}: {e}); "
+                           "check its permissions and free space") from e
+      self.held = True
+      return self
+    raise WorkdirLocked(f"work dir {self.workdir}: could not take its lock {self.path}; another run is starting there")
+
+  def release(self) -> None:
+    """Remove the lock if it is still ours."""
+    if not self.held:
+      return
+    self.held = False
+    holder = self._read()
+    if holder is not None and holder.get("token") == self.token:
+      try:
+        os.remove(self.path)
+      except OSError:
+        pass
+
+  def __enter__(self) -> "RunLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
 
 
 def check_same_model(meta: dict, model_spec: dict, workdir: str) -> None:

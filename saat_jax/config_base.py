@@ -94,7 +94,13 @@ def base_config() -> ml_collections.ConfigDict:
   # First N training images (no augmentation) evaluated every epoch: training robust accuracy, for
   # the robust generalisation gap of Figure 3(d).
   c.eval.train_subset = 1000
+  # Evaluate (test, val, trainsub) every N epochs and always at the last one; epochs in between
+  # record no test metrics and cannot become `best`. 1: every epoch, as the paper.
+  c.eval.every = 1
 
   c.progress = True
   c.check_every = 20  # steps between NaN checks / progress updates
+  # Resuming a work dir with a config that changes the training trajectory (method, lr, data, ...)
+  # is refused unless this is True; the change is then recorded in <workdir>/configs.jsonl.
+  c.allow_config_change = False
   return c

@@ -77,6 +77,21 @@ def main(argv=None) -> int:
     if v is not None and not (v >= 0 if name == "eps" else v > 0):
       print(f"error: --{name} must be {'>= 0' if name == 'eps' else '> 0'} (in /255), got {v}", file=sys.stderr)
       return 2
+  if args.num_test < 0:
+    print(f"error: --num-test must be >= 0 (the first N test points; 0: all of them), got {args.num_test}",
+          file=sys.stderr)
+    return 2
+  if args.batch_size is not None:
+    n_dev = jax.device_count()
+    if args.batch_size < 1:
+      print(f"error: --batch-size must be >= 1, got {args.batch_size} (default: the run's eval.batch_size)",
+            file=sys.stderr)
+      return 2
+    if args.batch_size % n_dev:
+      lo, hi = args.batch_size // n_dev * n_dev, (args.batch_size // n_dev + 1) * n_dev
+      print(f"error: --batch-size={args.batch_size} is not divisible by the {n_dev} devices; use "
+            + (f"{lo} or {hi}" if lo else f"{hi}"), file=sys.stderr)
+      return 2
   sweep = [0, 2, 4, 6, 8, 10, 12, 14, 16] if args.sweep == "default" else _parse_list(args.sweep, "sweep")
   if any(not e >= 0 for e in sweep):
     print(f"error: --sweep budgets must be >= 0, got {sweep}", file=sys.stderr)

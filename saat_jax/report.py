@@ -109,7 +109,9 @@ def read_metrics(path: str) -> list[dict]:
                           "resume the run with launch.py, which rewrites metrics.jsonl") from None
       if not isinstance(r, dict):
         raise ReportError(f"{path} is damaged at line {lineno}: expected a JSON object per line")
-      missing = [k for k in REQUIRED_RECORD_KEYS if k not in r]
+      # epochs skipped by eval.every > 1 carry no test metrics ("evaluated": false)
+      required = REQUIRED_RECORD_KEYS if r.get("evaluated", True) else ("epoch", "best_epoch")
+      missing = [k for k in required if k not in r]
       if missing:
         raise ReportError(f"{path} line {lineno} lacks {', '.join(missing)}; is it a metrics.jsonl of launch.py?")
       for k in ("epoch", "best_epoch"):
@@ -711,6 +713,13 @@ def _series(records: Sequence[dict], key: str, scale: float = 1.0) -> Optional[n
   return np.asarray([scale * float(r[key]) if r.get(key) is not None else np.nan for r in records])
 
 
+def _plot_series(ax, x, y, **kw):
+  """A curve that stays visible when some epochs were not evaluated (``eval.every > 1``): the
+  evaluated epochs are joined, skipping the gaps."""
+  ok = ~np.isnan(y)
+  ax.plot(np.asarray(x)[ok], y[ok], marker="." if not ok.all() else None, **kw)
+
+
 def _run_title(run: Run) -> str:
   row = run_row_id(run)
   what = ROWS[row].label if row in ROWS else run_key(run)
@@ -739,7 +748,7 @@ def plot_curves(run: Run, nums: dict, path: str) -> dict:
       if y is None:
         continue
       data[key] = y.tolist()
-      ax.plot(ep, y, color=color, ls=ls, lw=1.6, label=label)
+      _plot_series(ax, ep, y, color=color, ls=ls, lw=1.6, label=label)
     for kind, ls in (("best", ":"), ("last", "-.")):
       e = nums[kind]["epoch"]
       txt = ", ".join(f"{METRIC_NAMES[m]} {nums[kind][m]['value']:.1f}" for m in METRICS if m in nums[kind])

@@ -17,7 +17,6 @@ exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -32,6 +31,8 @@ import optax
 from tqdm.auto import tqdm
 
 from saat_jax import checkpointing, parallel
+from saat_jax import workdir as workdir_files
+from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, config_changes
 from saat_jax.attack import check_sa_pgd_hparams
 from saat_jax.awp import perturb, weight_perturbation
 from saat_jax.evaluators import RobustnessEvaluator
@@ -159,8 +160,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     problems.append(f"eval.select_best_on={config.eval.select_best_on!r}; use 'test' or 'val'")
   if config.eval.select_best_on == "val" and int(config.data.val_size) < 1:
     problems.append("eval.select_best_on='val' needs data.val_size > 0 (e.g. 1000 as Rice et al.)")
+  every = config.eval.get("every", 1)
+  if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    problems.append(f"eval.every must be an integer >= 1 (evaluate every N epochs and at the last), got {every!r}")
+  n_dev = jax.device_count()
+  for name, v in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
+    if int(v) >= 1 and int(v) % n_dev:
+      problems.append(f"{name}={v}: {nearest_multiples_hint(int(v), n_dev)}")
   if problems:
     raise ValueError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def nearest_multiples_hint(value: int, n: int) -> str:
+  """'use 96 or 104 (the nearest multiples of the 8 devices)' for a batch size that does not divide."""
+  lo, hi = value // n * n, (value // n + 1) * n
+  if lo < 1:
+    return f"use {hi} (the smallest multiple of the {n} devices)"
+  return f"use {lo} or {hi} (the nearest multiples of the {n} devices)"
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -284,21 +300,6 @@ def _epoch_summary(step_metrics: list[dict]) -> dict:
   return out
 
 
-def _write_jsonl(path: str, records: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _last_good(ckpts: checkpointing.RunCheckpoints, workdir: str) -> str:
   epoch = ckpts.latest_epoch("last")
   where = checkpointing.checkpoint_dir(workdir, "last")
@@ -307,16 +308,26 @@ def _last_good(ckpts: checkpointing.RunCheckpoints, workdir: str) -> str:
   return f"the last good checkpoint, epoch {epoch + 1}, is kept in {where}"
 
 
-def _config_json(config) -> dict:
-  return json.loads(config.to_json_best_effort())
+# --------------------------------------------------------------------------------------------
+# Training and per-epoch evaluation
+# --------------------------------------------------------------------------------------------
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Train per ``config`` in ``workdir`` (resuming from its ``last`` checkpoint); returns the metrics."""
+  """Train per ``config`` in ``workdir`` (resuming from its ``last`` checkpoint); returns the metrics.
+
+  Refuses (before writing anything) a work dir another run holds (:class:`checkpointing.RunLock`)
+  or whose checkpoint was trained with a config that changes the trajectory
+  (:func:`config_changes`; ``config.allow_config_change`` overrides). A finished run returns its
+  metrics without computing. Ctrl-C raises :class:`TrainingInterrupted` naming the checkpoint a
+  rerun resumes from.
+  """
   validate_config(config)
   data = load_dataset(config.data.name, config.data.data_dir, val_size=int(config.data.val_size),
                       seed=int(config.seed), cache_dir=config.data.get("cache_dir"),
                       source=config.data.source)
+  if data.name == "digits" and config.data.data_dir:
+    print(f"note: data.data_dir={config.data.data_dir!r} is ignored: digits come with scikit-learn", flush=True)
   spec = model_spec(config, data.num_classes)
   model = model_from_spec(spec)
   mesh = parallel.make_mesh()
@@ -330,33 +341,80 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   if num_train < batch_size:
     raise ValueError(f"batch_size={batch_size} exceeds the {num_train} training examples; lower it")
   steps_per_epoch = num_train // batch_size
+  num_epochs = int(config.num_epochs)
   tx, schedule = make_optimizer(config, steps_per_epoch)
 
   init_key, train_key, eval_key = run_keys(int(config.seed))
-  state = initial_state(model, tx, init_key, data.train_images.shape[1:], ema=float(config.ema.decay) > 0)
 
-  # Everything that can be refused has been checked; now the work dir is touched.
-  os.makedirs(workdir, exist_ok=True)
-  ckpts = checkpointing.RunCheckpoints(workdir)
+  # Everything that can be refused from the config alone has been checked. Take the work dir
+  # (one run at a time), then check it: a refusal leaves it as it was.
+  primary = jax.process_index() == 0
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  history: list[dict] = []
-  start_epoch, best_metric, best_epoch = 0, -1.0, -1
-  last = ckpts.latest_epoch("last")
-  if last is not None:
-    checkpointing.check_same_model(ckpts.restore_meta("last"), spec, workdir)
-    state, meta = ckpts.restore("last", state)
-    start_epoch = int(meta["epoch"]) + 1
-    best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
-    history = [r for r in _read_jsonl(metrics_path) if r["epoch"] <= meta["epoch"]]
-    print(f"resuming {workdir} from epoch {meta['epoch']} (step {int(state.step)})")
-  _write_jsonl(metrics_path, history)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(_config_json(config), f, indent=2)
+  lock = checkpointing.RunLock(workdir)
+  if primary:
+    lock.acquire()
+  else:
+    os.makedirs(workdir, exist_ok=True)
+  ckpts = None
+  try:
+    saved = checkpointing.read_meta(workdir, "last")
+    history, changes, damage, done = [], {}, [], 0
+    if saved is not None:
+      checkpointing.check_same_model(saved, spec, workdir)
+      done = int(saved["epoch"]) + 1
+      changes = config_changes(saved.get("config", {}), workdir_files.config_json(config))
+      if changes and not config.get("allow_config_change", False):
+        raise workdir_files.refuse_config_change(workdir, done, changes)
+      history, damage = workdir_files.history_at(metrics_path, saved)
+      if done >= num_epochs:
+        if damage and primary:
+          workdir_files.write_jsonl(metrics_path, history)
+          workdir_files.warn(f"{metrics_path} was damaged: {'; '.join(damage)}. Kept the {len(history)} records of epochs "
+                f"up to {done} (the checkpoint's) and rewrote the file.")
+        print(f"{workdir} is complete: {done} epochs done (num_epochs={num_epochs}, step {saved['step']}); "
+              f"nothing to do. Raise --config.num_epochs to train longer.", flush=True)
+        return history
 
+    state = initial_state(model, tx, init_key, data.train_images.shape[1:], ema=float(config.ema.decay) > 0)
+    # From here on the work dir is written.
+    ckpts = checkpointing.RunCheckpoints(workdir)
+    start_epoch, best_metric, best_epoch = 0, -1.0, -1
+    if saved is not None:
+      state, meta = ckpts.restore("last", state)
+      start_epoch = int(meta["epoch"]) + 1
+      best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
+      print(f"resuming {workdir} after epoch {start_epoch} of {num_epochs} (step {int(state.step)})", flush=True)
+      if changes:
+        print("with a changed config (allow_config_change=True):\n" +
+              "\n".join(f"  {k}: {workdir_files.show(o)} -> {workdir_files.show(n)}" for k, (o, n) in changes.items()), flush=True)
+    if primary:
+      try:
+        workdir_files.write_jsonl(metrics_path, history)
+        workdir_files.record_config(workdir, config, done, changes)
+      except OSError as e:
+        raise checkpointing.WorkdirError(f"cannot write to the work dir {workdir} ({type(e).__name__}: {e}); "
+                                         "check its permissions and free space") from e
+      if damage:
+        workdir_files.warn(f"{metrics_path} was damaged: {'; '.join(damage)}. Kept the {len(history)} records of epochs "
+              f"up to {start_epoch} (the checkpoint's) and rewrote the file.")
+    return _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts,
+                         history, start_epoch, best_metric, best_epoch, steps_per_epoch,
+                         (train_key, eval_key), metrics_path, primary)
+  finally:
+    if ckpts is not None:
+      ckpts.close()
+    lock.release()
+
+
+def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts, history,
+                  start_epoch, best_metric, best_epoch, steps_per_epoch, keys, metrics_path, primary):
+  train_key, eval_key = keys
+  num_train, batch_size, num_epochs = len(data.train_labels), int(config.batch_size), int(config.num_epochs)
   state = jax.device_put(state, repl)
   train_step = jax.jit(make_train_step(config, model.apply, tx, steps_per_epoch), donate_argnums=0,
                        out_shardings=(repl, repl))
   ev = config.eval
+  every = int(ev.get("every", 1))
   evaluator = RobustnessEvaluator(model.apply, eps=float(ev.eps), alpha=float(ev.alpha), steps=int(ev.steps),
                                   batch_size=int(ev.batch_size), mesh=mesh)
   num_test = int(ev.num_test) if ev.num_test else len(data.test_labels)
@@ -367,67 +425,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   sub_images, sub_labels = data.train_images[:n_sub], data.train_labels[:n_sub]
   print(f"{config.method} | {spec['name']} ({count_params(state.params):,} params) | {data.name}: "
         f"{num_train} train, {len(data.val_labels)} val, {num_test} test | {jax.device_count()} device(s) "
-        f"| {steps_per_epoch} steps/epoch")
+        f"| {steps_per_epoch} steps/epoch" + (f" | evaluated every {every} epochs and at the last" if every > 1 else ""))
 
-  for epoch in range(start_epoch, int(config.num_epochs)):
-    t0 = time.time()
-    step_metrics, pending = [], []
-    batches = epoch_batches(num_train, batch_size, seed=int(config.seed), epoch=epoch)
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
-               disable=not config.progress, dynamic_ncols=True)
-    for i, idx in enumerate(bar):
-      global_step = epoch * steps_per_epoch + i
-      images, labels = parallel.shard_batch(mesh, data.train_images[idx], data.train_labels[idx])
-      state, m = train_step(state, images, labels, jax.random.fold_in(train_key, global_step))
-      pending.append((global_step, m))
-      if len(pending) >= int(config.check_every) or i == len(batches) - 1:
-        fetched = jax.device_get([p[1] for p in pending])
-        for (gs, _), mm in zip(pending, fetched):
-          if not np.isfinite(mm["loss"]):
-            raise TrainingDiverged(
-                f"training loss became {float(mm['loss'])} at step {gs} (epoch {epoch + 1}, batch {gs - epoch * steps_per_epoch}); "
-                f"stopped without saving this epoch; {_last_good(ckpts, workdir)}. "
-                f"Lower optim.lr or check the data.")
-          step_metrics.append(mm)
-        pending = []
-        bar.set_postfix(loss=f"{step_metrics[-1]['loss']:.3f}", eps=f"{step_metrics[-1]['eps'].mean() * 255:.2f}")
-    bar.close()
-    train_time = time.time() - t0
+  at = {"epoch": start_epoch, "step": start_epoch * steps_per_epoch}  # where a Ctrl-C finds the run
+  try:
+    for epoch in range(start_epoch, num_epochs):
+      t0 = time.time()
+      step_metrics, pending = [], []
+      batches = epoch_batches(num_train, batch_size, seed=int(config.seed), epoch=epoch)
+      bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
+                 disable=not config.progress, dynamic_ncols=True)
+      for i, idx in enumerate(bar):
+        global_step = epoch * steps_per_epoch + i
+        at.update(epoch=epoch, step=global_step)
+        images, labels = parallel.shard_batch(mesh, data.train_images[idx], data.train_labels[idx])
+        state, m = train_step(state, images, labels, jax.random.fold_in(train_key, global_step))
+        pending.append((global_step, m))
+        if len(pending) >= int(config.check_every) or i == len(batches) - 1:
+          fetched = jax.device_get([p[1] for p in pending])
+          for (gs, _), mm in zip(pending, fetched):
+            if not np.isfinite(mm["loss"]):
+              raise TrainingDiverged(
+                  f"training loss became {float(mm['loss'])} at step {gs} (epoch {epoch + 1}, batch {gs - epoch * steps_per_epoch}); "
+                  f"stopped without saving this epoch; {_last_good(ckpts, workdir)}. "
+                  f"Lower optim.lr or check the data.")
+            step_metrics.append(mm)
+          pending = []
+          bar.set_postfix(loss=f"{step_metrics[-1]['loss']:.3f}", eps=f"{step_metrics[-1]['eps'].mean() * 255:.2f}")
+      bar.close()
+      at["step"] = (epoch + 1) * steps_per_epoch
+      train_time = time.time() - t0
 
-    t1 = time.time()
-    record = {"epoch": epoch, "step": int(state.step), "lr": float(schedule(int(state.step) - 1)),
-              **_epoch_summary(step_metrics), "train_time_s": train_time}
-    weights = {"": state.variables}  # each split gets the same PGD starts every epoch
-    if state.ema is not None:
-      weights["ema_"] = state.ema_variables
-    for prefix, variables in weights.items():
-      for split, images, labels, k in (("test", test_images, test_labels, 0),
-                                       ("val", data.val_images, data.val_labels, 1),
-                                       ("trainsub", sub_images, sub_labels, 2)):
-        if len(labels):
-          for name, value in evaluator.run(variables, images, labels, jax.random.fold_in(eval_key, k)).items():
-            record[f"{prefix}{split}_{name}"] = value
-    record["eval_time_s"] = time.time() - t1
-    selected = record[f"{'ema_' if ev.best_weights == 'ema' else ''}{ev.select_best_on}_pgd_accuracy"]
-    is_best = selected > best_metric
-    if is_best:
-      best_metric, best_epoch = selected, epoch
-    record["best_epoch"] = best_epoch
-    history.append(record)
-    _write_jsonl(metrics_path, history)
+      t1 = time.time()
+      evaluated = (epoch + 1) % every == 0 or epoch == num_epochs - 1
+      record = {"epoch": epoch, "step": int(state.step), "lr": float(schedule(int(state.step) - 1)),
+                **_epoch_summary(step_metrics), "train_time_s": train_time, "evaluated": evaluated}
+      if evaluated:
+        weights = {"": state.variables}  # each split gets the same PGD starts every epoch
+        if state.ema is not None:
+          weights["ema_"] = state.ema_variables
+        for prefix, variables in weights.items():
+          for split, images, labels, k in (("test", test_images, test_labels, 0),
+                                           ("val", data.val_images, data.val_labels, 1),
+                                           ("trainsub", sub_images, sub_labels, 2)):
+            if len(labels):
+              for name, value in evaluator.run(variables, images, labels, jax.random.fold_in(eval_key, k)).items():
+                record[f"{prefix}{split}_{name}"] = value
+      record["eval_time_s"] = time.time() - t1
+      is_best = False
+      if evaluated:  # an epoch without evaluation cannot become `best`
+        selected = record[f"{'ema_' if ev.best_weights == 'ema' else ''}{ev.select_best_on}_pgd_accuracy"]
+        is_best = selected > best_metric
+        if is_best:
+          best_metric, best_epoch = selected, epoch
+      record["best_epoch"] = best_epoch
 
-    meta = {"epoch": epoch, "step": int(state.step), "model": spec, "best_metric": best_metric,
-            "best_epoch": best_epoch, "select_best_on": ev.select_best_on, "best_weights": ev.best_weights,
-            "method": config.method, "image_shape": list(data.train_images.shape[1:]),
-            "config": _config_json(config)}
-    host_state = jax.device_get(state)
-    if is_best:
-      ckpts.save("best", epoch, host_state, meta)
-    ckpts.save("last", epoch, host_state, meta)
-    print(f"epoch {epoch + 1:3d} | loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-          f"eps mean {record['attack_eps_mean']:.2f}/255 sat {record['attack_frac_satisfied']:.2f} "
-          f"steps {record['attack_steps_mean']:.1f} | test nat {record['test_natural_accuracy']:.4f} "
-          f"pgd{int(ev.steps)} {record['test_pgd_accuracy']:.4f} | {train_time:.1f}s + {record['eval_time_s']:.1f}s",
-          flush=True)
-  ckpts.close()
+      # Checkpoints first, then the metrics: metrics.jsonl is never ahead of `last` (a record
+      # missing after a crash in between is restored from the checkpoint's meta on resume).
+      meta = {"epoch": epoch, "step": int(state.step), "model": spec, "best_metric": best_metric,
+              "best_epoch": best_epoch, "select_best_on": ev.select_best_on, "best_weights": ev.best_weights,
+              "method": config.method, "image_shape": list(data.train_images.shape[1:]),
+              "config": workdir_files.config_json(config), "record": record}
+      host_state = jax.device_get(state)
+      if is_best:
+        ckpts.save("best", epoch, host_state, meta)
+      ckpts.save("last", epoch, host_state, meta)
+      history.append(record)
+      if primary:
+        try:
+          workdir_files.write_jsonl(metrics_path, history)
+        except OSError as e:
+          raise checkpointing.WorkdirError(
+              f"could not write {metrics_path} ({type(e).__name__}: {e}); the checkpoint of epoch {epoch + 1} is "
+              f"saved and a rerun restores the record from it: free disk space and run the same command") from e
+      if evaluated:
+        tested = (f"test nat {record['test_natural_accuracy']:.4f} pgd{int(ev.steps)} "
+                  f"{record['test_pgd_accuracy']:.4f}")
+      else:
+        tested = f"not evaluated (eval.every={every})"
+      print(f"epoch {epoch + 1:3d} | loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+            f"eps mean {record['attack_eps_mean']:.2f}/255 sat {record['attack_frac_satisfied']:.2f} "
+            f"steps {record['attack_steps_mean']:.1f} | {tested} | {train_time:.1f}s + {record['eval_time_s']:.1f}s",
+            flush=True)
+  except KeyboardInterrupt:
+    saved = ckpts.latest_epoch("last")
+    where = (f"the last checkpoint is epoch {saved + 1}: run the same command to resume" if saved is not None
+             else "no epoch had finished, so there is no checkpoint yet: run the same command to start again")
+    raise TrainingInterrupted(f"interrupted at epoch {at['epoch'] + 1} step {at['step']}; {where}") from None
   return history
+
+
+__all__ = ["TrainState", "TrainingDiverged", "TrainingInterrupted", "ConfigChangeError", "config_changes",
+           "validate_config", "make_optimizer", "initial_state", "make_train_step", "train_and_evaluate"]

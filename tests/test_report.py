@@ -296,3 +296,25 @@ def test_eval_at_another_eps_is_left_out(tmp_path):
   assert best["rd"]["value"] == pytest.approx(1.0) and best["rd"]["source"] == "eval_eps16.json"
   assert any("eval_eps16.json" in s and "eps 16/255" in s for s in logs)
   assert any("eval_ema.json evaluates the ema weights" in s for s in logs)  # the run reports raw weights
+
+
+def test_runs_evaluated_every_other_epoch_are_reported(tmp_path):
+  """eval.every > 1 leaves epochs without test metrics ("evaluated": false): still a finished run."""
+  import json
+  from saat_jax.report import report_runs
+  run = tmp_path / "run"
+  run.mkdir()
+  cfg = {"seed": 0, "method": "at", "num_epochs": 3, "data": {"name": "digits"}, "model": {"name": "small_cnn"},
+         "at": {"eps": 32 / 255}, "eval": {"eps": 32 / 255}, "experiment": {"row": "", "label": ""}}
+  (run / "config.json").write_text(json.dumps(cfg))
+  recs = [{"epoch": 0, "best_epoch": -1, "evaluated": False, "train_accuracy": 0.5},
+          {"epoch": 1, "best_epoch": 1, "evaluated": True, "train_accuracy": 0.6,
+           "test_natural_accuracy": 0.9, "test_pgd_accuracy": 0.7},
+          {"epoch": 2, "best_epoch": 1, "evaluated": True, "train_accuracy": 0.7,
+           "test_natural_accuracy": 0.92, "test_pgd_accuracy": 0.65}]
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+  out = report_runs([str(run)], str(tmp_path / "out"))
+  assert (tmp_path / "out" / "curves_run.png").stat().st_size > 5000
+  text = (tmp_path / "out" / "table.md").read_text()
+  assert "70.00" in text and "65.00" in text  # best PGD-20 at epoch 2, last at epoch 3
+  assert out

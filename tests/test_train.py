@@ -160,7 +160,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   train_and_evaluate(digits_config(num_epochs=1), str(tmp_path))
   good, _ = restore_params(tmp_path)
   with pytest.raises(TrainingDiverged, match=r"at step \d+ \(epoch 2") as e:
-    train_and_evaluate(digits_config(num_epochs=2, **{"optim.lr": 1e30}), str(tmp_path))
+    train_and_evaluate(digits_config(num_epochs=2, **{"optim.lr": 1e30, "allow_config_change": True}), str(tmp_path))
   assert "epoch 1" in str(e.value) and "kept" in str(e.value)
   after, meta = restore_params(tmp_path)
   assert meta["epoch"] == 0

@@ -1,0 +1,170 @@
+"""What a run's work dir holds besides checkpoints, and the rules for resuming it.
+
+* ``metrics.jsonl``: one record per finished epoch, written atomically; on resume it is read line
+  by line and repaired against the checkpoint (the checkpoint is the truth).
+* ``config.json`` (the latest config) and ``configs.jsonl`` (one line per start or resume).
+* :func:`config_changes`: which keys of a new config would change the training trajectory of a
+  checkpoint trained with another (all but :data:`RESUME_FREE_KEYS`); resuming with such changes
+  is refused (:class:`ConfigChangeError`) unless ``allow_config_change`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  os.replace(tmp, path)
+
+
+def warn(msg: str) -> None:
+  print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def read_metrics(path: str) -> tuple[list[dict], list[str]]:
+  """The records of ``metrics.jsonl`` that parse, and what is wrong with each line that does not."""
+  if not os.path.exists(path):
+    return [], []
+  records, bad = [], []
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  for lineno, raw in enumerate(lines, 1):
+    if not raw.strip():
+      continue
+    try:
+      r = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+      bad.append(f"line {lineno} is not JSON ({e})")
+      continue
+    if not isinstance(r, dict) or isinstance(r.get("epoch"), bool) or not isinstance(r.get("epoch"), int):
+      bad.append(f"line {lineno} is not an epoch record")
+      continue
+    records.append(r)
+  return records, bad
+
+
+def epoch_list(epochs: list[int]) -> str:
+  shown = ", ".join(str(e) for e in epochs[:10])
+  return shown + (f", ... ({len(epochs)} in all)" if len(epochs) > 10 else "")
+
+
+def history_at(path: str, meta: dict) -> tuple[list[dict], list[str]]:
+  """The records of ``metrics.jsonl`` up to the checkpoint's epoch, one per epoch, and what had to
+  be repaired (lines that do not parse, epochs without a record). The checkpoint is the truth:
+  records of later epochs (a run killed between its metrics and its checkpoint) are dropped, and
+  the checkpoint's own epoch record, kept in its meta, fills a missing last line."""
+  records, problems = read_metrics(path)
+  last = int(meta["epoch"])
+  by_epoch = {}
+  for r in records:
+    if 0 <= r["epoch"] <= last:
+      by_epoch[r["epoch"]] = r
+  if last not in by_epoch and isinstance(meta.get("record"), dict):
+    by_epoch[last] = meta["record"]
+    problems.append(f"the record of epoch {last + 1} was missing and is restored from the checkpoint")
+  missing = [e + 1 for e in range(last + 1) if e not in by_epoch]
+  if missing:
+    problems.append(f"epoch(s) {epoch_list(missing)} have no record")
+  return [by_epoch[e] for e in sorted(by_epoch)], problems
+
+
+def config_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+# --------------------------------------------------------------------------------------------
+# Resuming: the config must be the one the checkpoint was trained with
+# --------------------------------------------------------------------------------------------
+
+# Keys (and sub-trees) that do not change the training trajectory: they may differ on resume.
+# Extending a run (num_epochs) is normal; eval.every only changes which epochs are evaluated.
+RESUME_FREE_KEYS = ("progress", "check_every", "num_epochs", "eval.batch_size", "eval.every",
+                    "data.data_dir", "data.cache_dir", "allow_config_change", "experiment")
+
+
+class ConfigChangeError(ValueError):
+  """Resuming a work dir with a config that changes the training trajectory."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C during training; ``str(e)`` says where and which checkpoint a rerun resumes from."""
+
+
+_UNSET = object()
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))  # an empty dict has no leaves
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def same(a, b) -> bool:
+  if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+    return True
+  if isinstance(a, bool) or isinstance(b, bool):  # True == 1 in Python, not in a config
+    return type(a) is type(b) and a == b
+  return a == b
+
+
+def show(v) -> str:
+  return "(unset)" if v is _UNSET else json.dumps(v)
+
+
+def config_changes(saved: dict, new: dict) -> dict:
+  """``{dotted key: (old, new)}`` of the keys that differ between the config a checkpoint was
+  trained with (``saved``, as JSON) and ``new`` and change the training trajectory (all but
+  :data:`RESUME_FREE_KEYS`). A key the saved config lacks (added to the code since) counts as
+  unchanged when ``new`` has its default; a missing value shows as ``(unset)``."""
+  old_f, new_f = flatten(saved), flatten(new)
+  defaults = flatten(config_json(base_config()))
+  out = {}
+  for k in sorted(set(old_f) | set(new_f)):
+    if any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS):
+      continue
+    o, n = old_f.get(k, _UNSET), new_f.get(k, _UNSET)
+    if o is _UNSET and n is not _UNSET and k in defaults and same(defaults[k], n):
+      continue
+    if o is _UNSET or n is _UNSET or not same(o, n):
+      out[k] = (o, n)
+  return out
+
+
+def base_config():
+  from saat_jax.config_base import base_config
+  return base_config()
+
+
+def refuse_config_change(workdir: str, done: int, changes: dict) -> ConfigChangeError:
+  lines = "\n".join(f"  {k}: {show(o)} -> {show(n)}" for k, (o, n) in changes.items())
+  return ConfigChangeError(
+      f"work dir {workdir} holds a run trained for {done} epoch(s) with another config; resuming it with "
+      f"this one would change its training trajectory:\n{lines}\n"
+      f"Resume with the values it was started with, use a new --workdir, or pass "
+      f"--config.allow_config_change=True if the change is intended (it is recorded in "
+      f"{os.path.join(workdir, 'configs.jsonl')}).")
+
+
+def record_config(workdir: str, config, resumed_from: int, changes: dict) -> None:
+  """``config.json`` is the latest config; ``configs.jsonl`` gets one line per start or resume."""
+  cfg = config_json(config)
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(cfg, f, indent=2)
+  os.replace(path + ".tmp", path)
+  entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from_epoch": resumed_from,
+           "changed": {k: [None if o is _UNSET else o, None if n is _UNSET else n] for k, (o, n) in changes.items()},
+           "config": cfg}
+  with open(os.path.join(workdir, "configs.jsonl"), "a") as f:
+    f.write(json.dumps(entry) + "\n")
