@@ -18,7 +18,7 @@ run). The model is not robust: compare at small budgets (0.5/255 to 2/255).
 ``--checkpoint`` attacks another PyTorch ``state_dict`` instead (``--arch`` resnet18,
 preact_resnet18 or wrn<depth>_<width>, e.g. a PreAct ResNet-18 trained with Rice et al.'s code,
 ``--normalization cifar10`` when its training normalised the inputs): the reference attacks
-``saat_jax.models.torch_reference``'s module and JAX the imported Flax model. A ``.npz`` of the
+``saat_jax.testing.torch_reference``'s module and JAX the imported Flax model. A ``.npz`` of the
 state_dict's arrays loads without torch, for a JAX-only run (``--skip-reference``) on a machine
 that has no torch. Each run records images per second (points / wall time) as well.
 
@@ -105,7 +105,7 @@ def load_checkpoint_models(path: str, arch: str, normalization: str, *, want_tor
   if want_torch:
     import torch
 
-    from saat_jax.models.torch_reference import build_torch_model
+    from saat_jax.testing.torch_reference import build_torch_model
 
     num_classes = model.num_classes
     net = build_torch_model(arch, num_classes, normalization=normalization,
@@ -159,7 +159,7 @@ def run_reference(net, x, y, *, eps, norm, attacks, batch_size, seed):
   import torch
   from pyautoattack import AutoAttack
 
-  from saat_jax.autoattack.reference import run_reference as run_logged
+  from saat_jax.testing.autoattack_reference import run_reference as run_logged
 
   device = next(net.parameters()).device
   adversary = AutoAttack(net, norm=norm, eps=eps, version="standard", seed=seed, device=device)

@@ -123,7 +123,7 @@ def run_torch(args, name, norm, variables, images, labels, device):
   import torch
 
   from saat_jax.models.torch_export import export_state_dict
-  from saat_jax.models.torch_reference import build_torch_model
+  from saat_jax.testing.torch_reference import build_torch_model
   from train_throughput import attack_pgd
 
   net = build_torch_model(name, 10, normalization=norm)

@@ -9,7 +9,7 @@ JAX sees:
   called on a uint8 batch (the augmentation runs inside the step, as in training). Its FLOPs come
   from XLA's cost analysis of the compiled step (see "FLOPs" below).
 * **PyTorch reference** (when torch is installed), on the same device kind, the same batch and the
-  same network (``saat_jax.models.torch_reference``; for PreAct ResNet-18 and WRN the JAX model
+  same network (``saat_jax.testing.torch_reference``; for PreAct ResNet-18 and WRN the JAX model
   starts from the torch model's weights): natural is Rice et al.'s step with ``delta = 0``; AT is
   Rice et al.'s ``attack_pgd`` (random start, 10 steps of 2/255 at 8/255, model in train mode,
   then the all-loss forward) and the SGD step; SAAT is the authors' released ``SAAT/main.py`` step
@@ -264,7 +264,7 @@ def torch_small_cnn():
   from torch import nn
 
   from saat_jax.models import NORMALIZATIONS
-  from saat_jax.models.torch_reference import Normalized
+  from saat_jax.testing.torch_reference import Normalized
 
   net = nn.Sequential(
       nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
@@ -453,7 +453,7 @@ def build_torch_net(model_name: str):
   if model_name == "small_cnn":
     return torch_small_cnn(), None
   from saat_jax.models import convert_state_dict
-  from saat_jax.models.torch_reference import build_torch_model
+  from saat_jax.testing.torch_reference import build_torch_model
 
   net = build_torch_model(model_name, 10, normalization="cifar10")
   sd = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}

@@ -26,7 +26,7 @@ except ImportError:
   HAVE_REFERENCE = False
 
 from saat_jax.autoattack import autoattack
-from saat_jax.autoattack.reference import run_reference
+from saat_jax.testing.autoattack_reference import run_reference
 
 pytestmark = [
     pytest.mark.torch,

@@ -36,7 +36,7 @@ def test_round_trip_is_exact(name, num_classes):
                                                 ("resnet18", "none")])
 def test_exported_torch_model_gives_the_flax_logits(tmp_path, name, normalization):
   torch = pytest.importorskip("torch")
-  from saat_jax.models.torch_reference import build_torch_model
+  from saat_jax.testing.torch_reference import build_torch_model
 
   _, v = _random_variables(name)
   model = create_model(name, 10, normalization=normalization)

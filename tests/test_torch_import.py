@@ -1,6 +1,6 @@
 """Importing PyTorch state_dicts: same logits as the PyTorch reference modules, wrappers, errors.
 
-The PyTorch reference architectures (``saat_jax.models.torch_reference``) have the reference
+The PyTorch reference architectures (``saat_jax.testing.torch_reference``) have the reference
 code's structure and parameter names: the AutoAttack examples' ResNet-18, Rice et al.'s PreAct
 ResNet-18 and the TRADES / Rice / RobustBench Wide ResNet (with its unused ``sub_block1``). Their BatchNorm running
 statistics are set to non-trivial values, so eval mode (``train=False``) is really compared.
@@ -31,7 +31,7 @@ TOL = 1e-4
 
 
 if torch is not None:
-  from saat_jax.models.torch_reference import (Normalized, TorchPreActResNet18, TorchResNet18,
+  from saat_jax.testing.torch_reference import (Normalized, TorchPreActResNet18, TorchResNet18,
                                                TorchWideResNet, build_torch_model)
 
 

@@ -11,7 +11,7 @@ so a model trained here can be checked with ``pyautoattack`` or submitted to Rob
 Input normalisation: saat_jax normalises inside the model; the exported state_dict is the bare
 network, which expects normalised inputs. Wrap it as the Flax model does (the model spec's
 ``normalization``: mean and std in :data:`saat_jax.models.NORMALIZATIONS`), e.g. with
-``saat_jax.models.torch_reference.Normalized`` or RobustBench's own wrapper.
+``saat_jax.testing.torch_reference.Normalized`` or RobustBench's own wrapper.
 
 Torch is needed only to write a ``.pt`` file; :func:`export_state_dict` returns numpy arrays and
 ``.npz`` files are written without torch.
