@@ -251,3 +251,96 @@ def test_pgd_invariants_and_strength(problem):
   np.testing.assert_array_equal(np.asarray(pgd(loss_fn, xj, yj, eps=0.0, alpha=2 / 255, steps=5)), x)
   with pytest.raises(ValueError, match="eps"):
     pgd(loss_fn, xj, yj, eps=-1.0, alpha=2 / 255, steps=5)
+
+
+# --- from mutation testing (docs/mutation.md) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("eps_max,k", [(TAU, K), (EPS_MAX, 1)])
+def test_sa_pgd_single_stage_and_k1_equal_slow_reference(problem, eps_max, k):
+  """One budget stage (eps_max = tau: no example is done before it steps) and K = 1 (a legal K)."""
+  loss_fn, x, y = problem
+  kw = dict(rho=3.0, eps_max=eps_max, tau=TAU, k=k, alpha=ALPHA)
+  x_adv, stats = run(loss_fn, x, y, **kw)
+  rx, reps, rsteps, _ = slow_sa_pgd(loss_fn, x, y, **kw)
+  np.testing.assert_array_equal(stats.steps, rsteps)
+  np.testing.assert_allclose(stats.eps, reps, atol=1e-7)
+  np.testing.assert_allclose(x_adv, rx, atol=1e-6)
+  assert rsteps.max() == k * (len(budget_schedule(eps_max, TAU)) - 1) and (rsteps > 0).any()
+
+
+def test_sa_pgd_eps_max_zero_returns_x_without_a_step(problem):
+  """eps_max = 0 (no budget stage) is legal: every example is done at once, unperturbed."""
+  loss_fn, x, y = problem
+  x_adv, stats = run(loss_fn, x, y, rho=float("inf"), eps_max=0.0, tau=TAU, k=K, alpha=ALPHA)
+  np.testing.assert_array_equal(x_adv, x)
+  assert np.all(stats.steps == 0) and np.all(stats.eps == 0) and not stats.satisfied.any()
+
+
+def test_sa_pgd_with_state_counts_its_passes_and_equals_stateless(problem):
+  """``state=``: one pass for line 4 and one per loop iteration, each threading the state; the
+  adversarial examples and statistics are those of the stateless call."""
+  loss_fn, x, y = problem
+  kw = dict(rho=2.5, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
+  counting = lambda xa, ya, st: (loss_fn(xa, ya), st + 1)
+  x_s, stats_s, n = jax.jit(lambda a, b: sa_pgd(counting, a, b, state=jnp.int32(0), **kw))(x, y)
+  x_adv, stats = run(loss_fn, x, y, **kw)
+  np.testing.assert_array_equal(np.asarray(x_s), x_adv)
+  np.testing.assert_array_equal(np.asarray(stats_s.steps), stats.steps)
+  assert int(n) == 1 + int(stats.steps.max()) and stats.steps.max() > 0
+
+
+def test_sa_pgd_takes_traced_rho_and_alpha(problem):
+  """rho and alpha may be traced (only the loop bounds must be Python numbers)."""
+  loss_fn, x, y = problem
+  kw = dict(eps_max=EPS_MAX, tau=TAU, k=K)
+  x_j, st_j = jax.jit(lambda r, a: sa_pgd(loss_fn, x, y, rho=r, alpha=a, **kw))(2.5, ALPHA)
+  x_e, st_e = run(loss_fn, x, y, rho=2.5, alpha=ALPHA, **kw)
+  np.testing.assert_allclose(np.asarray(x_j), x_e, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(st_j.steps), st_e.steps)
+  with pytest.raises(ValueError, match="eps_max must be a Python number"):
+    jax.jit(lambda e: sa_pgd(loss_fn, x, y, rho=2.5, eps_max=e, tau=TAU, k=K, alpha=ALPHA))(EPS_MAX)
+
+
+def test_sa_pgd_keeps_the_dtype_of_x_for_a_warm_start_of_another_dtype(problem):
+  loss_fn, x, y = problem
+  xb, y = jnp.asarray(x[:4], jnp.bfloat16), y[:4]
+  x_adv, _ = jax.jit(lambda a, b, c: sa_pgd(loss_fn, a, b, rho=2.5, eps_max=2 * TAU, tau=TAU, k=1, alpha=ALPHA,
+                                            x_init=c))(xb, y, jnp.asarray(x[:4], jnp.float32))
+  assert x_adv.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(eps_init=-0.01), "eps_init must be finite and >= 0"),
+    (dict(eps_init=float("inf")), "eps_init must be finite and >= 0"),
+    (dict(alpha=float("inf")), "alpha .* must be finite and > 0"),
+    (dict(eps_max="big"), "eps_max must be a number"),
+    (dict(tau="small"), "tau must be a number"),
+    (dict(eps_init="zero"), "eps_init must be a number"),
+    (dict(eps_max=1.0, tau=1e-7), r"eps_max/tau = 1e\+07 budget stages is unreasonable"),
+])
+def test_sa_pgd_rejects_more_impossible_hyperparameters(problem, kw, match):
+  loss_fn, x, y = problem
+  args = dict(rho=1.0, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
+  args.update(kw)
+  with pytest.raises(ValueError, match=match):
+    sa_pgd(loss_fn, jnp.asarray(x[:2]), jnp.asarray(y[:2]), **args)
+
+
+def test_check_sa_pgd_hparams_stage_limit_is_one_million():
+  """At most 1e6 budget stages (eps_max / tau); checked without building the schedule."""
+  ok = dict(rho=1.0, k=1, alpha=0.1)
+  attack.check_sa_pgd_hparams(eps_max=1.0, tau=1e-6, **ok)  # exactly 1e6 stages: allowed
+  with pytest.raises(ValueError, match="unreasonable"):
+    attack.check_sa_pgd_hparams(eps_max=1.0, tau=1 / 1000000.5, **ok)
+
+
+def test_budget_schedule_tolerance_boundaries_agree():
+  """A start exactly ``BUDGET_RTOL * tau`` below eps_max counts as eps_max (no stage), and a stage
+  landing exactly there becomes eps_max: the loop test and the clip test use the same tolerance."""
+  eps_max, tau = 14 / 255, 2 / 255
+  tol = attack.BUDGET_RTOL * tau
+  assert budget_schedule(eps_max, tau, eps_max - tol) == [eps_max - tol]
+  start = (eps_max - tol) - tau
+  assert start + tau == eps_max - tol  # the stage lands on the boundary, in floats
+  assert budget_schedule(eps_max, tau, start) == [start, eps_max]

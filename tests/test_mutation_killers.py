@@ -1,0 +1,260 @@
+"""Tests that kill mutants which survived mutation testing of the core modules (docs/mutation.md).
+
+Each test asserts a real property of the algorithm (equality with a slow reference, an invariant,
+an exact value) that one or more surviving mutants of ``mutmut run`` broke without a test noticing.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from saat_jax.attack import pgd, sa_pgd, trades_pgd
+from saat_jax.awp import perturb, weight_perturbation
+from saat_jax.losses import correct, kl_divergence, trades_loss
+
+# --- pgd ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def masked_mlp():
+  """A tanh MLP on 4x4x1 images that ignores the first image row: those pixels have a gradient of
+  exactly 0, so a step must leave them where they are (``sign(0) = 0``). Examples independent."""
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(7), 4)
+  w1 = 2.0 * jax.random.normal(k1, (16, 12))
+  w2 = 1.5 * jax.random.normal(k2, (12, 5))
+  mask = jnp.ones((4, 4, 1)).at[0].set(0.0)
+
+  def logits_fn(xa):
+    return jnp.tanh((xa * mask).reshape(xa.shape[0], -1) @ w1 - 0.3) @ w2
+
+  def loss_fn(xa, ya):
+    return -jax.nn.log_softmax(logits_fn(xa))[jnp.arange(xa.shape[0]), ya]
+
+  x = jnp.clip(jax.random.uniform(k3, (6, 4, 4, 1), minval=-0.2, maxval=1.2), 0.0, 1.0)
+  y = jax.random.randint(k4, (6,), 0, 5)
+  return loss_fn, x, y, logits_fn
+
+
+def _slow_pgd(loss_fn, x, y, *, eps, alpha, steps, key, restarts):
+  """attack_pgd of Rice et al. (2020), one example at a time in numpy: per restart a start
+  ``clip(x + U(-eps, eps))`` (drawn from ``split(key, restarts)``), ``steps`` projected signed
+  steps, and the restart with the highest final loss kept (``>=``: a later restart wins a tie)."""
+  single = jax.jit(lambda xi, yi: loss_fn(xi[None], yi[None])[0])
+  grad = jax.jit(jax.grad(lambda xi, yi: loss_fn(xi[None], yi[None])[0]))
+  x, y = np.asarray(x), np.asarray(y)
+  uniforms = [np.asarray(jax.random.uniform(k, x.shape, x.dtype, -1.0, 1.0)) for k in jax.random.split(key, restarts)]
+  out = []
+  for i in range(len(x)):
+    best, best_loss = None, -np.inf
+    for u in uniforms:
+      xa = np.clip(x[i] + u[i] * np.float32(eps), 0.0, 1.0)
+      for _ in range(steps):
+        g = np.asarray(grad(xa, y[i]))
+        xa = np.clip(np.clip(xa + np.float32(alpha) * np.sign(g), x[i] - np.float32(eps), x[i] + np.float32(eps)),
+                     0.0, 1.0)
+      loss = float(single(xa, y[i]))
+      if loss >= best_loss:
+        best, best_loss = xa, loss
+    out.append(best)
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("restarts", [1, 2, 3])
+def test_pgd_random_start_and_restarts_equal_slow_reference(masked_mlp, restarts):
+  """Catches a wrong start (range of U, sign or scale of the noise, number of restart keys), a
+  step that moves zero-gradient pixels, a skipped step, and a restart loop that stops early."""
+  loss_fn, x, y, _ = masked_mlp
+  kw = dict(eps=0.1, alpha=0.03, steps=4, key=jax.random.key(11))
+  got = np.asarray(pgd(loss_fn, x, y, restarts=restarts, **kw))
+  ref = _slow_pgd(loss_fn, x, y, restarts=restarts, **kw)
+  np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+  # the ignored row never moves from its random start, the others are spread over the ball
+  start_spread = np.abs(got[:, 1:] - np.asarray(x)[:, 1:])
+  assert np.mean(start_spread > 0.05) > 0.5
+
+
+def test_pgd_restart_ties_go_to_the_later_restart():
+  """attack_pgd keeps a restart whose loss is ``>=`` the best so far: with a constant loss every
+  restart ties and the last one is returned."""
+  x = jnp.full((3, 2, 2, 1), 0.5)
+  y = jnp.zeros((3,), jnp.int32)
+  const = lambda xa, ya: jnp.zeros((xa.shape[0],))
+  key = jax.random.key(4)
+  got = np.asarray(pgd(const, x, y, eps=0.1, alpha=0.02, steps=2, key=key, restarts=3))
+  last = jax.random.split(key, 3)[-1]
+  expected = np.clip(np.asarray(x) + np.asarray(jax.random.uniform(last, x.shape, x.dtype, -1.0, 1.0)) * 0.1, 0, 1)
+  np.testing.assert_allclose(got, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("key,restarts", [(None, 1), (jax.random.key(2), 1), (jax.random.key(2), 2)])
+def test_pgd_with_state_counts_its_passes_and_equals_stateless(masked_mlp, key, restarts):
+  """``state=``: ``steps`` gradient passes plus one forward pass per restart with a random start
+  (``attack_pgd``'s all_loss pass), each threading the state; the result is the stateless one."""
+  loss_fn, x, y, _ = masked_mlp
+  counting = lambda xa, ya, st: (loss_fn(xa, ya), st + 1)
+  kw = dict(eps=0.1, alpha=0.03, steps=3, key=key, restarts=restarts)
+  x_adv, n = pgd(counting, x, y, state=jnp.int32(0), **kw)
+  np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(pgd(loss_fn, x, y, **kw)))
+  assert int(n) == (3 if key is None else restarts * (3 + 1))
+
+
+def test_pgd_zero_steps_and_traced_eps(masked_mlp):
+  loss_fn, x, y, _ = masked_mlp
+  # steps=0 is allowed: no key returns x, a key returns the clipped random start
+  np.testing.assert_array_equal(np.asarray(pgd(loss_fn, x, y, eps=0.1, alpha=0.03, steps=0)), np.asarray(x))
+  key = jax.random.key(3)
+  start = np.clip(np.asarray(x) + np.asarray(jax.random.uniform(jax.random.split(key, 1)[0], x.shape, x.dtype,
+                                                                -1.0, 1.0)) * np.float32(0.1), 0.0, 1.0)
+  np.testing.assert_allclose(np.asarray(pgd(loss_fn, x, y, eps=0.1, alpha=0.03, steps=0, key=key)), start, atol=1e-7)
+  # per-example eps traced under jit (no concrete check may touch it), same as eager
+  eps = jnp.linspace(0.02, 0.12, x.shape[0])
+  jitted = jax.jit(lambda e: pgd(loss_fn, x, y, eps=e, alpha=0.03, steps=3, key=key))(eps)
+  np.testing.assert_allclose(np.asarray(jitted), np.asarray(pgd(loss_fn, x, y, eps=eps, alpha=0.03, steps=3, key=key)),
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(steps=2.5), "steps must be an integer >= 0"),
+    (dict(steps=True), "steps must be an integer >= 0"),
+    (dict(steps=-1), "steps must be an integer >= 0"),
+    (dict(restarts=0, key=jax.random.key(0)), "restarts must be >= 1"),
+    (dict(restarts=2), "restarts > 1 needs a random start"),
+    (dict(eps=float("nan")), "eps must be >= 0"),
+])
+def test_pgd_rejects_bad_arguments(masked_mlp, kwargs, match):
+  loss_fn, x, y, _ = masked_mlp
+  args = dict(eps=0.1, alpha=0.03, steps=2)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    pgd(loss_fn, x, y, **args)
+
+
+# --- sa_pgd ---------------------------------------------------------------------------------------
+
+
+def test_sa_pgd_leaves_zero_gradient_pixels_at_x(masked_mlp):
+  """Algorithm 1 line 10 steps by ``alpha * sign(grad)``: a pixel the loss ignores never moves."""
+  loss_fn, x, y, _ = masked_mlp
+  x_adv, stats = jax.jit(lambda a, b: sa_pgd(loss_fn, a, b, rho=float("inf"), eps_max=0.1, tau=0.05, k=2,
+                                             alpha=0.03))(x, y)
+  x_adv, xn = np.asarray(x_adv), np.asarray(x)
+  assert np.all(np.asarray(stats.steps) == 4)
+  np.testing.assert_array_equal(x_adv[:, 0], xn[:, 0])
+  assert np.mean(np.abs(x_adv[:, 1:] - xn[:, 1:]) > 0.05) > 0.5
+
+
+# --- trades_pgd -----------------------------------------------------------------------------------
+
+
+def test_trades_pgd_eps_zero_returns_x_and_rejects_infinite_alpha(masked_mlp):
+  _, x, _, logits_fn = masked_mlp
+  np.testing.assert_array_equal(np.asarray(trades_pgd(logits_fn, x, eps=0.0, alpha=0.01, steps=2,
+                                                      key=jax.random.key(0))), np.asarray(x))
+  with pytest.raises(ValueError, match="alpha .* must be finite and > 0"):
+    trades_pgd(logits_fn, x, eps=0.03, alpha=float("inf"), steps=2, key=jax.random.key(0))
+
+
+def test_trades_pgd_leaves_zero_gradient_pixels_at_their_start(masked_mlp):
+  """``sign(0) = 0``: a pixel the KL does not depend on stays at its start ``x + 0.001 N(0, 1)``."""
+  _, x, _, logits_fn = masked_mlp
+  key, eps = jax.random.key(5), 0.03
+  got = np.asarray(trades_pgd(logits_fn, x, eps=eps, alpha=0.01, steps=3, key=key))
+  xn = np.asarray(x)
+  start = xn + np.float32(0.001) * np.asarray(jax.random.normal(key, x.shape, x.dtype))
+  expected = np.clip(np.clip(start, xn - np.float32(eps), xn + np.float32(eps)), 0.0, 1.0)
+  np.testing.assert_allclose(got[:, 0], expected[:, 0], atol=1e-7)  # the ignored row
+  assert np.mean(np.abs(got[:, 1:] - xn[:, 1:]) > 0.005) > 0.5  # the rest moved
+
+
+def test_trades_pgd_keeps_the_dtype_of_x(masked_mlp):
+  _, x, _, logits_fn = masked_mlp
+  x_adv = jax.jit(lambda a: trades_pgd(logits_fn, a, eps=0.03, alpha=0.01, steps=1, key=jax.random.key(0)))(
+      jnp.asarray(x, jnp.bfloat16))
+  assert x_adv.dtype == jnp.bfloat16 and x_adv.shape == x.shape
+
+
+# --- awp ------------------------------------------------------------------------------------------
+
+
+def _quadratic_problem(dtype):
+  params = {"dense": {"kernel": jnp.asarray(np.linspace(-1.0, 2.0, 12).reshape(3, 4), dtype),
+                      "bias": jnp.asarray(np.linspace(0.5, 1.0, 4), dtype)}}
+  target = jnp.asarray(np.arange(12.0).reshape(3, 4) / 7.0, jnp.float32)
+
+  def loss_fn(p):
+    k = p["dense"]["kernel"].astype(jnp.float32)
+    return jnp.sum(jnp.sin(3.0 * k) * target) + jnp.sum(p["dense"]["bias"].astype(jnp.float32) ** 2)
+
+  return params, loss_fn
+
+
+def test_weight_perturbation_default_proxy_lr_is_the_references_0_01():
+  """AT-AWP's proxy SGD uses lr=0.01; the rescaling hides lr except through rounding, so compare
+  bit for bit with an explicit proxy_lr=0.01 (and see that another lr does round differently)."""
+  params, loss_fn = _quadratic_problem(jnp.float32)
+  default = weight_perturbation(loss_fn, params, gamma=0.01)["dense"]["kernel"]
+  explicit = weight_perturbation(loss_fn, params, gamma=0.01, proxy_lr=0.01)["dense"]["kernel"]
+  other = weight_perturbation(loss_fn, params, gamma=0.01, proxy_lr=1.01)["dense"]["kernel"]
+  np.testing.assert_array_equal(np.asarray(default), np.asarray(explicit))
+  assert np.any(np.asarray(other) != np.asarray(explicit))
+
+
+def test_weight_perturbation_keeps_the_dtypes_of_params():
+  params, loss_fn = _quadratic_problem(jnp.bfloat16)
+  v = weight_perturbation(loss_fn, params, gamma=0.01)
+  assert v["dense"]["kernel"].dtype == jnp.bfloat16 and v["dense"]["bias"].dtype == jnp.bfloat16
+  assert np.any(np.asarray(v["dense"]["kernel"], np.float32) != 0.0)
+
+
+# --- losses ---------------------------------------------------------------------------------------
+
+
+def test_kl_divergence_of_one_example_without_a_batch_axis():
+  """The class axis is the last one: 1-D logits are one example (a scalar KL), equal to the batch of one."""
+  p = jnp.array([1.0, -0.5, 2.0, 0.0])
+  q = jnp.array([0.2, 0.3, -1.0, 1.5])
+  one = kl_divergence(p, q)
+  assert one.shape == ()
+  np.testing.assert_allclose(float(one), float(kl_divergence(p[None], q[None])[0]), rtol=1e-6)
+  lp, lq = jax.nn.log_softmax(p), jax.nn.log_softmax(q)
+  np.testing.assert_allclose(float(one), float(jnp.sum(jnp.exp(lp) * (lp - lq))), rtol=1e-6)
+
+
+def test_correct_is_the_arg_max_over_classes():
+  logits = jnp.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5], [0.0, 0.2, 0.1], [1.0, 1.5, 4.0]])
+  labels = jnp.array([1, 1, 1, 2])
+  np.testing.assert_array_equal(np.asarray(correct(logits, labels)), [True, False, True, True])
+
+
+# --- error messages -------------------------------------------------------------------------------
+
+_W = {"w": jnp.ones((2, 2))}
+_SQ = lambda p: jnp.sum(p["w"] ** 2)
+_X = jnp.full((2, 2, 2, 1), 0.5)
+_Y = jnp.zeros((2,), jnp.int32)
+_LOSS = lambda xa, ya: jnp.sum(xa, axis=(1, 2, 3))
+_LOGITS = lambda xa: xa.reshape(xa.shape[0], -1)
+
+
+@pytest.mark.parametrize("call, hint", [
+    (lambda: pgd(_LOSS, _X, _Y, eps=0.1, alpha=0.01, steps=1, restarts=2), "pass key=jax.random.key(seed)"),
+    (lambda: trades_pgd(_LOGITS, _X, eps=0.03, alpha=0.0, steps=1, key=jax.random.key(0)),
+     "(TRADES uses alpha=0.007)"),
+    (lambda: trades_pgd(_LOGITS, _X, eps=0.03, alpha=0.01, steps=1, key=None), "0.001 * N(0, 1) start"),
+    (lambda: sa_pgd(_LOSS, _X, _Y, rho=float("nan"), eps_max=0.1, tau=0.05, k=1, alpha=0.01),
+     "(e.g. rho=1.5; rho<=0 means natural training, rho=inf climbs to eps_max)"),
+    (lambda: weight_perturbation(_SQ, _W, gamma=-1.0), "; gamma is the perturbation size relative to ||w|| "
+     "(e.g. 5e-3 for TRADES-AWP; 0 disables AWP)"),
+    (lambda: weight_perturbation(_SQ, _W, gamma=0.01, proxy_lr=0.0),
+     "; the reference's proxy uses SGD with lr=0.01 (AT-AWP)"),
+    (lambda: perturb(_W, {"v": jnp.ones((2, 2))}), "pass the pytree returned by weight_perturbation"),
+    (lambda: trades_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), _Y, beta=-1.0), "TRADES uses beta=6"),
+    (lambda: kl_divergence(jnp.zeros((2, 3)), jnp.zeros((2, 4))), "the adversarial logits of the same batch"),
+])
+def test_errors_tell_the_fix(call, hint):
+  """A bad argument's error names the fix (the setting the reference uses, the call to make)."""
+  with pytest.raises(ValueError, match=re.escape(hint)):
+    call()
