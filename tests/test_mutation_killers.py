@@ -117,6 +117,13 @@ def test_pgd_zero_steps_and_traced_eps(masked_mlp):
                              atol=1e-6)
 
 
+def test_pgd_keeps_the_dtype_of_x(masked_mlp):
+  loss_fn, x, y, _ = masked_mlp
+  x_adv = jax.jit(lambda a: pgd(loss_fn, a, y, eps=0.1, alpha=0.03, steps=1, key=jax.random.key(0)))(
+      jnp.asarray(x, jnp.bfloat16))
+  assert x_adv.dtype == jnp.bfloat16 and x_adv.shape == x.shape
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(steps=2.5), "steps must be an integer >= 0"),
     (dict(steps=True), "steps must be an integer >= 0"),
@@ -230,6 +237,8 @@ def test_correct_is_the_arg_max_over_classes():
   logits = jnp.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5], [0.0, 0.2, 0.1], [1.0, 1.5, 4.0]])
   labels = jnp.array([1, 1, 1, 2])
   np.testing.assert_array_equal(np.asarray(correct(logits, labels)), [True, False, True, True])
+  # the class axis is the last one: one example's logits without a batch axis
+  assert bool(correct(logits[3], labels[3])) and not bool(correct(logits[1], labels[1]))
 
 
 # --- error messages -------------------------------------------------------------------------------
