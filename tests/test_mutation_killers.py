@@ -241,6 +241,153 @@ def test_correct_is_the_arg_max_over_classes():
   assert bool(correct(logits[3], labels[3])) and not bool(correct(logits[1], labels[1]))
 
 
+# --- methods --------------------------------------------------------------------------------------
+
+SAAT_KW = dict(rho=2.5, eps_max=0.2, tau=0.05, k=2, alpha=0.03)
+
+
+def _method_config(method, *, stop_loss="ce", **saat):
+  """What the methods read of a training config (configs/ builds the same fields)."""
+  from ml_collections import ConfigDict
+  c = ConfigDict(dict(
+      method=method,
+      at=dict(eps=0.1, alpha=0.03, steps=3),
+      trades=dict(eps=0.1, alpha=0.03, steps=3, beta=6.0),
+      saat=dict(SAAT_KW, start="zero", start_eps=0.1, start_alpha=0.03, start_steps=3),
+      sa_trades=dict(stop_loss=stop_loss)))
+  c.saat.update(saat)
+  return c
+
+
+@pytest.fixture(scope="module")
+def cnn():
+  """A small CNN with BatchNorm and its twin without (examples independent), on 12 8x8x1 images
+  (a share of the pixels exactly 0 or 1) whose labels are half the model's prediction: the SA-PGD
+  settings above mix all outcomes."""
+  from saat_jax.methods import AttackNet
+  from saat_jax.models import create_model, init_variables
+  model = create_model("small_cnn", 10, use_bn=False, width=4)
+  params = jax.tree_util.tree_map(lambda a: a * 3.0 if a.ndim > 1 else a,
+                                  init_variables(model, jax.random.key(0), (8, 8, 1))["params"])
+  x = jnp.clip(jax.random.uniform(jax.random.key(1), (12, 8, 8, 1), minval=-0.2, maxval=1.2), 0.0, 1.0)
+  net = AttackNet(model.apply, {"params": params})
+  pred = jnp.argmax(net.logits(x), -1)
+  y = jnp.where(jnp.arange(12) % 2 == 0, pred, (pred + 1 + jnp.arange(12) % 9) % 10)
+  bn_model = create_model("small_cnn", 10, width=4)
+  bn_vars = init_variables(bn_model, jax.random.key(0), (8, 8, 1))
+  return net, x, y, bn_model, bn_vars
+
+
+def _same_adversarial(adv, x_adv, eps, steps, satisfied):
+  np.testing.assert_allclose(np.asarray(adv.x_adv), np.asarray(x_adv), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(adv.eps), np.asarray(eps), atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(adv.steps), np.asarray(steps))
+  np.testing.assert_array_equal(np.asarray(adv.satisfied), np.asarray(satisfied))
+
+
+def test_methods_are_named_as_configured_and_unknown_names_list_the_known():
+  from saat_jax.methods import METHODS, get_method
+  for name in METHODS:
+    assert get_method(_method_config(name)).name == name
+  with pytest.raises(ValueError, match=re.escape("method='pgd' is unknown; use one of "
+                                                 "('natural', 'at', 'saat', 'trades', 'sa_trades')")):
+    get_method(_method_config("pgd"))
+
+
+@pytest.mark.parametrize("method,eps,steps", [("natural", 0.0, 0), ("at", 0.1, 3), ("trades", 0.1, 3)])
+def test_fixed_budget_adversaries_report_per_example_statistics(cnn, method, eps, steps):
+  """One budget and step count for every example: (B,) float32 eps, int32 steps, boolean
+  ``satisfied`` all True, and BatchNorm's running statistics passed through untouched."""
+  from saat_jax.methods import AttackNet, get_method
+  _, x, y, bn_model, bn_vars = cnn
+  net = AttackNet(bn_model.apply, bn_vars, bn="eval" if method == "trades" else "train")
+  adv = get_method(_method_config(method)).adversary(net, x, y, jax.random.key(0))
+  b = x.shape[0]
+  assert adv.eps.shape == adv.steps.shape == adv.satisfied.shape == (b,)
+  assert adv.eps.dtype == jnp.float32 and adv.steps.dtype == jnp.int32 and adv.satisfied.dtype == jnp.bool_
+  np.testing.assert_array_equal(np.asarray(adv.eps), np.full(b, eps, np.float32))
+  np.testing.assert_array_equal(np.asarray(adv.steps), np.full(b, steps))
+  assert np.all(np.asarray(adv.satisfied))
+  assert adv.batch_stats is bn_vars["batch_stats"]
+  if method == "natural":
+    np.testing.assert_array_equal(np.asarray(adv.x_adv), np.asarray(x))
+
+
+def test_saat_zero_start_is_algorithm_1_on_the_cross_entropy(cnn):
+  from saat_jax.attack import sa_pgd
+  from saat_jax.losses import ce_loss_fn
+  from saat_jax.methods import get_method
+  net, x, y, _, _ = cnn
+  adv = get_method(_method_config("saat")).adversary(net, x, y, jax.random.key(5))
+  x_ref, st = sa_pgd(ce_loss_fn(net.logits), x, y, **SAAT_KW)
+  _same_adversarial(adv, x_ref, st.eps, st.steps, st.satisfied)
+  assert float(adv.x_adv.min()) >= 0.0 and float(adv.x_adv.max()) <= 1.0  # the noisy start too
+  steps = np.asarray(st.steps)
+  assert (steps == 0).any() and (steps > 0).any() and not np.asarray(st.satisfied).all()
+
+
+def test_saat_pgd_start_grows_the_budget_from_start_eps(cnn):
+  """The released code: PGD (start_steps of start_alpha at start_eps, random start), then SA-PGD
+  from there with eps_init = start_eps; the steps reported include the PGD ones."""
+  from saat_jax.attack import pgd, sa_pgd
+  from saat_jax.losses import ce_loss_fn
+  from saat_jax.methods import get_method
+  net, x, y, _, _ = cnn
+  key = jax.random.key(5)
+  kw = dict(SAAT_KW, rho=3.0, eps_max=0.25)
+  adv = get_method(_method_config("saat", start="pgd", rho=3.0, eps_max=0.25)).adversary(net, x, y, key)
+  x0 = pgd(ce_loss_fn(net.logits), x, y, eps=0.1, alpha=0.03, steps=3, key=key)
+  x_ref, st = sa_pgd(ce_loss_fn(net.logits), x, y, x_init=x0, eps_init=0.1, **kw)
+  _same_adversarial(adv, x_ref, st.eps, st.steps + 3, st.satisfied)
+  assert np.asarray(adv.eps).min() >= 0.1 - 1e-7 and np.asarray(st.steps).max() > 0
+
+
+@pytest.mark.parametrize("stop_loss,rho", [("ce", 2.5), ("kl", 1.0)])
+def test_sa_trades_zero_start_ascends_the_kl_from_trades_noise(cnn, stop_loss, rho):
+  """SA-TRADES' zero start: SA-PGD from ``clip(x + 0.001 N(0, 1))`` at budget 0, the steps ascending
+  KL(f(x) || f(x')), each example stopping when its stopping loss (CE or the KL) reaches rho."""
+  from saat_jax.attack import sa_pgd
+  from saat_jax.losses import cross_entropy
+  from saat_jax.methods import get_method
+  net, x, y, _, _ = cnn
+  key = jax.random.key(5)
+  adv = get_method(_method_config("sa_trades", stop_loss=stop_loss, rho=rho)).adversary(net, x, y, key)
+  nat = net.logits(x)
+
+  def pair(xa, ya):
+    logits = net.logits(xa)
+    kl = kl_divergence(nat, logits)
+    return kl, (cross_entropy(logits, ya) if stop_loss == "ce" else kl)
+
+  x_noise = jnp.clip(x + 0.001 * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
+  x_ref, st = sa_pgd(pair, x, y, x_init=x_noise, eps_init=0.0, **dict(SAAT_KW, rho=rho))
+  _same_adversarial(adv, x_ref, st.eps, st.steps, st.satisfied)
+  assert float(adv.x_adv.min()) >= 0.0 and float(adv.x_adv.max()) <= 1.0  # the noisy start too
+  steps = np.asarray(st.steps)
+  assert (steps > 0).any() and (stop_loss == "ce" or steps.min() > 0)  # KL(start) < rho: all step
+
+
+@pytest.mark.parametrize("bn", ["train", "train_update"])
+def test_saat_updates_running_statistics_only_with_train_update(cnn, bn):
+  """attack_bn='train' attacks on batch statistics and returns the running ones untouched;
+  'train_update' threads them through every SA-PGD pass (one per loop iteration, plus line 4)."""
+  from saat_jax.attack import sa_pgd
+  from saat_jax.losses import cross_entropy
+  from saat_jax.methods import AttackNet, get_method
+  _, x, y, bn_model, bn_vars = cnn
+  net = AttackNet(bn_model.apply, bn_vars, bn=bn)
+  adv = get_method(_method_config("saat", rho=float("inf"))).adversary(net, x, y, jax.random.key(5))
+  if bn == "train":
+    assert adv.batch_stats is bn_vars["batch_stats"]
+    return
+  _, _, bs = sa_pgd(net.stateful_loss(cross_entropy), x, y, state=bn_vars["batch_stats"],
+                    **dict(SAAT_KW, rho=float("inf")))
+  for a, b, before in zip(jax.tree_util.tree_leaves(adv.batch_stats), jax.tree_util.tree_leaves(bs),
+                          jax.tree_util.tree_leaves(bn_vars["batch_stats"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert np.any(np.asarray(a) != np.asarray(before))
+
+
 # --- error messages -------------------------------------------------------------------------------
 
 # (built lazily: nothing in this module runs JAX at import, so that mutmut's fork server, which

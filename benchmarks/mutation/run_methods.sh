@@ -22,7 +22,7 @@ head = text[:text.index("[tool.mutmut]")]
 open(path, "w").write(head + '''[tool.mutmut]
 source_paths = ["saat_jax"]
 only_mutate = ["saat_jax/methods/*"]
-pytest_add_cli_args_test_selection = ["tests/test_methods.py"]
+pytest_add_cli_args_test_selection = ["tests/test_methods.py", "tests/test_mutation_killers.py"]
 pytest_add_cli_args = ["-p", "no:cacheprovider"]
 also_copy = ["configs"]
 process_isolation = "forkserver"
