@@ -54,6 +54,20 @@ def _is_concrete(v) -> bool:
   return not isinstance(v, jax.core.Tracer)
 
 
+def _check_eps(where: str, eps, hint: str = "") -> None:
+  """A concrete budget (scalar or per-example) must be >= 0 and not NaN; a traced one is the caller's."""
+  if _is_concrete(eps) and np.any(~(np.asarray(eps, dtype=np.float64) >= 0)):
+    raise ValueError(f"{where}: eps must be >= 0 (and not NaN), got {eps!r}{hint}")
+
+
+def _check_alpha(where: str, alpha, hint: str) -> None:
+  """A concrete step size (scalar or per-example) must be finite and > 0."""
+  if _is_concrete(alpha):
+    a = np.asarray(alpha, dtype=np.float64)
+    if np.any(~(a > 0)) or np.any(~np.isfinite(a)):
+      raise ValueError(f"{where}: alpha (step size) must be finite and > 0, got {alpha!r} {hint}")
+
+
 def budget_schedule(eps_max: float, tau: float, eps_init: float = 0.0) -> list[float]:
   """The budgets Algorithm 1 visits: ``[eps_init, e_1, ..., e_S]``.
 
@@ -102,10 +116,7 @@ def check_sa_pgd_hparams(*, rho, eps_max, tau, k, alpha, eps_init=0.0) -> None:
     k_int = None
   if k_int is None or isinstance(k, bool) or k_int < 1:
     raise ValueError(f"sa_pgd: k (steps per budget) must be >= 1, got {k!r} (the paper uses K=3)")
-  if _is_concrete(alpha):
-    a = np.asarray(alpha, dtype=np.float64)
-    if np.any(~(a > 0)) or np.any(~np.isfinite(a)):
-      raise ValueError(f"sa_pgd: alpha (step size) must be finite and > 0, got {alpha!r} (the paper uses 2/255)")
+  _check_alpha("sa_pgd", alpha, "(the paper uses 2/255)")
   ei = num("eps_init", eps_init)
   if not math.isfinite(ei) or ei < 0:
     raise ValueError(f"sa_pgd: eps_init must be finite and >= 0, got {eps_init!r}")
@@ -134,15 +145,14 @@ def _stateful(loss_fn, state):
   return loss_fn
 
 
-def _value_and_input_grad(loss_fn: LossFn, y: jax.Array, stateful: bool = False):
+def _value_and_input_grad(lf, y: jax.Array):
   """One forward and backward pass: per-example loss and the gradient of its sum w.r.t. the input.
 
-  ``loss_fn`` returns the per-example loss ``(B,)``, or a pair ``(ascent, stop)`` of per-example
-  losses from the same forward pass: the gradient is that of ``sum(ascent)`` and the loss returned
-  (the one compared with rho) is ``stop``. With ``stateful``, ``loss_fn(x, y, state)`` returns
-  ``(out, new_state)`` and ``f(x, state) -> (losses, grad, new_state)``.
+  ``lf(x, y, state) -> (out, new_state)`` (:func:`_stateful`), where ``out`` is the per-example
+  loss ``(B,)`` or a pair ``(ascent, stop)`` of per-example losses from the same forward pass: the
+  gradient is that of ``sum(ascent)`` and the loss returned (the one compared with rho) is
+  ``stop``. Returns ``f(x, state) -> (losses, grad, new_state)``.
   """
-  lf = loss_fn if stateful else (lambda xa, ya, st: (loss_fn(xa, ya), st))
 
   def summed(xa, st):
     out, new_st = lf(xa, y, st)
@@ -209,7 +219,7 @@ def sa_pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, rho, eps_max: float, 
   alpha_b = _per_example(alpha, x)
   rho = jnp.asarray(rho, jnp.float32)
 
-  value_and_grad = _value_and_input_grad(loss_fn, y, stateful=state is not None)
+  value_and_grad = _value_and_input_grad(_stateful(loss_fn, state), y)
   x0 = x if x_init is None else x_init.astype(x.dtype)
   loss0, grad0, state0 = value_and_grad(x0, () if state is None else state)
   loss0 = loss0.astype(jnp.float32)
@@ -291,8 +301,7 @@ def pgd(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, eps, alpha, steps: int,
     raise ValueError(f"pgd: restarts must be >= 1, got {restarts!r}")
   if key is None and restarts != 1:
     raise ValueError("pgd: restarts > 1 needs a random start; pass key=jax.random.key(seed)")
-  if _is_concrete(eps) and np.any(~(np.asarray(eps, dtype=np.float64) >= 0)):
-    raise ValueError(f"pgd: eps must be >= 0 (and not NaN), got {eps!r}")
+  _check_eps("pgd", eps)
   eps_b = _per_example(eps, x)
   alpha_b = _per_example(alpha, x)
   stateful = state is not None
@@ -332,6 +341,12 @@ def _summed_with_state(lf, xa, y, st):
   return jnp.sum(loss), st
 
 
+def trades_start(x: jax.Array, key: jax.Array) -> jax.Array:
+  """TRADES' start point ``x + 0.001 * N(0, 1)`` (trades.py; not clipped to the pixel box): the
+  KL(f(x) || f(x')) it ascends has zero gradient at ``x' = x`` itself."""
+  return x + 0.001 * jax.random.normal(key, x.shape, x.dtype)
+
+
 def trades_pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, alpha, steps: int,
                key: jax.Array, clip_min: float = 0.0, clip_max: float = 1.0) -> jax.Array:
   """The TRADES inner maximisation (Zhang et al. 2019, Eq. 5; yaodongyu/TRADES trades.py).
@@ -364,13 +379,8 @@ def trades_pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps
 
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
     raise ValueError(f"trades_pgd: steps must be an integer >= 0, got {steps!r} (TRADES uses 10)")
-  if _is_concrete(eps) and np.any(~(np.asarray(eps, dtype=np.float64) >= 0)):
-    raise ValueError(f"trades_pgd: eps must be >= 0 (and not NaN), got {eps!r} (TRADES uses eps=0.031)")
-  if _is_concrete(alpha):
-    a = np.asarray(alpha, dtype=np.float64)
-    if np.any(~(a > 0)) or np.any(~np.isfinite(a)):
-      raise ValueError(f"trades_pgd: alpha (step size) must be finite and > 0, got {alpha!r} "
-                       "(TRADES uses alpha=0.007)")
+  _check_eps("trades_pgd", eps, " (TRADES uses eps=0.031)")
+  _check_alpha("trades_pgd", alpha, "(TRADES uses alpha=0.007)")
   if key is None:
     raise ValueError("trades_pgd: key is needed for the 0.001 * N(0, 1) start; pass key=jax.random.key(seed)")
   eps_b = _per_example(eps, x)
@@ -381,9 +391,8 @@ def trades_pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps
   def step(_, xa):
     return _project(xa + alpha_b * jnp.sign(grad_fn(xa)), x, eps_b, clip_min, clip_max)
 
-  x_start = x + 0.001 * jax.random.normal(key, x.shape, x.dtype)
-  x_adv = lax.fori_loop(0, int(steps), step, x_start)
+  x_adv = lax.fori_loop(0, int(steps), step, trades_start(x, key))
   return jnp.clip(x_adv, clip_min, clip_max)
 
 
-__all__: Sequence[str] = ["sa_pgd", "pgd", "trades_pgd", "SAPGDStats", "budget_schedule", "check_sa_pgd_hparams"]
+__all__: Sequence[str] = ["sa_pgd", "pgd", "trades_pgd", "trades_start", "SAPGDStats", "budget_schedule", "check_sa_pgd_hparams"]

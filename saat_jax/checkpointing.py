@@ -41,6 +41,10 @@ class CheckpointSaveError(CheckpointError):
 class WorkdirError(CheckpointError):
   """The work dir cannot be created or written."""
 
+  @classmethod
+  def unwritable(cls, workdir: str, e: OSError, what: str = "write to the work dir") -> "WorkdirError":
+    return cls(f"cannot {what} {workdir} ({type(e).__name__}: {e}); check its permissions and free space")
+
 
 class WorkdirLocked(CheckpointError):
   """Another run is using the work dir."""
@@ -65,8 +69,7 @@ class RunCheckpoints:
     try:
       self._managers = {kind: _manager(workdir, kind, create=True) for kind in KINDS}
     except OSError as e:
-      raise WorkdirError(f"cannot create the checkpoint directories of {workdir} ({type(e).__name__}: {e}); "
-                         "check its permissions and free space") from e
+      raise WorkdirError.unwritable(workdir, e, "create the checkpoint directories of") from e
 
   def latest_epoch(self, kind: str = "last") -> Optional[int]:
     return self._managers[kind].latest_step()
@@ -240,8 +243,7 @@ class RunLock:
           pass
         continue
       except OSError as e:
-        raise WorkdirError(f"cannot write to the work dir {self.workdir} ({type(e).__name__}: {e}); "
-                           "check its permissions and free space") from e
+        raise WorkdirError.unwritable(self.workdir, e) from e
       try:
         with os.fdopen(fd, "w") as f:
           json.dump({"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
@@ -251,8 +253,7 @@ class RunLock:
           os.remove(self.path)
         except OSError:
           pass
-        raise WorkdirError(f"cannot write to the work dir {self.workdir} ({type(e).__name__}: {e}); "
-                           "check its permissions and free space") from e
+        raise WorkdirError.unwritable(self.workdir, e) from e
       self.held = True
       return self
     raise WorkdirLocked(f"work dir {self.workdir}: could not take its lock {self.path}; another run is starting there")

@@ -1004,6 +1004,13 @@ def sweep_data(table: dict) -> Optional[dict]:
   return out
 
 
+def _errorbar(ax, x, d: dict, **kw) -> None:
+  """Mean ± std over seeds per x (``None``: no run has the value, drawn as a gap / no bar)."""
+  mean = np.asarray([np.nan if v is None else v for v in d["mean"]], float)
+  std = np.asarray([0.0 if v is None else v for v in d["std"]], float)
+  ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, **kw)
+
+
 def plot_sweep(table: dict, data: dict, path: str) -> None:
   plt = _pyplot()
   fig_def = FIGURES[table["name"]]
@@ -1017,10 +1024,7 @@ def plot_sweep(table: dict, data: dict, path: str) -> None:
         d = data.get(f"{kind}_{m}")
         if d is None:
           continue
-        mean = np.asarray([np.nan if v is None else v for v in d["mean"]], float)
-        std = np.asarray([0.0 if v is None else v for v in d["std"]], float)
-        ax.errorbar(x, mean, yerr=std, color=f"C{i}", ls=ls, marker="o", ms=4, capsize=3,
-                    label=f"{METRIC_NAMES[m]} ({kind})")
+        _errorbar(ax, x, d, color=f"C{i}", ls=ls, label=f"{METRIC_NAMES[m]} ({kind})")
     ax.set_xlabel(fig_def.x_name)
     _x_axis_for(ax, x)
     ax.set_ylabel("accuracy at the test budget (%)")
@@ -1033,9 +1037,7 @@ def plot_sweep(table: dict, data: dict, path: str) -> None:
         d = data.get(f"{kind}_rd")
         if d is None:
           continue
-        mean = np.asarray([np.nan if v is None else v for v in d["mean"]], float)
-        std = np.asarray([0.0 if v is None else v for v in d["std"]], float)
-        ax2.errorbar(x, mean, yerr=std, color="k", ls=ls, marker="o", ms=4, capsize=3, label=f"RD ({kind})")
+        _errorbar(ax2, x, d, color="k", ls=ls, label=f"RD ({kind})")
       ax2.set_xlabel(fig_def.x_name)
       _x_axis_for(ax2, x)
       ax2.set_ylabel("RD (% accuracy lost per 1/255)")

@@ -58,11 +58,16 @@ def _reader(workdir: str, kind: str) -> ocp.CheckpointManager:
                                options=ocp.CheckpointManagerOptions(create=False))
 
 
-def _variables(tree: dict) -> dict:
-  v = {"params": tree["params"]}
-  if jax.tree_util.tree_leaves(tree.get("batch_stats")):
-    v["batch_stats"] = tree["batch_stats"]
+def variables_of(params, batch_stats) -> dict:
+  """Flax variables ``{'params', 'batch_stats'?}``: a model without BatchNorm has no batch_stats."""
+  v = {"params": params}
+  if jax.tree_util.tree_leaves(batch_stats):
+    v["batch_stats"] = batch_stats
   return v
+
+
+def _variables(tree: dict) -> dict:
+  return variables_of(tree["params"], tree.get("batch_stats"))
 
 
 def restore_weights(workdir: str, kind: str = "last", weights: str = "raw", epoch=None) -> tuple[dict, dict]:

@@ -40,7 +40,7 @@ from saat_jax.data import PAD_MODES, augment, epoch_batches, load_dataset, to_fl
 from saat_jax.losses import correct
 from saat_jax.methods import ATTACK_BN, METHODS, STOP_LOSSES, AttackNet, get_method
 from saat_jax.models import count_params, init_variables
-from saat_jax.run_state import model_from_spec, model_spec, run_keys
+from saat_jax.run_state import model_from_spec, model_spec, run_keys, variables_of
 
 EPS_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -58,21 +58,14 @@ class TrainState:
 
   @property
   def variables(self) -> dict:
-    return _variables(self.params, self.batch_stats)
+    return variables_of(self.params, self.batch_stats)
 
   @property
   def ema_variables(self) -> dict:
     if self.ema is None:
       raise ValueError("this run keeps no EMA of the weights; train with --config.ema.decay=0.999 "
                        "(or another decay in (0, 1)) to have one")
-    return _variables(self.ema["params"], self.ema["batch_stats"])
-
-
-def _variables(params, batch_stats) -> dict:
-  v = {"params": params}
-  if batch_stats:
-    v["batch_stats"] = batch_stats
-  return v
+    return variables_of(self.ema["params"], self.ema["batch_stats"])
 
 
 class TrainingDiverged(FloatingPointError):
@@ -358,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   ckpts = None
   try:
     saved = checkpointing.read_meta(workdir, "last")
-    history, changes, damage, done = [], {}, [], 0
+    history, changes, damage, done, repaired = [], {}, [], 0, ""
     if saved is not None:
       checkpointing.check_same_model(saved, spec, workdir)
       done = int(saved["epoch"]) + 1
@@ -366,11 +359,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
       if changes and not config.get("allow_config_change", False):
         raise workdir_files.refuse_config_change(workdir, done, changes)
       history, damage = workdir_files.history_at(metrics_path, saved)
+      repaired = (f"{metrics_path} was damaged: {'; '.join(damage)}. Kept the {len(history)} records of "
+                  f"epochs up to {done} (the checkpoint's) and rewrote the file.")
       if done >= num_epochs:
         if damage and primary:
           workdir_files.write_jsonl(metrics_path, history)
-          workdir_files.warn(f"{metrics_path} was damaged: {'; '.join(damage)}. Kept the {len(history)} records of epochs "
-                f"up to {done} (the checkpoint's) and rewrote the file.")
+          workdir_files.warn(repaired)
         print(f"{workdir} is complete: {done} epochs done (num_epochs={num_epochs}, step {saved['step']}); "
               f"nothing to do. Raise --config.num_epochs to train longer.", flush=True)
         return history
@@ -392,11 +386,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         workdir_files.write_jsonl(metrics_path, history)
         workdir_files.record_config(workdir, config, done, changes)
       except OSError as e:
-        raise checkpointing.WorkdirError(f"cannot write to the work dir {workdir} ({type(e).__name__}: {e}); "
-                                         "check its permissions and free space") from e
+        raise checkpointing.WorkdirError.unwritable(workdir, e) from e
       if damage:
-        workdir_files.warn(f"{metrics_path} was damaged: {'; '.join(damage)}. Kept the {len(history)} records of epochs "
-              f"up to {start_epoch} (the checkpoint's) and rewrote the file.")
+        workdir_files.warn(repaired)
     return _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts,
                          history, start_epoch, best_metric, best_epoch, steps_per_epoch,
                          (train_key, eval_key), metrics_path, primary)

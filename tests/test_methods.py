@@ -36,12 +36,7 @@ def _config(method, **over):
   c = digits.get_config(method)
   c.model.kwargs = {"width": 4, "use_bn": False}
   c.optim.lr = 0.05
-  for k, v in over.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(over)
   return c
 
 

@@ -94,12 +94,7 @@ _SCRIPT = textwrap.dedent("""
 
     for name, overrides in configs.items():
       c = saat_digits.get_config()
-      for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-          node = node[p]
-        node[last] = v
+      c.update_from_flattened_dict(overrides)
       model = create_model(c.model.name, data.num_classes, normalization=c.model.normalization)
       tx = train.make_optimizer(c, 10)[0]
       init_key, step_key = jax.random.split(jax.random.key(0))

@@ -33,12 +33,7 @@ TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batc
 
 def cfg(method="natural", **over):
   c = digits.get_config(method)
-  for k, v in {**TINY, **over}.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict({**TINY, **over})
   return c
 
 

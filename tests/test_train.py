@@ -21,12 +21,7 @@ from configs import saat_digits  # noqa: E402
 def digits_config(**overrides):
   c = saat_digits.get_config()
   c.progress = False
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(overrides)
   return c
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from saat_jax.attack import trades_pgd
+from saat_jax.attack import trades_pgd, trades_start
 from saat_jax.losses import cross_entropy, kl_divergence, trades_loss
 from saat_jax.methods.base import Method, fixed_budget
 from saat_jax.methods.saat import sa_pgd_adversary
@@ -82,8 +82,8 @@ def sa_trades(config) -> Method:
                           steps=int(s.start_steps), key=key)
       start = (x_init, float(s.start_eps), int(s.start_steps), net.batch_stats)
     else:
-      # TRADES' start x + 0.001 N(0, 1) at budget 0 (the KL's gradient vanishes at x itself).
-      x_noise = jnp.clip(x + 0.001 * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
+      # TRADES' start at budget 0, in the pixel box (the KL's gradient vanishes at x itself).
+      x_noise = jnp.clip(trades_start(x, key), 0.0, 1.0)
       start = (x_noise, 0.0, 0, net.batch_stats)
     return sa_pgd_adversary(net, x, y, s, start=start, loss_fn=loss_fn)
 
