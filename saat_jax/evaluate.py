@@ -7,7 +7,10 @@ evaluation) on weights restored by :mod:`saat_jax.run_state`.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from typing import Optional
 
 import jax
 import numpy as np
@@ -24,103 +27,194 @@ from saat_jax.run_state import restore_for_eval, run_keys
 ATTACKS = ("natural", "pgd20", "aa")
 
 
-def _parse_list(s: str, what: str, cast=float):
+def eval_config():
+  """The evaluation's settings, overridden on the command line as ``--eval.<key>=<value>`` in the
+  style of ``launch.py``'s ``--config.<key>=<value>`` (budgets in /255, lists comma-separated)."""
+  import ml_collections
+  from ml_collections.config_dict import placeholder
+
+  c = ml_collections.ConfigDict()
+  c.checkpoints = "best,last"  # comma list of best,last
+  c.attacks = ",".join(ATTACKS)
+  c.eps = placeholder(float)  # test budget in /255; None: the run's eval.eps (8 for CIFAR)
+  c.alpha = placeholder(float)  # PGD-20 step in /255; None: the run's eval.alpha (2 for CIFAR)
+  c.num_test = 0  # the first N test points; 0: all of them
+  c.batch_size = placeholder(int)  # None: the run's eval.batch_size
+  c.aa_version = "standard"
+  c.sweep = ""  # budgets in /255 for the RD sweep, e.g. 0,2,4,...,16; 'default': 0..16 by 2
+  c.sweep_attack = "pgd"  # pgd or aa
+  c.data_dir = placeholder(str)  # None: the run's data.data_dir
+  c.seed = placeholder(int)  # None: the random starts of the run's own per-epoch evaluation
+  c.weights = "raw"  # raw, or ema (runs with ema.decay > 0)
+  return c
+
+
+USAGE = """python -m saat_jax.evaluate --workdir runs/x [--eval.<key>=<value> ...] [--out eval.json]
+
+Natural / PGD-20 / AutoAttack accuracy of a run's checkpoints (Table 1) and accuracy against the
+test budget with RD (Fig. 1a). Results are merged into <workdir>/eval.json: what an earlier
+evaluation measured and this one does not is kept; an eval.json measured with other settings (eps,
+alpha, weights, points, seed) is kept as eval-<time>.json. Settings (budgets in /255):
+"""
+
+
+def _fail(msg: str) -> int:
+  print(f"error: {msg}", file=sys.stderr)
+  return 2
+
+
+def _parse_list(s, what: str, cast=float):
   try:
-    return [cast(v) for v in s.split(",") if v.strip()]
+    return [cast(v) for v in str(s).split(",") if v.strip()]
   except ValueError:
-    raise SystemExit(f"error: --{what} must be a comma-separated list, got {s!r}") from None
+    raise ValueError(f"--eval.{what} must be a comma-separated list, got {s!r}") from None
+
+
+def _check_settings(ev) -> tuple[list, list, list]:
+  """(checkpoints, attacks, sweep) of the settings, or ValueError saying which flag is wrong."""
+  from saat_jax import checkpointing
+
+  kinds = _parse_list(ev.checkpoints, "checkpoints", str)
+  attacks = _parse_list(ev.attacks, "attacks", str)
+  for a in attacks:
+    if a not in ATTACKS:
+      raise ValueError(f"--eval.attacks: unknown attack {a!r}; choose from {', '.join(ATTACKS)}")
+  for k in kinds:
+    if k not in checkpointing.KINDS:
+      raise ValueError(f"--eval.checkpoints: unknown checkpoint {k!r}; choose from {', '.join(checkpointing.KINDS)}")
+  if ev.eps is not None and not ev.eps >= 0:
+    raise ValueError(f"--eval.eps must be >= 0 (in /255), got {ev.eps}")
+  if ev.alpha is not None and not ev.alpha > 0:
+    raise ValueError(f"--eval.alpha must be > 0 (in /255), got {ev.alpha}")
+  if ev.num_test < 0:
+    raise ValueError(f"--eval.num_test must be >= 0 (the first N test points; 0: all of them), got {ev.num_test}")
+  if ev.batch_size is not None:
+    n_dev = jax.device_count()
+    if ev.batch_size < 1:
+      raise ValueError(f"--eval.batch_size must be >= 1, got {ev.batch_size} (default: the run's eval.batch_size)")
+    if ev.batch_size % n_dev:
+      lo, hi = ev.batch_size // n_dev * n_dev, (ev.batch_size // n_dev + 1) * n_dev
+      raise ValueError(f"--eval.batch_size={ev.batch_size} is not divisible by the {n_dev} devices; use "
+                       + (f"{lo} or {hi}" if lo else f"{hi}"))
+  sweep = [0, 2, 4, 6, 8, 10, 12, 14, 16] if ev.sweep == "default" else _parse_list(ev.sweep, "sweep")
+  if any(not e >= 0 for e in sweep):
+    raise ValueError(f"--eval.sweep budgets must be >= 0, got {sweep}")
+  if ev.sweep_attack not in ("pgd", "aa"):
+    raise ValueError(f"--eval.sweep_attack must be pgd or aa, got {ev.sweep_attack!r}")
+  if ev.weights not in ("raw", "ema"):
+    raise ValueError(f"--eval.weights must be raw or ema, got {ev.weights!r}")
+  return kinds, attacks, sweep
 
 
 def main(argv=None) -> int:
-  import argparse
-  import json
-  import os
-  import sys
+  from absl import flags
+  from ml_collections import config_flags
 
   from saat_jax import checkpointing
   from saat_jax.data import DataError
 
-  ap = argparse.ArgumentParser(prog="python -m saat_jax.evaluate",
-                               description="Natural / PGD-20 / AutoAttack accuracy of a run's checkpoints "
-                                           "(Table 1), and accuracy against test budget with RD (Fig. 1a).")
-  ap.add_argument("--workdir", required=True)
-  ap.add_argument("--checkpoints", default="best,last", help="comma list of best,last")
-  ap.add_argument("--attacks", default="natural,pgd20,aa", help=f"comma list of {','.join(ATTACKS)}")
-  ap.add_argument("--eps", type=float, default=None, help="test budget in /255 (default: the run's eval.eps, 8 for CIFAR)")
-  ap.add_argument("--alpha", type=float, default=None, help="PGD-20 step in /255 (default: the run's eval.alpha, 2 for CIFAR)")
-  ap.add_argument("--num-test", type=int, default=0, help="first N test points (0: all)")
-  ap.add_argument("--batch-size", type=int, default=None, help="default: the run's eval.batch_size")
-  ap.add_argument("--aa-version", default="standard")
-  ap.add_argument("--sweep", default="", help="comma list of budgets in /255 for the RD sweep, e.g. "
-                  "0,2,4,6,8,10,12,14,16; 'default' for 0..16 by 2; empty: no sweep")
-  ap.add_argument("--sweep-attack", default="pgd", choices=("pgd", "aa"))
-  ap.add_argument("--data-dir", default=None, help="override the run's data.data_dir")
-  ap.add_argument("--seed", type=int, default=None,
-                  help="seed of the attacks' random starts (default: those of the run's own evaluation)")
-  ap.add_argument("--weights", default="raw", choices=("raw", "ema"),
-                  help="the trained weights or their EMA (runs with ema.decay > 0)")
-  ap.add_argument("--out", default=None, help="JSON path (default <workdir>/eval.json)")
-  args = ap.parse_args(argv)
-
-  kinds = _parse_list(args.checkpoints, "checkpoints", str)
-  attacks = _parse_list(args.attacks, "attacks", str)
-  for a in attacks:
-    if a not in ATTACKS:
-      print(f"error: unknown attack {a!r}; choose from {', '.join(ATTACKS)}", file=sys.stderr)
-      return 2
-  for k in kinds:
-    if k not in checkpointing.KINDS:
-      print(f"error: unknown checkpoint {k!r}; choose from {', '.join(checkpointing.KINDS)}", file=sys.stderr)
-      return 2
-  for name in ("eps", "alpha"):
-    v = getattr(args, name)
-    if v is not None and not (v >= 0 if name == "eps" else v > 0):
-      print(f"error: --{name} must be {'>= 0' if name == 'eps' else '> 0'} (in /255), got {v}", file=sys.stderr)
-      return 2
-  if args.num_test < 0:
-    print(f"error: --num-test must be >= 0 (the first N test points; 0: all of them), got {args.num_test}",
-          file=sys.stderr)
-    return 2
-  if args.batch_size is not None:
-    n_dev = jax.device_count()
-    if args.batch_size < 1:
-      print(f"error: --batch-size must be >= 1, got {args.batch_size} (default: the run's eval.batch_size)",
-            file=sys.stderr)
-      return 2
-    if args.batch_size % n_dev:
-      lo, hi = args.batch_size // n_dev * n_dev, (args.batch_size // n_dev + 1) * n_dev
-      print(f"error: --batch-size={args.batch_size} is not divisible by the {n_dev} devices; use "
-            + (f"{lo} or {hi}" if lo else f"{hi}"), file=sys.stderr)
-      return 2
-  sweep = [0, 2, 4, 6, 8, 10, 12, 14, 16] if args.sweep == "default" else _parse_list(args.sweep, "sweep")
-  if any(not e >= 0 for e in sweep):
-    print(f"error: --sweep budgets must be >= 0, got {sweep}", file=sys.stderr)
-    return 2
-  if not os.path.isdir(os.path.join(args.workdir, "checkpoints")):
-    print(f"error: no checkpoint in {args.workdir} (expected {args.workdir}/checkpoints/{{best,last}}); "
-          "train first with launch.py --workdir", file=sys.stderr)
-    return 2
-
+  argv = sys.argv[1:] if argv is None else list(argv)
+  fv = flags.FlagValues()  # a fresh set per call: main() can run many times in one process
+  flags.DEFINE_string("workdir", None, "The run's work dir (launch.py --workdir).", flag_values=fv)
+  flags.DEFINE_string("out", None, "JSON path (default <workdir>/eval.json).", flag_values=fv)
+  if {"-h", "--help", "-help", "--helpfull"} & set(argv):
+    print(USAGE + "\n".join(f"  --eval.{k}={v}" for k, v in eval_config().items()))
+    return 0
   try:
-    report = evaluate_run(args.workdir, kinds=kinds, attacks=attacks,
-                          eps=None if args.eps is None else args.eps / 255,
-                          alpha=None if args.alpha is None else args.alpha / 255,
-                          num_test=args.num_test, batch_size=args.batch_size, aa_version=args.aa_version,
-                          sweep=sweep, sweep_attack=args.sweep_attack, data_dir=args.data_dir,
-                          seed=args.seed, progress=True, weights=args.weights)
+    config_flags.DEFINE_config_dict("eval", eval_config(), "Evaluation settings.", flag_values=fv,
+                                    sys_argv=["saat_jax.evaluate", *argv])  # the overrides it accepts
+    fv(["saat_jax.evaluate", *argv])
+  except (AttributeError, KeyError):  # ml_collections: an --eval.<key> that is not a setting
+    import difflib
+    known = list(eval_config())
+    bad = [a.split("=")[0][len("--eval."):] for a in argv if a.startswith("--eval.")]
+    bad = [k for k in bad if k not in known]
+    close = difflib.get_close_matches(bad[0], known, n=1) if bad else []
+    return _fail(f"unknown setting --eval.{bad[0] if bad else '?'}"
+                 + (f" (did you mean --eval.{close[0]}?)" if close else "") + f"; settings: {', '.join(known)}")
+  except (flags.Error, ValueError, TypeError) as e:
+    return _fail(f"{e}\nusage: {USAGE.splitlines()[0]}")
+  if not fv.workdir:
+    return _fail(f"--workdir is required\nusage: {USAGE.splitlines()[0]}")
+  workdir, ev = fv.workdir, fv["eval"].value
+  try:
+    kinds, attacks, sweep = _check_settings(ev)
+  except ValueError as e:
+    return _fail(str(e))
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return _fail(f"no checkpoint in {workdir} (expected {workdir}/checkpoints/{{best,last}}); "
+                 "train first with launch.py --workdir")
+  try:
+    report = evaluate_run(workdir, kinds=kinds, attacks=attacks,
+                          eps=None if ev.eps is None else ev.eps / 255,
+                          alpha=None if ev.alpha is None else ev.alpha / 255,
+                          num_test=ev.num_test, batch_size=ev.batch_size, aa_version=ev.aa_version,
+                          sweep=sweep, sweep_attack=ev.sweep_attack, data_dir=ev.data_dir,
+                          seed=ev.seed, progress=True, weights=ev.weights)
   except (checkpointing.CheckpointError, DataError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  out = args.out or os.path.join(args.workdir, "eval.json")
-  with open(out, "w") as f:
-    json.dump(report, f, indent=2)
+    return _fail(str(e))
+  out = fv.out or os.path.join(workdir, "eval.json")
+  report, kept = merge_into(out, report)
   print(format_table(report))
   if sweep:
     png = os.path.splitext(out)[0] + "_sweep.png"
     plot_sweep(report, png)
     print(f"sweep plot: {png}")
+  if kept:
+    print(f"the earlier {out} was measured with other settings; kept as {kept}")
   print(f"written: {out}")
   return 0
+
+
+# What makes two evaluations comparable: the numbers of both may share one eval.json.
+SETTINGS = ("eps_255", "alpha_255", "weights", "num_test", "seed", "aa_version", "sweep_attack")
+
+
+def merge_into(path: str, report: dict) -> tuple[dict, Optional[str]]:
+  """Write ``report`` to ``path`` without losing an earlier evaluation there.
+
+  With the same settings (``SETTINGS``) the earlier file's numbers that this report did not measure
+  are kept (per checkpoint and column; a checkpoint's numbers are kept only for the same epoch). With
+  other settings, or a file that is not an evaluation, the earlier file is renamed
+  ``<name>-<time>.json`` beside it. Returns the report as written and the renamed path (or None).
+  """
+  import datetime
+
+  old, kept = None, None
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+      if not isinstance(old, dict) or not isinstance(old.get("checkpoints"), dict):
+        raise ValueError("not an evaluation")
+    except ValueError:
+      old = None
+    if old is None or any(old.get(k) != report.get(k) for k in SETTINGS):
+      stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
+      root, ext = os.path.splitext(path)
+      kept = f"{root}-{stamp}{ext}"
+      n = 1
+      while os.path.exists(kept):
+        n += 1
+        kept = f"{root}-{stamp}-{n}{ext}"
+      os.replace(path, kept)
+      old = None
+  if old is not None:
+    merged = {kind: dict(row) for kind, row in old["checkpoints"].items()}
+    for kind, row in report["checkpoints"].items():
+      prev = merged.get(kind)
+      if prev and prev.get("epoch") == row.get("epoch"):
+        if "sweep" in row:
+          prev.pop("rd", None)  # the RD of an earlier sweep belongs to that sweep
+        merged[kind] = {**prev, **row}
+      else:
+        merged[kind] = dict(row)
+    report = {**report, "checkpoints": merged}
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(report, f, indent=2)
+  os.replace(tmp, path)
+  return report, kept
 
 
 def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20", "aa"), eps=None, alpha=None,
@@ -135,7 +229,8 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
 
   from saat_jax.data import load_dataset
 
-  report = {"workdir": workdir, "checkpoints": {}, "sweep_attack": sweep_attack, "weights": weights}
+  report = {"workdir": workdir, "checkpoints": {}, "sweep_attack": sweep_attack, "weights": weights,
+            "aa_version": aa_version, "seed": seed}
   data = None
   for kind in kinds:
     model, variables, meta, cfg = restore_for_eval(workdir, kind, weights)
@@ -148,6 +243,7 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
       data = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, source=cfg.data.source)
       n = num_test or len(data.test_labels)
       images, labels = data.test_images[:n], data.test_labels[:n]
+      report["num_test"] = int(len(labels))
     logits_fn = jax.jit(lambda x, v=variables, m=model: m.apply(v, x, train=False))
     row = {"epoch": meta["epoch"] + 1, "num_test": int(len(labels))}
     todo = [a for a in attacks]

@@ -1126,7 +1126,7 @@ def report_runs(run_dirs: Sequence[str], out_dir: str, *, log: Callable[[str], N
   acc = acc_vs_eps_data(_all_groups(grouped), numbers)
   if acc is None:
     skipped_figs["acc_vs_eps.png"] = ("no eval.json sweep; run python -m saat_jax.evaluate --workdir RUN "
-                                      "--sweep default")
+                                      "--eval.sweep=default")
   else:
     plot_acc_vs_eps(acc, out("acc_vs_eps.png"), "Accuracy against test budget (Fig. 1(a))")
     figures["acc_vs_eps.png"] = acc

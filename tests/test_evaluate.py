@@ -30,8 +30,8 @@ def digits_run(tmp_path_factory):
 def test_cli_reports_table_sweep_and_plot(digits_run, capsys):
   workdir, hist = digits_run
   out = workdir / "eval.json"
-  rc = evaluate.main(["--workdir", str(workdir), "--attacks", "natural,pgd20", "--eps", "32",
-                      "--sweep", "0,16,32,48", "--out", str(out)])
+  rc = evaluate.main(["--workdir", str(workdir), "--eval.attacks=natural,pgd20", "--eval.eps=32",
+                      "--eval.sweep=0,16,32,48", "--out", str(out)])
   assert rc == 0
   report = json.loads(out.read_text())
   last, best = report["checkpoints"]["last"], report["checkpoints"]["best"]
@@ -62,8 +62,8 @@ def test_cli_autoattack_column(digits_run, capsys):
 
   workdir, _ = digits_run
   out = workdir / "eval_aa.json"
-  rc = evaluate.main(["--workdir", str(workdir), "--checkpoints", "last", "--attacks", "natural,pgd20,aa",
-                      "--num-test", "64", "--out", str(out)])
+  rc = evaluate.main(["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.attacks=natural,pgd20,aa",
+                      "--eval.num_test=64", "--out", str(out)])
   assert rc == 0
   row = json.loads(out.read_text())["checkpoints"]["last"]
   assert row["num_test"] == 64
@@ -76,6 +76,56 @@ def test_cli_autoattack_column(digits_run, capsys):
                    jnp.asarray(data.test_labels[:64]), eps=float(cfg.eval.eps), seed=0)
   assert row["aa"] == pytest.approx(float(np.mean(np.asarray(res.robust))))
   assert "AA" in capsys.readouterr().out
+
+
+def test_a_second_evaluation_keeps_what_the_first_measured(digits_run, tmp_path, capsys):
+  """eval.json is merged, not overwritten: AA of a first evaluation survives a PGD-only second one
+  with the same settings; an evaluation with other settings moves the earlier file aside."""
+  workdir, _ = digits_run
+  out = tmp_path / "eval.json"
+  common = ["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.num_test=32", "--out", str(out)]
+  assert evaluate.main([*common, "--eval.attacks=natural,aa"]) == 0
+  first = json.loads(out.read_text())["checkpoints"]["last"]
+  assert evaluate.main([*common, "--eval.attacks=pgd20"]) == 0
+  second = json.loads(out.read_text())["checkpoints"]["last"]
+  assert second["aa"] == first["aa"] and second["natural"] == first["natural"] and "pgd20" in second
+  assert list(tmp_path.glob("eval-*.json")) == []
+  assert evaluate.main([*common, "--eval.attacks=natural", "--eval.eps=16"]) == 0
+  (kept,) = tmp_path.glob("eval-*.json")
+  assert json.loads(kept.read_text())["checkpoints"]["last"] == second
+  third = json.loads(out.read_text())
+  assert third["eps_255"] == 16 and set(third["checkpoints"]["last"]) == {"epoch", "num_test", "natural"}
+  assert f"kept as {kept}" in capsys.readouterr().out
+
+
+def test_merge_into_replaces_a_stale_checkpoint_and_an_old_rd(tmp_path):
+  """A checkpoint re-evaluated at another epoch (the run trained on) drops its older numbers; a new
+  sweep drops the RD of the older one; a damaged eval.json is kept aside, not lost."""
+  out = str(tmp_path / "eval.json")
+  base = {"workdir": "w", "eps_255": 8.0, "alpha_255": 2.0, "weights": "raw", "num_test": 10, "seed": None,
+          "aa_version": "standard", "sweep_attack": "pgd"}
+  evaluate.merge_into(out, {**base, "checkpoints": {"best": {"epoch": 3, "aa": 0.4, "rd": 0.01},
+                                                    "last": {"epoch": 5, "aa": 0.3}}})
+  merged, kept = evaluate.merge_into(out, {**base, "checkpoints": {
+      "best": {"epoch": 3, "sweep": {"eps_255": [0, 4], "accuracy": [0.9, 0.5]}},
+      "last": {"epoch": 6, "natural": 0.8}}})
+  assert kept is None
+  assert merged["checkpoints"] == {"best": {"epoch": 3, "aa": 0.4, "sweep": {"eps_255": [0, 4], "accuracy": [0.9, 0.5]}},
+                                   "last": {"epoch": 6, "natural": 0.8}}
+  assert json.loads(Path(out).read_text()) == merged
+  Path(out).write_text("{not json")
+  _, kept = evaluate.merge_into(out, {**base, "checkpoints": {}})
+  assert Path(kept).read_text() == "{not json"
+
+
+def test_cli_flags_in_launch_style(digits_run, capsys):
+  workdir, _ = digits_run
+  assert evaluate.main(["--workdir", str(workdir), "--eval.atacks=aa"]) == 2
+  assert "unknown setting --eval.atacks (did you mean --eval.attacks?)" in capsys.readouterr().err
+  assert evaluate.main(["--workdir", str(workdir), "--attacks", "aa"]) == 2
+  assert "Unknown command line flag 'attacks'" in capsys.readouterr().err
+  assert evaluate.main(["--help"]) == 0
+  assert "--eval.num_test=0" in capsys.readouterr().out
 
 
 def test_restore_reads_the_weights_only(digits_run):
@@ -107,10 +157,10 @@ def test_restore_reads_the_weights_only(digits_run):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--eps", "-1"], "--eps must be >= 0"),
-    (["--attacks", "natural,cw"], "unknown attack 'cw'"),
-    (["--checkpoints", "middle"], "unknown checkpoint"),
-    (["--sweep", "0,-2"], "budgets must be >= 0"),
+    (["--eval.eps=-1"], "--eval.eps must be >= 0"),
+    (["--eval.attacks=natural,cw"], "unknown attack 'cw'"),
+    (["--eval.checkpoints=middle"], "unknown checkpoint"),
+    (["--eval.sweep=0,-2"], "budgets must be >= 0"),
 ])
 def test_cli_rejects_bad_arguments(digits_run, capsys, argv, match):
   workdir, _ = digits_run

@@ -263,9 +263,9 @@ def test_real_write_failure_in_orbax_keeps_the_previous_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("argv,devices,match", [
-    (["--batch-size", "0"], 1, "--batch-size must be >= 1, got 0"),
-    (["--num-test", "-5"], 1, "--num-test must be >= 0"),
-    (["--batch-size", "5"], 2, "--batch-size=5 is not divisible by the 2 devices; use 4 or 6"),
+    (["--eval.batch_size=0"], 1, "--eval.batch_size must be >= 1, got 0"),
+    (["--eval.num_test=-5"], 1, "--eval.num_test must be >= 0"),
+    (["--eval.batch_size=5"], 2, "--eval.batch_size=5 is not divisible by the 2 devices; use 4 or 6"),
 ])
 def test_evaluate_cli_rejects_bad_batch_size_and_num_test(tmp_path, capsys, monkeypatch, argv, devices, match):
   monkeypatch.setattr(jax, "device_count", lambda: devices)
