@@ -19,13 +19,14 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 import uuid
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+from saat_jax import log
 
 KINDS = ("last", "best")
 
@@ -235,8 +236,7 @@ class RunLock:
               f"work dir {self.workdir} is in use by {self._describe(holder)}: its lock {self.path} exists. "
               f"Wait for that run to finish, or use another --workdir; if no run is using it (e.g. a crash on "
               f"another host), delete {self.path}.") from None
-        print(f"warning: taking over the stale lock {self.path} ({why}): the run that held it is gone",
-              file=sys.stderr, flush=True)
+        log.warn(f"taking over the stale lock {self.path} ({why}): the run that held it is gone")
         try:
           os.remove(self.path)
         except FileNotFoundError:

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from saat_jax import checkpointing, parallel
+from saat_jax import checkpointing, log, parallel
 from saat_jax import workdir as workdir_files
 from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, config_changes
 from saat_jax.attack import check_sa_pgd_hparams
@@ -38,6 +38,7 @@ from saat_jax.awp import perturb, weight_perturbation
 from saat_jax.evaluators import RobustnessEvaluator
 from saat_jax.data import PAD_MODES, augment, epoch_batches, load_dataset, to_float
 from saat_jax.losses import correct
+from saat_jax.metric_writer import MetricWriter, write_jsonl
 from saat_jax.methods import ATTACK_BN, METHODS, STOP_LOSSES, AttackNet, get_method
 from saat_jax.models import count_params, init_variables
 from saat_jax.run_state import model_from_spec, model_spec, run_keys, variables_of
@@ -320,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                       seed=int(config.seed), cache_dir=config.data.get("cache_dir"),
                       source=config.data.source)
   if data.name == "digits" and config.data.data_dir:
-    print(f"note: data.data_dir={config.data.data_dir!r} is ignored: digits come with scikit-learn", flush=True)
+    log.info(f"note: data.data_dir={config.data.data_dir!r} is ignored: digits come with scikit-learn")
   spec = model_spec(config, data.num_classes)
   model = model_from_spec(spec)
   mesh = parallel.make_mesh()
@@ -348,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     lock.acquire()
   else:
     os.makedirs(workdir, exist_ok=True)
-  ckpts = None
+  ckpts = writer = None
   try:
     saved = checkpointing.read_meta(workdir, "last")
     history, changes, damage, done, repaired = [], {}, [], 0, ""
@@ -363,10 +364,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                   f"epochs up to {done} (the checkpoint's) and rewrote the file.")
       if done >= num_epochs:
         if damage and primary:
-          workdir_files.write_jsonl(metrics_path, history)
-          workdir_files.warn(repaired)
-        print(f"{workdir} is complete: {done} epochs done (num_epochs={num_epochs}, step {saved['step']}); "
-              f"nothing to do. Raise --config.num_epochs to train longer.", flush=True)
+          write_jsonl(metrics_path, history)
+          log.warn(repaired)
+        log.info(f"{workdir} is complete: {done} epochs done (num_epochs={num_epochs}, step {saved['step']}); "
+                 f"nothing to do. Raise --config.num_epochs to train longer.")
         return history
 
     state = initial_state(model, tx, init_key, data.train_images.shape[1:], ema=float(config.ema.decay) > 0)
@@ -377,29 +378,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
       state, meta = ckpts.restore("last", state)
       start_epoch = int(meta["epoch"]) + 1
       best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
-      print(f"resuming {workdir} after epoch {start_epoch} of {num_epochs} (step {int(state.step)})", flush=True)
+      log.info(f"resuming {workdir} after epoch {start_epoch} of {num_epochs} (step {int(state.step)})")
       if changes:
-        print("with a changed config (allow_config_change=True):\n" +
-              "\n".join(f"  {k}: {workdir_files.show(o)} -> {workdir_files.show(n)}" for k, (o, n) in changes.items()), flush=True)
+        log.info("with a changed config (allow_config_change=True):\n" +
+                 "\n".join(f"  {k}: {workdir_files.show(o)} -> {workdir_files.show(n)}" for k, (o, n) in changes.items()))
+    writer = MetricWriter(workdir, primary=primary)
     if primary:
       try:
-        workdir_files.write_jsonl(metrics_path, history)
+        writer.start(history)
         workdir_files.record_config(workdir, config, done, changes)
       except OSError as e:
         raise checkpointing.WorkdirError.unwritable(workdir, e) from e
       if damage:
-        workdir_files.warn(repaired)
+        log.warn(repaired)
     return _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts,
                          history, start_epoch, best_metric, best_epoch, steps_per_epoch,
-                         (train_key, eval_key), metrics_path, primary)
+                         (train_key, eval_key), writer)
   finally:
+    if writer is not None:
+      writer.close()
     if ckpts is not None:
       ckpts.close()
     lock.release()
 
 
 def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts, history,
-                  start_epoch, best_metric, best_epoch, steps_per_epoch, keys, metrics_path, primary):
+                  start_epoch, best_metric, best_epoch, steps_per_epoch, keys, writer):
   train_key, eval_key = keys
   num_train, batch_size, num_epochs = len(data.train_labels), int(config.batch_size), int(config.num_epochs)
   state = jax.device_put(state, repl)
@@ -415,7 +419,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
   # robust generalisation gap of Figure 3(d).
   n_sub = min(int(ev.train_subset), num_train)
   sub_images, sub_labels = data.train_images[:n_sub], data.train_labels[:n_sub]
-  print(f"{config.method} | {spec['name']} ({count_params(state.params):,} params) | {data.name}: "
+  log.info(f"{config.method} | {spec['name']} ({count_params(state.params):,} params) | {data.name}: "
         f"{num_train} train, {len(data.val_labels)} val, {num_test} test | {jax.device_count()} device(s) "
         f"| {steps_per_epoch} steps/epoch" + (f" | evaluated every {every} epochs and at the last" if every > 1 else ""))
 
@@ -483,22 +487,21 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
         ckpts.save("best", epoch, host_state, meta)
       ckpts.save("last", epoch, host_state, meta)
       history.append(record)
-      if primary:
+      if writer.primary:
         try:
-          workdir_files.write_jsonl(metrics_path, history)
+          writer.write(history)
         except OSError as e:
           raise checkpointing.WorkdirError(
-              f"could not write {metrics_path} ({type(e).__name__}: {e}); the checkpoint of epoch {epoch + 1} is "
+              f"could not write {writer.path} ({type(e).__name__}: {e}); the checkpoint of epoch {epoch + 1} is "
               f"saved and a rerun restores the record from it: free disk space and run the same command") from e
       if evaluated:
         tested = (f"test nat {record['test_natural_accuracy']:.4f} pgd{int(ev.steps)} "
                   f"{record['test_pgd_accuracy']:.4f}")
       else:
         tested = f"not evaluated (eval.every={every})"
-      print(f"epoch {epoch + 1:3d} | loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+      log.info(f"epoch {epoch + 1:3d} | loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
             f"eps mean {record['attack_eps_mean']:.2f}/255 sat {record['attack_frac_satisfied']:.2f} "
-            f"steps {record['attack_steps_mean']:.1f} | {tested} | {train_time:.1f}s + {record['eval_time_s']:.1f}s",
-            flush=True)
+            f"steps {record['attack_steps_mean']:.1f} | {tested} | {train_time:.1f}s + {record['eval_time_s']:.1f}s")
   except KeyboardInterrupt:
     saved = ckpts.latest_epoch("last")
     where = (f"the last checkpoint is epoch {saved + 1}: run the same command to resume" if saved is not None

@@ -1,6 +1,6 @@
 """What a run's work dir holds besides checkpoints, and the rules for resuming it.
 
-* ``metrics.jsonl``: one record per finished epoch, written atomically; on resume it is read line
+* ``metrics.jsonl`` (written by :mod:`saat_jax.metric_writer`): one record per finished epoch; on resume it is read line
   by line and repaired against the checkpoint (the checkpoint is the truth).
 * ``config.json`` (the latest config) and ``configs.jsonl`` (one line per start or resume).
 * :func:`config_changes`: which keys of a new config would change the training trajectory of a
@@ -13,20 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
-
-def write_jsonl(path: str, records: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
-
-
-def warn(msg: str) -> None:
-  print(f"warning: {msg}", file=sys.stderr, flush=True)
-
 
 def read_metrics(path: str) -> tuple[list[dict], list[str]]:
   """The records of ``metrics.jsonl`` that parse, and what is wrong with each line that does not."""

@@ -14,7 +14,6 @@ import logging
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -77,8 +76,8 @@ def _write_cache(file: Path, arrays, fmt: str) -> None:
     os.replace(tmp, file)  # atomic: readers see the old file or the complete new one
     tmp = None
   except OSError as e:
-    warnings.warn(f"could not write the data cache {file} ({e}); the data will be decoded again "
-                  f"next time. Set cache_dir or $SAAT_JAX_CACHE to a writable folder.", stacklevel=3)
+    logger.warning("could not write the data cache %s (%s); the data will be decoded again next time. "
+                   "Set cache_dir or $SAAT_JAX_CACHE to a writable folder.", file, e)
   finally:
     if tmp is not None:
       try:
