@@ -1,0 +1,81 @@
+"""``python -m saat_jax.plot``: the figures of runs that are finished or still training, and its errors."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saat_jax import plot
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import digits  # noqa: E402
+
+TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
+        "eval.train_subset": 64, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3,
+        "optim.lr_milestones": (2,)}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  from saat_jax.train import train_and_evaluate
+  root = tmp_path_factory.mktemp("runs")
+  for method in ("saat_up", "at"):
+    c = digits.get_config(method)
+    c.update_from_flattened_dict(TINY)
+    train_and_evaluate(c, str(root / method))
+  return root
+
+
+def records(run_dir):
+  return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_each_run_gets_curves_loss_lr_and_budget(runs, tmp_path, capsys):
+  out = tmp_path / "figs"
+  assert plot.main(["--workdir", str(runs / "saat_up"), str(runs / "at"), "--out", str(out)]) == 0
+  for name in ("curves.png", "loss_lr.png", "budget.png"):
+    assert (out / "saat_up" / name).stat().st_size > 10_000
+  # AT has no SA-PGD budget to draw; the comparison overlays both runs
+  assert sorted(p.name for p in (out / "at").iterdir()) == ["curves.png", "loss_lr.png"]
+  assert (out / "compare.png").stat().st_size > 10_000
+  assert str(out / "compare.png") in capsys.readouterr().out
+
+
+def test_the_figures_show_the_runs_numbers(runs):
+  """What is drawn is the metrics: loss, learning rate (the /10 at the milestone), accuracies."""
+  run = plot.load(str(runs / "saat_up"))
+  recs = records(runs / "saat_up")
+  data = plot.plot_loss_lr(run, str(runs / "loss_lr.png"))
+  assert data["train_loss"] == [r["train_loss"] for r in recs]
+  assert data["lr"] == [r["lr"] for r in recs]
+  assert data["lr"][2] == pytest.approx(data["lr"][0] / 10)  # milestone at epoch 2: lr /10 in epoch 3
+  cmp = plot.plot_compare([run, plot.load(str(runs / "at"))], str(runs / "compare.png"))
+  np.testing.assert_allclose(cmp["saat_up/test_pgd_accuracy"], [100 * r["test_pgd_accuracy"] for r in recs])
+  assert len(cmp) == 4
+
+
+def test_default_output_is_the_runs_plots_folder_and_a_running_run_plots(runs, tmp_path):
+  """A run still training (its metrics so far, no eval.json) plots into <workdir>/plots."""
+  run = tmp_path / "running"
+  shutil.copytree(runs / "saat_up", run)
+  (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records(run)[:1]) + "\n")
+  assert plot.main(["--workdir", str(run)]) == 0
+  assert {p.name for p in (run / "plots").iterdir()} == {"curves.png", "loss_lr.png", "budget.png"}
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda d: None, "is not a directory"),
+    (lambda d: d.mkdir(), "has no metrics.jsonl: nothing to plot"),
+    (lambda d: (d.mkdir(), (d / "config.json").write_text("{}"), (d / "metrics.jsonl").write_text("")),
+     "has no epoch yet"),
+])
+def test_nothing_to_plot_is_a_clear_error(tmp_path, capsys, make, match):
+  d = tmp_path / "run"
+  make(d)
+  assert plot.main(["--workdir", str(d)]) == 2
+  assert match in capsys.readouterr().err
+  assert not (d / "plots").exists()
