@@ -38,6 +38,18 @@ def test_notebook_parameters_cell_sets_what_the_run_overrides():
   assert nb.cells.index(params[0]) == 1  # the first code cell, right after the title
 
 
+def test_notebook_digits_run_is_configs_saat_digits(monkeypatch):
+  """The notebook spells the digits config out (configs/ is not installed): it must stay the same."""
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  cell = [c.source for c in nb.cells if c.cell_type == "code" and "def digits_config" in c.source]
+  assert len(cell) == 1
+  scope = {}
+  exec(cell[0], scope)  # only defines digits_config
+  monkeypatch.syspath_prepend(str(ROOT))
+  from configs import saat_digits
+  assert scope["digits_config"](15).to_dict() == saat_digits.get_config().to_dict()
+
+
 @pytest.mark.slow
 def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
   nbclient = pytest.importorskip("nbclient")
