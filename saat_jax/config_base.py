@@ -25,7 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"
   c.data.data_dir = SHARED_CIFAR10
-  c.data.source = "auto"  # auto (a local archive/folder) | tfds
+  c.data.source = "auto"  # auto / local (data_dir) | download (official archive, cached) | tfds
+  c.data.download_url = ml_collections.config_dict.placeholder(str)  # None: the official address
   c.data.cache_dir = ml_collections.config_dict.placeholder(str)
   c.data.num_train = 0  # > 0: train on the first N training examples only (quick runs)
   c.data.val_size = 0  # > 0 holds out training examples to choose `best` (robust_overfitting)

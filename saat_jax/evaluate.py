@@ -240,7 +240,8 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
       batch_size = int(cfg.eval.batch_size) if batch_size is None else batch_size
       report["eps_255"], report["alpha_255"] = eps * 255, alpha * 255
       key = jax.random.fold_in(run_keys(int(cfg.seed))[2], 0) if seed is None else jax.random.key(seed)
-      data = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, source=cfg.data.source)
+      data = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, source=cfg.data.source,
+                          cache_dir=cfg.data.get("cache_dir"), download_url=cfg.data.get("download_url"))
       n = num_test or len(data.test_labels)
       images, labels = data.test_images[:n], data.test_labels[:n]
       report["num_test"] = int(len(labels))

@@ -286,7 +286,7 @@ def test_relative_path_resolves_from_project_root(tmp_path, monkeypatch, tiny, c
   # Missing from both: the error names both places it looked.
   import re
 
-  looked = [re.escape(str(root / ".." / "shared")) for root in (Path.cwd(), tmp_path / "project")]
+  looked = [re.escape(os.path.abspath(root / ".." / "shared")) for root in (Path.cwd(), tmp_path / "project")]
   with pytest.raises(DataError, match="(?s)" + ".*".join(looked)):
     load_dataset("cifar10", os.path.join("..", "shared", "data", "nope.tar.gz"))
 
@@ -406,7 +406,7 @@ def test_tfds_without_tensorflow_says_what_to_install(monkeypatch):
 
   monkeypatch.setattr(tfds, "load", load)
   monkeypatch.setattr(tfds, "data_source", data_source)
-  with pytest.raises(DataError, match=r"(?s)Install TensorFlow.*data_dir"):
+  with pytest.raises(DataError, match=r"(?s)'tensorflow' is missing.*pip install tensorflow tensorflow-datasets`.*source=download"):
     load_dataset("cifar10", source="tfds")
 
 
@@ -417,7 +417,7 @@ def test_tfds_other_failure_becomes_data_error(monkeypatch):
     raise ConnectionError("network unreachable")
 
   monkeypatch.setattr(tfds, "load", load)
-  with pytest.raises(DataError, match=r"(?s)network unreachable.*local archive"):
+  with pytest.raises(DataError, match=r"(?s)network unreachable.*source=download.*local CIFAR archive"):
     load_dataset("cifar100", source="tfds")
 
 
@@ -535,7 +535,7 @@ def test_missing_path_names_it_and_the_offline_archive(tmp_path):
 
 
 def test_no_data_dir():
-  with pytest.raises(DataError, match=r"(?s)no data_dir.*source='tfds'"):
+  with pytest.raises(DataError, match=r"(?s)no data.data_dir.*--config.data.source=download.*--config.data.source=tfds"):
     load_dataset("cifar10")
 
 

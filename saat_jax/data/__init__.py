@@ -17,8 +17,10 @@ What is where:
   CIFAR-10 copy is ``saat_jax.config_base.SHARED_CIFAR10``, the configs' default ``data.data_dir``.
 * :mod:`saat_jax.data.cache`: decoded local sources cached as ``.npz`` in ``cache_dir``
   (default ``$SAAT_JAX_CACHE`` or ``~/.cache/saat_jax``).
+* :mod:`saat_jax.data.download`: ``source='download'``, the official CIFAR python archives fetched
+  once into ``<cache_dir>/downloads`` and checksum-verified (no TensorFlow needed: Colab, TPU).
 * :mod:`saat_jax.data.sources`: scikit-learn's digits (fixed 1,397 / 400 split) and
-  tensorflow-datasets (``source='tfds'``).
+  tensorflow-datasets (``source='tfds'``, in TFDS's own ``$TFDS_DATA_DIR``).
 * :mod:`saat_jax.data.augmentation`: :func:`to_float`, :func:`augment` (random crop after padding,
   horizontal flip), :func:`epoch_batches`.
 """
@@ -28,9 +30,10 @@ from saat_jax.data.cache import default_cache_dir
 from saat_jax.data.core import (CANONICAL_CLASSES, CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_SHAPE,
                                 KNOWN_DATASETS, SOURCES, DataError, Dataset)
 from saat_jax.data.dataset import load_dataset
+from saat_jax.data.download import ARCHIVES, download_archive
 
 __all__ = [
-    "CANONICAL_CLASSES", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR_SHAPE", "KNOWN_DATASETS",
-    "PAD_MODES", "SOURCES", "DataError", "Dataset", "augment", "default_cache_dir", "epoch_batches",
+    "ARCHIVES", "CANONICAL_CLASSES", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR_SHAPE", "KNOWN_DATASETS",
+    "PAD_MODES", "SOURCES", "DataError", "Dataset", "augment", "default_cache_dir", "download_archive", "epoch_batches",
     "load_dataset", "to_float",
 ]

@@ -36,7 +36,7 @@ import numpy as np
 
 from saat_jax.config_base import SHARED_CIFAR10
 from saat_jax.data.core import (CANONICAL_CLASSES, CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_SHAPE,
-                                DataError)
+                                OTHER_SOURCES_ADVICE, DataError)
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +74,20 @@ def _resolve_path(data_dir) -> Path:
   given = str(data_dir)
   path = Path(os.path.expandvars(os.path.expanduser(given)))
   candidates = [path] if path.is_absolute() else [Path.cwd() / path, _PROJECT_ROOT / path]
+  candidates = list(dict.fromkeys(Path(os.path.abspath(p)) for p in candidates))
   for p in candidates:
     if p.exists():
-      return Path(os.path.abspath(p))
+      return p
   tried = " or ".join(str(p) for p in candidates)
-  raise DataError(
-      f"data_dir {given!r} does not exist (looked for {tried}). Point data_dir at a CIFAR archive or "
-      f"folder: the offline CIFAR-10 copy is {SHARED_CIFAR10} (relative to the project root); the "
-      f"original archives (cifar-10-python.tar.gz, cifar-10-binary.tar.gz, cifar-100-python.tar.gz) "
-      f"are at https://www.cs.toronto.edu/~kriz/cifar.html; or use source='tfds'.")
+  where = "" if path.is_absolute() else f" (looked for {tried})"
+  if given == SHARED_CIFAR10:
+    what = ("the default, this project's offline CIFAR-10 copy, which this machine does not have. "
+            "Set --config.data.data_dir to a CIFAR archive or folder")
+  else:
+    what = (f"no such file or folder. Set --config.data.data_dir to a CIFAR archive or folder "
+            f"(offline CIFAR-10 copy: {SHARED_CIFAR10})")
+  raise DataError(f"data.data_dir {given!r}{where} does not exist: {what}, or use "
+                  f"{OTHER_SOURCES_ADVICE}")
 
 
 def _normalize_member(name: str) -> Optional[str]:

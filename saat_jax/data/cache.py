@@ -8,6 +8,7 @@ decoded again too, never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -61,29 +62,40 @@ def _read_cache(file: Path, name: str):
   return tx, ty, sx, sy, tuple(str(c) for c in arrays["class_names"])
 
 
+@contextlib.contextmanager
+def atomic_file(file: Path):
+  """A binary file open for writing in place of ``file``, which appears only if the block succeeds.
+
+  The data goes to a temporary file in ``file``'s folder, which is renamed to ``file`` when the
+  block ends without an error (atomic: readers see no file or the old one, or the complete new
+  one) and deleted when it raises, so an interrupted writer never leaves a partial ``file``.
+  """
+  file.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=file.name + ".", suffix=".tmp", dir=file.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, file)
+  except BaseException:
+    try:
+      os.unlink(tmp)
+    except OSError:
+      pass
+    raise
+
+
 def _write_cache(file: Path, arrays, fmt: str) -> None:
   train_x, train_y, test_x, test_y, class_names = arrays
-  tmp = None
   try:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=file.name + ".", suffix=".tmp", dir=file.parent)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_file(file) as f:
       np.savez(f, train_images=train_x, train_labels=train_y, test_images=test_x,
                test_labels=test_y, class_names=np.asarray(class_names, dtype=str),
                format=np.asarray(fmt))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, file)  # atomic: readers see the old file or the complete new one
-    tmp = None
   except OSError as e:
     logger.warning("could not write the data cache %s (%s); the data will be decoded again next time. "
                    "Set cache_dir or $SAAT_JAX_CACHE to a writable folder.", file, e)
-  finally:
-    if tmp is not None:
-      try:
-        os.unlink(tmp)
-      except OSError:
-        pass
 
 
 def _load_local_cached(name: str, path: Path, cache_dir: Optional[str]):

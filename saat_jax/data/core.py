@@ -11,7 +11,17 @@ import dataclasses
 import numpy as np
 
 KNOWN_DATASETS = ("cifar10", "cifar100", "digits")
-SOURCES = ("auto", "local", "tfds")
+SOURCES = ("auto", "local", "download", "tfds")
+
+# The ends of the errors of a missing local copy: the sources that need none, in flag wording.
+DOWNLOAD_ADVICE = (
+    "--config.data.source=download to fetch the official archive (from "
+    "https://www.cs.toronto.edu/~kriz/cifar.html, checksum-verified) once into the data cache "
+    "(needs internet, not TensorFlow)")
+OTHER_SOURCES_ADVICE = (
+    f"{DOWNLOAD_ADVICE}, or --config.data.source=tfds to load it through tensorflow-datasets "
+    f"(needs `pip install tensorflow tensorflow-datasets`; TFDS keeps its data in $TFDS_DATA_DIR, "
+    f"by default ~/tensorflow_datasets).")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")

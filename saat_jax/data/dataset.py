@@ -15,25 +15,34 @@ import numpy as np
 from saat_jax.config_base import SHARED_CIFAR10
 from saat_jax.data.archives import _resolve_path
 from saat_jax.data.cache import _load_local_cached
-from saat_jax.data.core import KNOWN_DATASETS, SOURCES, DataError, Dataset
+from saat_jax.data.core import KNOWN_DATASETS, OTHER_SOURCES_ADVICE, SOURCES, DataError, Dataset
+from saat_jax.data.download import download_archive
 from saat_jax.data.sources import _load_digits, _load_tfds
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0, seed: int = 0,
-                 cache_dir: Optional[str] = None, source: str = "auto") -> Dataset:
+                 cache_dir: Optional[str] = None, source: str = "auto",
+                 download_url: Optional[str] = None) -> Dataset:
   """Loads ``name`` ('cifar10', 'cifar100' or 'digits') as uint8 arrays; see :mod:`saat_jax.data`.
 
   Args:
     name: the data set, case-insensitive.
-    data_dir: for CIFAR, a folder or a tar archive holding one of the supported layouts (or, with
-      ``source='tfds'``, TFDS's data directory; None for its default). Ignored for 'digits'.
-      A relative path that does not exist from the working directory is also tried from the
-      project root (:func:`saat_jax.data.archives._resolve_path`), so the default
-      ``config_base.SHARED_CIFAR10`` works from anywhere.
+    data_dir: for CIFAR with source 'auto'/'local', a folder or a tar archive holding one of the
+      supported layouts. A relative path that does not exist from the working directory is also
+      tried from the project root (:func:`saat_jax.data.archives._resolve_path`), so the default
+      ``config_base.SHARED_CIFAR10`` works from anywhere. Ignored for 'digits' and by the
+      'download' and 'tfds' sources (TFDS keeps its data in ``$TFDS_DATA_DIR``, by default
+      ``~/tensorflow_datasets``).
     val_size: number of training examples held out as the validation set (0: none).
     seed: chooses which training examples are held out.
     cache_dir: where decoded arrays are cached; default ``$SAAT_JAX_CACHE`` or ``~/.cache/saat_jax``.
-    source: 'auto' / 'local' (read ``data_dir``) or 'tfds'.
+    source: 'auto' / 'local': read ``data_dir`` (nothing is downloaded unless asked: a mistyped
+      path is an error, not a 170 MB download). 'download': the official CIFAR python archive,
+      fetched once into ``<cache_dir>/downloads`` and checksum-verified
+      (:mod:`saat_jax.data.download`); needs internet the first time, not TensorFlow. 'tfds':
+      tensorflow-datasets (needs TensorFlow to prepare CIFAR).
+    download_url: with ``source='download'``, fetch the archive from this URL (a mirror or a
+      ``file://`` copy of the official archive) instead of the official address.
 
   Raises:
     DataError: for an unknown name or source, a missing or unreadable path, an archive of another
@@ -45,21 +54,24 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
                     f"Set data.name to one of them.")
   src = str(source).strip().lower()
   if src not in SOURCES:
-    raise DataError(f"unknown data source {source!r}; use one of {', '.join(SOURCES)} "
-                    f"('auto' reads data_dir, 'tfds' loads through tensorflow-datasets).")
+    raise DataError(f"unknown data source {source!r}; set --config.data.source to one of "
+                    f"{', '.join(SOURCES)} ('auto'/'local' read data.data_dir, 'download' fetches "
+                    f"the official CIFAR archive, 'tfds' loads through tensorflow-datasets).")
   _check_val_size(val_size)
 
   if key == "digits":
     train_x, train_y, test_x, test_y, class_names = _load_digits()
   elif src == "tfds":
-    train_x, train_y, test_x, test_y, class_names = _load_tfds(key, data_dir)
+    train_x, train_y, test_x, test_y, class_names = _load_tfds(key)
+  elif src == "download":
+    archive = download_archive(key, url=download_url, cache_dir=cache_dir)
+    train_x, train_y, test_x, test_y, class_names = _load_local_cached(key, archive, cache_dir)
   else:
     if data_dir is None or str(data_dir).strip() == "":
       raise DataError(
-          f"no data_dir given for {key}: pass data_dir= a CIFAR archive or folder (offline, "
-          f"CIFAR-10 as JPEG: {SHARED_CIFAR10} relative to the project root; or the archives of "
-          f"https://www.cs.toronto.edu/~kriz/cifar.html), or source='tfds' to load it through "
-          f"tensorflow-datasets (needs TensorFlow and internet).")
+          f"no data.data_dir given for {key}: set --config.data.data_dir to a CIFAR archive or "
+          f"folder (offline CIFAR-10 as JPEG: {SHARED_CIFAR10}, relative to the project root), or "
+          f"{OTHER_SOURCES_ADVICE}")
     train_x, train_y, test_x, test_y, class_names = _load_local_cached(
         key, _resolve_path(data_dir), cache_dir)
 

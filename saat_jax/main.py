@@ -1,0 +1,75 @@
+"""Train (and evaluate every epoch) from an ml_collections config: ``saat-train`` / ``launch.py``.
+
+  saat-train --config configs/saat_cifar10.py --workdir runs/saat
+  python launch.py --config configs/saat_digits.py --config.num_epochs=5 --workdir runs/digits
+
+The config is a file passed by path (any path: the configs/ of a checkout, or your own copy), so
+the installed ``saat-train`` console script works outside the repository too.
+
+Running again with the same --workdir resumes from its `last` checkpoint (a finished run says so
+and exits 0); a config that would change the run's trajectory is refused unless
+--config.allow_config_change=True. Ctrl-C exits with 130 after saying which checkpoint a rerun
+resumes from. Errors (bad config, data, checkpoint, a work dir in use) exit with 2. On several hosts
+(TPU pods, multi-node GPU), pass --distributed to call jax.distributed.initialize() first.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+# ---- Command-line flags (all of them; `saat-train --help` and `python launch.py --help`) ----------
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config, e.g. configs/saat_cifar10.py.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.jsonl.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+# ---- end of the flags ----------------------------------------------------------------------------
+
+
+def run(config, workdir: str) -> int:
+  """Train; return the exit code: 0 done, 2 an error explained on stderr, 130 interrupted (Ctrl-C)."""
+  from saat_jax.checkpointing import CheckpointError
+  from saat_jax.data import DataError
+  from saat_jax.train import TrainingDiverged, TrainingInterrupted, train_and_evaluate
+
+  try:
+    train_and_evaluate(config, workdir)
+  except KeyboardInterrupt as e:
+    msg = str(e) if isinstance(e, TrainingInterrupted) and str(e) else \
+        "interrupted before training started: run the same command to start (or resume) the run"
+    print(msg, file=sys.stderr, flush=True)
+    return 130
+  except (DataError, CheckpointError, TrainingDiverged, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
+def _main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  import jax
+
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  sys.exit(run(_CONFIG.value, _WORKDIR.value))
+
+
+def _help_shows_these_flags() -> None:
+  """absl's ``--help`` lists the main module's flags and docstring: the console script's
+  generated module and launch.py define none, so they get this module's."""
+  for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  program = sys.modules["__main__"]
+  if not getattr(program, "__doc__", None):
+    program.__doc__ = __doc__
+
+
+def main():
+  """The ``saat-train`` console script (and ``python launch.py``): parses the flags, then trains."""
+  _help_shows_these_flags()
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()
