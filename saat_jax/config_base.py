@@ -101,6 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.progress = True
   c.check_every = 20  # steps between NaN checks / progress updates
+  # The input path (results identical either way; tests/test_device_data.py): the uint8 training set
+  # kept on the devices and each batch gathered there (one small index array per step crosses from
+  # the host), and steps_per_dispatch steps run in one jitted lax.scan (the epoch's remainder in
+  # one shorter dispatch).
+  c.data_on_device = False
+  c.steps_per_dispatch = 1
   # Resuming a work dir with a config that changes the training trajectory (method, lr, data, ...)
   # is refused unless this is True; the change is then recorded in <workdir>/configs.jsonl.
   c.allow_config_change = False

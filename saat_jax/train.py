@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from saat_jax import checkpointing, log, parallel
+from saat_jax import checkpointing, health, log, parallel
 from saat_jax import workdir as workdir_files
 from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, config_changes
 from saat_jax.attack import check_sa_pgd_hparams
@@ -139,6 +139,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       problems.append(f"{name} must be >= 1, got {v}")
     elif int(v) % jax.device_count():
       problems.append(f"{name}={v} is not divisible by the {jax.device_count()} devices")
+  k = config.get("steps_per_dispatch", 1)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    problems.append(f"steps_per_dispatch must be an integer >= 1 (steps per jitted dispatch), got {k!r}")
+  if not isinstance(config.get("data_on_device", False), bool):
+    problems.append(f"data_on_device must be True or False, got {config.get('data_on_device')!r}")
   o = config.optim
   if not o.lr > 0 or not math.isfinite(o.lr):
     problems.append(f"optim.lr must be finite and > 0, got {o.lr}")
@@ -278,6 +283,42 @@ def make_train_step(config: ml_collections.ConfigDict, apply_fn, tx, steps_per_e
 # --------------------------------------------------------------------------------------------
 
 
+def make_dispatch(train_step, mesh, train_key):
+  """Several training steps in one jitted call on the device-resident training set.
+
+  ``dispatch(state, images, labels, idx, steps) -> (state, metrics)``: ``images``/``labels`` are the
+  whole uint8 training set on the devices (replicated), ``idx`` the ``(k, batch)`` example indices of
+  k consecutive steps and ``steps`` their global step numbers. ``train_step`` runs on each gathered
+  batch (split over the devices as ``parallel.shard_batch`` splits it) with the key
+  ``fold_in(train_key, step)`` of the host loop. Metrics come back stacked along a leading axis of
+  length k.
+
+  With k = 1 the program is the host loop's step with the gather in front: bit-identical results.
+  With k > 1 a ``lax.scan`` runs the steps; XLA compiles a loop body as a computation of its own and
+  may fuse (and so round) it differently, so results agree to float32 rounding (a few 1e-8 after
+  a step on CPU), not bit for bit (tests/test_device_data.py).
+  """
+  batch = parallel.data_sharded(mesh)
+
+  def one(st, images, labels, i, step):
+    x = jax.lax.with_sharding_constraint(jnp.take(images, i, axis=0), batch)
+    y = jax.lax.with_sharding_constraint(jnp.take(labels, i, axis=0), batch)
+    return train_step(st, x, y, jax.random.fold_in(train_key, step))
+
+  def dispatch(state, images, labels, idx, steps):
+    if idx.shape[0] == 1:
+      state, m = one(state, images, labels, idx[0], steps[0])
+      return state, jax.tree.map(lambda v: v[None], m)
+    return jax.lax.scan(lambda st, xs: one(st, images, labels, *xs), state, (idx, steps))
+
+  return dispatch
+
+
+def _dispatches(batches: list, k: int) -> list[list]:
+  """The epoch's batches in runs of ``k`` consecutive steps; the remainder is one shorter run."""
+  return [batches[i:i + k] for i in range(0, len(batches), k)]
+
+
 def _epoch_summary(step_metrics: list[dict]) -> dict:
   loss = np.array([m["loss"] for m in step_metrics], np.float64)
   acc = np.array([m["accuracy"] for m in step_metrics], np.float64)
@@ -407,8 +448,15 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
   train_key, eval_key = keys
   num_train, batch_size, num_epochs = len(data.train_labels), int(config.batch_size), int(config.num_epochs)
   state = jax.device_put(state, repl)
-  train_step = jax.jit(make_train_step(config, model.apply, tx, steps_per_epoch), donate_argnums=0,
-                       out_shardings=(repl, repl))
+  on_device, per_dispatch = bool(config.get("data_on_device", False)), int(config.get("steps_per_dispatch", 1))
+  step_fn = make_train_step(config, model.apply, tx, steps_per_epoch)
+  if on_device or per_dispatch > 1:
+    dispatch = jax.jit(make_dispatch(step_fn, mesh, train_key), donate_argnums=0, out_shardings=(repl, repl))
+    if on_device:  # once per run: the uint8 set, replicated (each process gives all of it)
+      images_dev = jax.make_array_from_process_local_data(repl, data.train_images)
+      labels_dev = jax.make_array_from_process_local_data(repl, data.train_labels)
+  else:
+    train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(repl, repl))
   ev = config.eval
   every = int(ev.get("every", 1))
   evaluator = RobustnessEvaluator(model.apply, eps=float(ev.eps), alpha=float(ev.alpha), steps=int(ev.steps),
@@ -424,22 +472,41 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
         f"| {steps_per_epoch} steps/epoch" + (f" | evaluated every {every} epochs and at the last" if every > 1 else ""))
 
   at = {"epoch": start_epoch, "step": start_epoch * steps_per_epoch}  # where a Ctrl-C finds the run
+  compiles = health.CompileCounter().start()
   try:
     for epoch in range(start_epoch, num_epochs):
-      t0 = time.time()
+      t0, compiled_before = time.time(), compiles.count
       step_metrics, pending = [], []
       batches = epoch_batches(num_train, batch_size, seed=int(config.seed), epoch=epoch)
-      bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
+      bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
                  disable=not config.progress, dynamic_ncols=True)
-      for i, idx in enumerate(bar):
+      i = 0
+      for run in _dispatches(batches, per_dispatch if (on_device or per_dispatch > 1) else 1):
         global_step = epoch * steps_per_epoch + i
         at.update(epoch=epoch, step=global_step)
-        images, labels = parallel.shard_batch(mesh, data.train_images[idx], data.train_labels[idx])
-        state, m = train_step(state, images, labels, jax.random.fold_in(train_key, global_step))
-        pending.append((global_step, m))
-        if len(pending) >= int(config.check_every) or i == len(batches) - 1:
-          fetched = jax.device_get([p[1] for p in pending])
-          for (gs, _), mm in zip(pending, fetched):
+        if on_device or per_dispatch > 1:
+          idx = np.stack(run).astype(np.int32)
+          steps = np.arange(global_step, global_step + len(run), dtype=np.int32)
+          if on_device:
+            state, ms = dispatch(state, images_dev, labels_dev, idx, steps)
+          else:  # host data, several steps per dispatch: the run's batches go over at once
+            sel = idx.reshape(-1)
+            x = jax.make_array_from_process_local_data(repl, data.train_images[sel])
+            y = jax.make_array_from_process_local_data(repl, data.train_labels[sel])
+            state, ms = dispatch(state, x, y, np.arange(sel.size, dtype=np.int32).reshape(idx.shape), steps)
+          pending.append((global_step, len(run), ms))  # stacked: split on the host once fetched
+        else:
+          images, labels = parallel.shard_batch(mesh, data.train_images[run[0]], data.train_labels[run[0]])
+          state, m = train_step(state, images, labels, jax.random.fold_in(train_key, global_step))
+          pending.append((global_step, None, m))
+        i += len(run)
+        bar.update(len(run))
+        if sum(n or 1 for _, n, _ in pending) >= int(config.check_every) or i == len(batches):
+          fetched = jax.device_get([p[2] for p in pending])
+          per_step = []
+          for (gs, n, _), mm in zip(pending, fetched):
+            per_step += [(gs, mm)] if n is None else [(gs + j, {k: v[j] for k, v in mm.items()}) for j in range(n)]
+          for gs, mm in per_step:
             if not np.isfinite(mm["loss"]):
               raise TrainingDiverged(
                   f"training loss became {float(mm['loss'])} at step {gs} (epoch {epoch + 1}, batch {gs - epoch * steps_per_epoch}); "
@@ -468,6 +535,8 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
               for name, value in evaluator.run(variables, images, labels, jax.random.fold_in(eval_key, k)).items():
                 record[f"{prefix}{split}_{name}"] = value
       record["eval_time_s"] = time.time() - t1
+      # health: XLA compilations in this epoch (0 after the first one) and host memory (flat)
+      record["compiles"], record["host_rss_mb"] = compiles.count - compiled_before, health.host_rss_mb()
       is_best = False
       if evaluated:  # an epoch without evaluation cannot become `best`
         selected = record[f"{'ema_' if ev.best_weights == 'ema' else ''}{ev.select_best_on}_pgd_accuracy"]
@@ -507,6 +576,8 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
     where = (f"the last checkpoint is epoch {saved + 1}: run the same command to resume" if saved is not None
              else "no epoch had finished, so there is no checkpoint yet: run the same command to start again")
     raise TrainingInterrupted(f"interrupted at epoch {at['epoch'] + 1} step {at['step']}; {where}") from None
+  finally:
+    compiles.stop()
   return history
 
 

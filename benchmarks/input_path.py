@@ -1,0 +1,77 @@
+"""Step rate of the input paths in a host-bound setting: host batches (one step a dispatch) against
+the training set on the device (one step, or k steps a dispatch with lax.scan).
+
+A small CNN on digits (configs/digits.py:<method>, default natural: the cheapest step, so the input
+path and dispatch matter most), batch 128, epochs timed from metrics.jsonl's ``train_time_s``
+(the first epoch, which compiles, left out); the variants interleave epoch by epoch in rounds.
+
+  python benchmarks/input_path.py --out benchmarks/results/input_path_cpu_digits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import benchinfo  # noqa: E402
+
+VARIANTS = {"host_k1": {}, "device_k1": {"data_on_device": True},
+            "device_k10": {"data_on_device": True, "steps_per_dispatch": 10}}
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--method", default="natural")
+  ap.add_argument("--batch-size", type=int, default=128)
+  ap.add_argument("--epochs", type=int, default=6, help="epochs per variant (the first is not timed)")
+  ap.add_argument("--out", default=None)
+  args = ap.parse_args(argv)
+
+  from configs import digits
+  from saat_jax.train import train_and_evaluate
+
+  record = {"benchmark": "input_path", "created": benchinfo.now_utc(), "command": benchinfo.command_line(),
+            "config": f"configs/digits.py:{args.method}", "batch_size": args.batch_size, "epochs": args.epochs,
+            "device": benchinfo.device_info(), "versions": benchinfo.versions(), "git": benchinfo.git_state(),
+            "threads": benchinfo.threads_info(), "load_before": benchinfo.loadavg(), "variants": {}}
+  times = {name: [] for name in VARIANTS}
+  with tempfile.TemporaryDirectory() as tmp:
+    for n in range(1, args.epochs + 1):  # one more epoch of every variant per round (a resume)
+      for name, over in VARIANTS.items():
+        c = digits.get_config(args.method)
+        c.update_from_flattened_dict({"batch_size": args.batch_size, "progress": False, "num_epochs": n,
+                                      "eval.every": 10**6, "eval.num_test": 128, "eval.train_subset": 0,
+                                      **over})
+        workdir = os.path.join(tmp, name)
+        train_and_evaluate(c, workdir)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+          times[name] = [json.loads(line)["train_time_s"] for line in f]
+  steps = None
+  for name, t in times.items():
+    timed = sorted(t[1:])
+    med = timed[len(timed) // 2]
+    steps = steps or (1397 // args.batch_size)
+    record["variants"][name] = {"config": VARIANTS[name], "epoch_train_s": t, "median_epoch_s": med,
+                                "steps_per_s": steps / med}
+  base = record["variants"]["host_k1"]["median_epoch_s"]
+  for name, v in record["variants"].items():
+    v["speedup_vs_host_k1"] = base / v["median_epoch_s"]
+    print(f"{name:12s} median epoch {v['median_epoch_s']:.3f}s  {v['steps_per_s']:.1f} steps/s  "
+          f"x{v['speedup_vs_host_k1']:.2f} vs host_k1")
+  record["load_after"] = benchinfo.loadavg()
+  if args.out:
+    benchinfo.write_json(args.out, record)
+    print(f"written {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
