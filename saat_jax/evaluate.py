@@ -59,6 +59,7 @@ def main(argv=None) -> int:
                   help="seed of the attacks' random starts (default: those of the run's own evaluation)")
   ap.add_argument("--weights", default="raw", choices=("raw", "ema"),
                   help="the trained weights or their EMA (runs with ema.decay > 0)")
+  ap.add_argument("--dtype", default=None, help="compute dtype, float32 or bfloat16 (default: the run's model.dtype)")
   ap.add_argument("--out", default=None, help="JSON path (default <workdir>/eval.json)")
   args = ap.parse_args(argv)
 
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
                           alpha=None if args.alpha is None else args.alpha / 255,
                           num_test=args.num_test, batch_size=args.batch_size, aa_version=args.aa_version,
                           sweep=sweep, sweep_attack=args.sweep_attack, data_dir=args.data_dir,
-                          seed=args.seed, progress=True, weights=args.weights)
+                          seed=args.seed, progress=True, weights=args.weights, dtype=args.dtype)
   except (checkpointing.CheckpointError, DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
 
 def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20", "aa"), eps=None, alpha=None,
                  num_test=0, batch_size=None, aa_version="standard", sweep=(), sweep_attack="pgd",
-                 data_dir=None, seed=0, progress=False, weights="raw") -> dict:
+                 data_dir=None, seed=0, progress=False, weights="raw", dtype=None) -> dict:
   """Evaluate checkpoints of a run; returns a JSON-able report (see ``format_table``).
 
   ``eps``/``alpha`` default to the run's own ``eval.eps``/``eval.alpha``, and PGD starts from the
@@ -138,7 +139,7 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
   report = {"workdir": workdir, "checkpoints": {}, "sweep_attack": sweep_attack, "weights": weights}
   data = None
   for kind in kinds:
-    model, variables, meta, cfg = restore_for_eval(workdir, kind, weights)
+    model, variables, meta, cfg = restore_for_eval(workdir, kind, weights, dtype)
     if data is None:
       eps = float(cfg.eval.eps) if eps is None else eps
       alpha = float(cfg.eval.alpha) if alpha is None else alpha
