@@ -17,7 +17,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
-ALL_PARTS="env,throughput_pr18,throughput_wrn,sa_pgd,train3,pgd20,autoattack"
+ALL_PARTS="env,throughput_pr18,throughput_wrn,throughput_bf16,sa_pgd,train3,pgd20,autoattack"
 PARTS="$ALL_PARTS"
 DRY=0
 SMOKE=0
@@ -89,6 +89,7 @@ fi
 if [ "$SMOKE" = 1 ]; then
   TT_PR18="--model small_cnn --batch 8 --warmup 1 --steps 1 --torch-threads 1"
   TT_WRN="--model small_cnn --batch 16 --methods saat --warmup 1 --steps 1 --torch-threads 1"
+  TT_BF16="--model small_cnn --batch 8 --methods saat --dtype float32 bfloat16 --skip-torch --warmup 1 --steps 1"
   SAPGD="--model small_cnn --batch 8 --repeats 1"
   TRAIN3_EPOCHS=1
   TRAIN3="--config.model.name=small_cnn --config.data.num_train=128 --config.batch_size=32 --config.eval.num_test=100 --config.eval.train_subset=0"
@@ -98,6 +99,7 @@ if [ "$SMOKE" = 1 ]; then
 else
   TT_PR18="--model preact_resnet18 --batch 128 512 --warmup 2 --steps 5"
   TT_WRN="--model wrn34_10 --batch 128 --warmup 2 --steps 5"
+  TT_BF16="--model preact_resnet18 --batch 128 512 --methods natural saat --dtype float32 bfloat16 --skip-torch --warmup 2 --steps 5"
   SAPGD="--model preact_resnet18 --batch 128 --repeats 5"
   TRAIN3_EPOCHS=3
   TRAIN3=""
@@ -115,6 +117,7 @@ part_limit() {
     env) echo 120 ;;                # [20 s]
     throughput_pr18) echo 560 ;;    # [~6 min: 8 JAX compiles of 20-40 s, 2 x 4 methods x 7 steps each side]
     throughput_wrn) echo 480 ;;     # [~5 min: 4 compiles of ~40 s, SAAT ~1 s/step]
+    throughput_bf16) echo 480 ;;    # [~5 min: 8 compiles (2 methods x 2 batches x float32/bfloat16) of 20-40 s]
     sa_pgd) echo 180 ;;             # [~1 min]
     train3) echo 480 ;;             # [~5 min: ~80 s/epoch + PGD-20 eval of 11k points per epoch]
     pgd20) echo 240 ;;              # [~1 min with the reference]
@@ -127,6 +130,7 @@ part_cmd() {
     env) echo "python3 - (devices, versions, nvidia-smi) > env.json" ;;
     throughput_pr18) echo "$PY benchmarks/train_throughput.py $TT_PR18 --out $RESULTS/throughput_preact18.json" ;;
     throughput_wrn) echo "$PY benchmarks/train_throughput.py $TT_WRN --out $RESULTS/throughput_wrn34_10.json" ;;
+    throughput_bf16) echo "$PY benchmarks/train_throughput.py $TT_BF16 --out $RESULTS/throughput_preact18_bf16.json" ;;
     sa_pgd) echo "$PY benchmarks/sa_pgd_overhead.py $SAPGD --out $RESULTS/sa_pgd_overhead.json" ;;
     train3) echo "$PY launch.py --config configs/saat_cifar10.py --config.num_epochs=$TRAIN3_EPOCHS $TRAIN3 $LAUNCH_COMMON --workdir $TRAIN3_DIR  (then s/epoch from metrics.jsonl -> train3.json)" ;;
     pgd20) echo "$PY benchmarks/pgd20_eval_time.py --workdir $TRAIN3_DIR (or a fresh PreAct ResNet-18) --data $DATA $PGD20 --out $RESULTS/pgd20_eval_time.json" ;;
@@ -347,6 +351,8 @@ for p in ${PARTS//,/ }; do
     throughput_pr18) run_part "$p" "$PY" benchmarks/train_throughput.py $TT_PR18 --out "$RESULTS/throughput_preact18.json" ;;
     # shellcheck disable=SC2086
     throughput_wrn) run_part "$p" "$PY" benchmarks/train_throughput.py $TT_WRN --out "$RESULTS/throughput_wrn34_10.json" ;;
+    # shellcheck disable=SC2086
+    throughput_bf16) run_part "$p" "$PY" benchmarks/train_throughput.py $TT_BF16 --out "$RESULTS/throughput_preact18_bf16.json" ;;
     # shellcheck disable=SC2086
     sa_pgd) run_part "$p" "$PY" benchmarks/sa_pgd_overhead.py $SAPGD --out "$RESULTS/sa_pgd_overhead.json" ;;
     train3) run_part "$p" part_train3 ;;

@@ -39,7 +39,14 @@ batch shape, BatchNorm as the attack sees it) and SA-PGD's trips are read from t
 statistics. Whether this backend's cost analysis counts loop bodies once is checked on a small
 loop first; where it counts every trip, no correction is made. Both numbers are recorded.
 
+Mixed precision: ``--dtype float32 bfloat16`` builds one saat_jax step per compute dtype
+(``config.model.dtype``; parameters, optimizer state and losses stay float32) and times them
+alternately with the other sides; a result then holds ``jax`` (float32), ``jax_bfloat16`` and
+``speedup_bfloat16_over_float32_median`` (float32 time / bfloat16 time, > 1: bf16 faster). The
+PyTorch reference always runs in float32 (TF32 as torch's settings say, recorded).
+
   python benchmarks/train_throughput.py --quick --model small_cnn                  # smoke, < 1 min on a CPU
+  python benchmarks/train_throughput.py --model preact_resnet18 --batch 128 --dtype float32 bfloat16 --skip-torch
   python benchmarks/train_throughput.py --model preact_resnet18 --batch 32 --methods saat at --steps 5
   python benchmarks/train_throughput.py --model preact_resnet18 --batch 128 512    # on a GPU
   python benchmarks/train_throughput.py --model wrn34_10 --batch 128 --peak-tflops 989
@@ -63,6 +70,7 @@ sys.path.insert(0, HERE)
 import benchinfo  # noqa: E402
 
 METHODS = ("natural", "at", "saat", "trades")
+DTYPES = ("float32", "bfloat16")  # saat_jax.models.COMPUTE_DTYPES
 MODELS = ("preact_resnet18", "wrn34_10", "small_cnn", "resnet18")
 PAPER_ROWS = {"at": "at", "saat": "saat_up_e14_r1.7", "trades": "trades"}  # configs/paper.py:<row>
 STEPS_PER_EPOCH = 50_000 // 128  # only sets the (irrelevant here) lr milestones of make_optimizer
@@ -73,7 +81,7 @@ STEPS_PER_EPOCH = 50_000 // 128  # only sets the (irrelevant here) lr milestones
 # ------------------------------------------------------------------------------------------------
 
 
-def jax_config(method: str, model: str, batch: int, rho: float, attack_bn):
+def jax_config(method: str, model: str, batch: int, rho: float, attack_bn, dtype: str = "float32"):
   from configs import paper
   from saat_jax.config_base import base_config
   from saat_jax.train import validate_config
@@ -85,6 +93,7 @@ def jax_config(method: str, model: str, batch: int, rho: float, attack_bn):
   else:
     c = paper.get_config(PAPER_ROWS[method])
   c.model.name = model
+  c.model.dtype = dtype
   c.batch_size = batch
   if method == "saat":
     c.saat.rho = float(rho)
@@ -97,16 +106,17 @@ def jax_config(method: str, model: str, batch: int, rho: float, attack_bn):
 class JaxSide:
   """One method's compiled step, its state and its inputs."""
 
-  def __init__(self, method, args, batch, images_u8, labels, torch_weights=None):
+  def __init__(self, method, args, batch, images_u8, labels, torch_weights=None, dtype="float32"):
     import jax
     import numpy as np
 
     from saat_jax.models import create_model
     from saat_jax.train import initial_state, make_optimizer, make_train_step
 
-    self.method, self.batch = method, batch
-    self.config = c = jax_config(method, args.model, batch, args.rho, args.attack_bn)
-    self.model = create_model(args.model, 10, normalization="cifar10")
+    self.method, self.batch, self.dtype = method, batch, dtype
+    self.key = "jax" if dtype == "float32" else f"jax_{dtype}"  # its entry in a result
+    self.config = c = jax_config(method, args.model, batch, args.rho, args.attack_bn, dtype)
+    self.model = create_model(args.model, 10, normalization="cifar10", dtype=dtype)
     self.tx, _ = make_optimizer(c, STEPS_PER_EPOCH)
     state = initial_state(self.model, self.tx, jax.random.key(0), (32, 32, 3))
     if torch_weights is not None:  # the torch model's initial weights, so both train the same net
@@ -504,6 +514,9 @@ def parse_args(argv=None):
   ap.add_argument("--quick", action="store_true",
                   help="smoke run: batch 8, 1 warm-up and 2 timed steps, torch on 1 thread unless "
                   "--torch-threads; result not saved unless --out")
+  ap.add_argument("--dtype", nargs="+", default=["float32"], choices=DTYPES,
+                  help="saat_jax compute dtype(s) (config.model.dtype), each timed alternately with the "
+                  "others; float32 and bfloat16 together give the bf16 speed-up")
   ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_throughput_<...>.json)")
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args(argv)
@@ -515,6 +528,7 @@ def parse_args(argv=None):
   if bad:
     ap.error(f"unknown method(s) {bad}; use any of {', '.join(METHODS)} (SAAT is 'saat')")
   args.methods = methods
+  args.dtype = list(dict.fromkeys(args.dtype))
   if args.skip_jax and args.skip_torch:
     ap.error("--skip-jax and --skip-torch together leave nothing to time")
   if not (args.rho > 0 or math.isinf(args.rho)):
@@ -559,7 +573,7 @@ def main(argv=None):
   peaks = benchinfo.peak_tflops(dev["jax_device_kind"], args.peak_tflops)
   record = {
       "benchmark": "train_throughput", "created": benchinfo.now_utc(), "command": benchinfo.command_line(),
-      "model": args.model, "batches": args.batch, "methods": args.methods,
+      "model": args.model, "batches": args.batch, "methods": args.methods, "dtypes": args.dtype,
       "rho": "inf" if math.isinf(args.rho) else args.rho, "attack_bn_override": args.attack_bn,
       "warmup_steps": args.warmup, "timed_steps": args.steps, "quick": args.quick,
       "device": dev, "peak_tflops": peaks, "versions": benchinfo.versions(), "git": benchinfo.git_state(),
@@ -580,9 +594,10 @@ def main(argv=None):
   record["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
   out_path = args.out
   if out_path is None and not args.quick:
+    dtypes = "" if args.dtype == ["float32"] else "_" + "-".join(args.dtype)
     out_path = os.path.join(ROOT, "benchmarks", "results",
                             f"train_throughput_{dev['jax_platform']}_{args.model}_b{'-'.join(map(str, args.batch))}"
-                            f"_{benchinfo.stamp()}.json")
+                            f"{dtypes}_{benchinfo.stamp()}.json")
   counting = loop_counting() if not args.skip_jax else {}
   record["xla_loop_counting"] = counting
   print(f"device: {dev['jax_device_kind']} ({dev['jax_platform']}); CPU {dev['cpu_model']}; "
@@ -601,9 +616,12 @@ def main(argv=None):
         net = net.to(torch_device)
         res["same_initial_weights"] = weights is not None and not args.skip_jax
       js = ts = None
+      jax_sides = []
       try:
         if not args.skip_jax:
-          js = JaxSide(method, args, batch, images, labels, torch_weights=weights)
+          jax_sides = [JaxSide(method, args, batch, images, labels, torch_weights=weights, dtype=d)
+                       for d in args.dtype]
+          js = jax_sides[0]
           res["config"] = {"row": js.config.experiment.row or None, "method": js.config.method,
                            "attack_bn": js.config.attack_bn}
           if method == "saat":
@@ -613,7 +631,7 @@ def main(argv=None):
                                      "k": s.k, "start_steps": s.start_steps}
         if want_torch:
           ts = TorchSide(method, args, batch, x_float, labels, net, torch_device)
-        sides = [s for s in (js, ts) if s is not None]
+        sides = jax_sides + ([ts] if ts is not None else [])
         for _ in range(args.warmup):
           for s in sides:
             s.step()
@@ -625,31 +643,35 @@ def main(argv=None):
           load.append(benchinfo.loadavg())
           if not args.quick:
             print(f"  {method} b{batch} timed step {k + 1}/{args.steps}: "
-                  + ", ".join(f"{'jax' if s is js else 'torch'} {times[id(s)][-1]:.3f} s" for s in sides)
+                  + ", ".join(f"{getattr(s, 'key', 'torch')} {times[id(s)][-1]:.3f} s" for s in sides)
                   + f"; load {load[-1]}", flush=True)
         res["load_during"] = load
-        if js is not None:
-          fl = step_flops(js, counting)
-          res["jax"] = {"compile_s": js.compile_s, **fl,
-                        **summarize(times[id(js)], batch, fl.get("flops_per_step"), peaks)}
-          steps = np.asarray(js.last_metrics["steps"])
-          res["jax"]["attack_steps_per_example"] = {"mean": float(steps.mean()), "max": int(steps.max())}
-          res["jax"]["loss_last_step"] = float(js.last_metrics["loss"])
+        for side in jax_sides:
+          fl = step_flops(side, counting)
+          j = res[side.key] = {"dtype": side.dtype, "compile_s": side.compile_s, **fl,
+                               **summarize(times[id(side)], batch, fl.get("flops_per_step"), peaks)}
+          steps = np.asarray(side.last_metrics["steps"])
+          j["attack_steps_per_example"] = {"mean": float(steps.mean()), "max": int(steps.max())}
+          j["loss_last_step"] = float(side.last_metrics["loss"])
         if ts is not None:
           res["torch"] = summarize(times[id(ts)], batch)
-        if js is not None and ts is not None:
-          j, t = res["jax"], res["torch"]
-          res["ratio_jax_over_torch_median"] = j["median_s"] / t["median_s"]
-          res["ratio_jax_over_torch_best"] = j["best_s"] / t["best_s"]
-          res["speedup_torch_over_jax_median"] = t["median_s"] / j["median_s"]
-          res["speedup_torch_over_jax_best"] = t["best_s"] / j["best_s"]
+          for side in jax_sides:
+            j, t = res[side.key], res["torch"]
+            res[f"ratio_{side.key}_over_torch_median"] = j["median_s"] / t["median_s"]
+            res[f"ratio_{side.key}_over_torch_best"] = j["best_s"] / t["best_s"]
+            res[f"speedup_torch_over_{side.key}_median"] = t["median_s"] / j["median_s"]
+            res[f"speedup_torch_over_{side.key}_best"] = t["best_s"] / j["best_s"]
+        if "jax" in res and "jax_bfloat16" in res:
+          f32, bf16 = res["jax"], res["jax_bfloat16"]
+          res["speedup_bfloat16_over_float32_median"] = f32["median_s"] / bf16["median_s"]
+          res["speedup_bfloat16_over_float32_best"] = f32["best_s"] / bf16["best_s"]
       except Exception as e:  # noqa: BLE001 - keep the other methods' results, record this failure
         import traceback
 
         traceback.print_exc()
         res["error"] = f"{type(e).__name__}: {e}"
       finally:
-        del js, ts, net
+        del js, ts, net, jax_sides
         if want_torch and torch_device.startswith("cuda"):
           torch.cuda.empty_cache()
       record["results"].append(res)
@@ -672,10 +694,10 @@ def print_row(res, flush=False):
     print(f"{head} ERROR {res['error']}", flush=flush)
     return
   parts = []
-  if "jax" in res:
-    j = res["jax"]
+  for key in [k for k in res if k == "jax" or k.startswith("jax_")]:
+    j = res[key]
     tf = f", {j['tflops_per_s']:.3g} TFLOP/s" if j.get("tflops_per_s") else ""
-    parts.append(f"jax {j['median_s']:.4g} s (best {j['best_s']:.4g}, {j['images_per_s']:.4g} img/s{tf}; "
+    parts.append(f"{key} {j['median_s']:.4g} s (best {j['best_s']:.4g}, {j['images_per_s']:.4g} img/s{tf}; "
                  f"compile {j['compile_s']:.1f} s)")
   if "torch" in res:
     t = res["torch"]
@@ -683,6 +705,9 @@ def print_row(res, flush=False):
   if "ratio_jax_over_torch_median" in res:
     parts.append(f"jax/torch {res['ratio_jax_over_torch_median']:.3f} (best {res['ratio_jax_over_torch_best']:.3f}), "
                  f"speedup {res['speedup_torch_over_jax_median']:.3f}")
+  if "speedup_bfloat16_over_float32_median" in res:
+    parts.append(f"bf16 speed-up {res['speedup_bfloat16_over_float32_median']:.3f} "
+                 f"(best {res['speedup_bfloat16_over_float32_best']:.3f})")
   print(head + " | ".join(parts), flush=flush)
 
 

@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "preact_resnet18"
   c.model.normalization = "cifar10"  # inside the model, as the released SAAT code
   c.model.kwargs = ml_collections.ConfigDict()
+  # Compute dtype: float32 | bfloat16 (mixed precision: parameters, optimizer state, BatchNorm
+  # statistics, losses and the attacks' inputs and perturbations stay float32; saat_jax.models).
+  c.model.dtype = "float32"
 
   # Standard AT: PGD-10, eps 8/255, alpha 2/255, uniform random start (Madry et al.; Rice et al.).
   c.at = ml_collections.ConfigDict(dict(eps=8 / 255, alpha=2 / 255, steps=10))

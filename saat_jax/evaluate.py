@@ -46,6 +46,7 @@ def eval_config():
   c.data_dir = placeholder(str)  # None: the run's data.data_dir
   c.seed = placeholder(int)  # None: the random starts of the run's own per-epoch evaluation
   c.weights = "raw"  # raw, or ema (runs with ema.decay > 0)
+  c.dtype = placeholder(str)  # compute dtype, float32 or bfloat16; None: the run's model.dtype
   return c
 
 
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
                           alpha=None if ev.alpha is None else ev.alpha / 255,
                           num_test=ev.num_test, batch_size=ev.batch_size, aa_version=ev.aa_version,
                           sweep=sweep, sweep_attack=ev.sweep_attack, data_dir=ev.data_dir,
-                          seed=ev.seed, progress=True, weights=ev.weights)
+                          seed=ev.seed, progress=True, weights=ev.weights, dtype=ev.dtype)
   except (checkpointing.CheckpointError, DataError, ValueError) as e:
     return _fail(str(e))
   out = fv.out or os.path.join(workdir, "eval.json")
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
 
 
 # What makes two evaluations comparable: the numbers of both may share one eval.json.
-SETTINGS = ("eps_255", "alpha_255", "weights", "num_test", "seed", "aa_version", "sweep_attack")
+SETTINGS = ("eps_255", "alpha_255", "weights", "num_test", "seed", "aa_version", "sweep_attack", "dtype")
 
 
 def merge_into(path: str, report: dict) -> tuple[dict, Optional[str]]:
@@ -219,7 +220,7 @@ def merge_into(path: str, report: dict) -> tuple[dict, Optional[str]]:
 
 def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20", "aa"), eps=None, alpha=None,
                  num_test=0, batch_size=None, aa_version="standard", sweep=(), sweep_attack="pgd",
-                 data_dir=None, seed=0, progress=False, weights="raw") -> dict:
+                 data_dir=None, seed=0, progress=False, weights="raw", dtype=None) -> dict:
   """Evaluate checkpoints of a run; returns a JSON-able report (see ``format_table``).
 
   ``eps``/``alpha`` default to the run's own ``eval.eps``/``eval.alpha``, and PGD starts from the
@@ -230,10 +231,10 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
   from saat_jax.data import load_dataset
 
   report = {"workdir": workdir, "checkpoints": {}, "sweep_attack": sweep_attack, "weights": weights,
-            "aa_version": aa_version, "seed": seed}
+            "aa_version": aa_version, "seed": seed, "dtype": dtype}
   data = None
   for kind in kinds:
-    model, variables, meta, cfg = restore_for_eval(workdir, kind, weights)
+    model, variables, meta, cfg = restore_for_eval(workdir, kind, weights, dtype)
     if data is None:
       eps = float(cfg.eval.eps) if eps is None else eps
       alpha = float(cfg.eval.alpha) if alpha is None else alpha

@@ -31,8 +31,16 @@ def model_spec(config: ml_collections.ConfigDict, num_classes: int) -> dict:
           "kwargs": dict(config.model.get("kwargs", {}) or {})}
 
 
-def model_from_spec(spec: dict):
-  return create_model(spec["name"], spec["num_classes"], normalization=spec["normalization"],
+def run_dtype(config) -> str:
+  """The compute dtype a run trained in: ``config.model.dtype`` (a config or its JSON), float32 for
+  runs from before the key existed. Not part of :func:`model_spec`: the weights are float32 either
+  way, so a change of dtype on resume is a config change (:func:`saat_jax.workdir.config_changes`)."""
+  return (config.get("model") or {}).get("dtype", "float32")
+
+
+def model_from_spec(spec: dict, dtype="float32"):
+  """The network of ``spec``, computing in ``dtype`` (see :func:`run_dtype`)."""
+  return create_model(spec["name"], spec["num_classes"], normalization=spec["normalization"], dtype=dtype,
                       **spec.get("kwargs", {}))
 
 
@@ -105,9 +113,11 @@ def check_weights_fit(model, variables: dict, shape, where: str) -> None:
     raise checkpointing.CheckpointError(f"the checkpoint in {where} does not fit its model {type(model).__name__}")
 
 
-def restore_for_eval(workdir: str, kind: str = "last", weights: str = "raw"):
-  """``(model, variables, meta, config)`` of a run's ``kind`` checkpoint, ready for the evaluators."""
+def restore_for_eval(workdir: str, kind: str = "last", weights: str = "raw", dtype=None):
+  """``(model, variables, meta, config)`` of a run's ``kind`` checkpoint, ready for the evaluators.
+
+  The model computes in ``dtype``, by default the run's own (:func:`run_dtype`)."""
   variables, meta = restore_weights(workdir, kind, weights)
-  model = model_from_spec(meta["model"])
+  model = model_from_spec(meta["model"], run_dtype(meta["config"]) if dtype is None else dtype)
   check_weights_fit(model, variables, image_shape(meta), checkpointing.checkpoint_dir(workdir, kind))
   return model, jax.device_put(variables), meta, ml_collections.ConfigDict(meta["config"])

@@ -40,8 +40,8 @@ from saat_jax.data import PAD_MODES, augment, epoch_batches, load_dataset, to_fl
 from saat_jax.losses import correct
 from saat_jax.metric_writer import MetricWriter, write_jsonl
 from saat_jax.methods import ATTACK_BN, METHODS, STOP_LOSSES, AttackNet, get_method
-from saat_jax.models import count_params, init_variables
-from saat_jax.run_state import model_from_spec, model_spec, run_keys, variables_of
+from saat_jax.models import compute_dtype, count_params, init_variables
+from saat_jax.run_state import model_from_spec, model_spec, run_dtype, run_keys, variables_of
 
 EPS_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -119,6 +119,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     problems.append(f"eval.best_weights={config.eval.best_weights!r}; use 'raw' or 'ema'")
   elif config.eval.best_weights == "ema" and not config.ema.decay > 0:
     problems.append("eval.best_weights='ema' needs an EMA: set ema.decay (e.g. 0.999)")
+  try:
+    compute_dtype(run_dtype(config))
+  except ValueError as e:
+    problems.append(f"model.{e}")
   if config.data.pad_mode not in PAD_MODES:
     problems.append(f"data.pad_mode={config.data.pad_mode!r} is unknown; use one of {PAD_MODES}")
   if config.method == "at":
@@ -364,7 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   if data.name == "digits" and config.data.data_dir:
     log.info(f"note: data.data_dir={config.data.data_dir!r} is ignored: digits come with scikit-learn")
   spec = model_spec(config, data.num_classes)
-  model = model_from_spec(spec)
+  model = model_from_spec(spec, run_dtype(config))
   mesh = parallel.make_mesh()
   repl = parallel.replicated(mesh)
 

@@ -4,6 +4,10 @@ Every model maps NHWC images in [0, 1] to logits and takes ``train: bool`` (Batc
 statistics when True). Input normalisation (e.g. CIFAR-10 mean/std, as the released SAAT code does)
 happens inside the model, so eps is always in pixel units (8/255).
 
+``dtype`` is the compute dtype (``'float32'``, the default, or ``'bfloat16'``; config.model.dtype):
+parameters and BatchNorm statistics stay float32, the input is normalised in float32 and then cast,
+and the logits come back as float32 (see :mod:`saat_jax.models.layers`).
+
 ``create_model(name, num_classes, ...)`` names:
   ``preact_resnet18``, ``resnet18``, ``wrn34_<x>`` (e.g. ``wrn34_10``; ``wrn<depth>_<x>`` for other
   depths), ``small_cnn``.
@@ -12,13 +16,14 @@ happens inside the model, so eps is always in pixel units (8/255).
 from __future__ import annotations
 
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from saat_jax.models.layers import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from saat_jax.models.layers import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, COMPUTE_DTYPES,
+                                    compute_dtype)
 from saat_jax.models.preact_resnet import PreActResNet
 from saat_jax.models.resnet import ResNet
 from saat_jax.models.small import SmallCNN
@@ -34,12 +39,14 @@ NORMALIZATIONS = {
 }
 
 
-def create_model(name: str, num_classes: int = 10, *, normalization: str = "none",
+def create_model(name: str, num_classes: int = 10, *, normalization: str = "none", dtype: Any = "float32",
                  **kwargs: Any) -> nn.Module:
-  """Build a model by name; raises ``ValueError`` naming the known models for an unknown one."""
+  """Build a model by name, computing in ``dtype``; raises ``ValueError`` naming the known models
+  (normalizations, dtypes) for an unknown one."""
   if normalization not in NORMALIZATIONS:
     raise ValueError(f"unknown normalization {normalization!r}; use one of {sorted(NORMALIZATIONS)}")
   mean, std = NORMALIZATIONS[normalization]
+  kwargs["dtype"] = compute_dtype(dtype)
   key = name.lower().replace("-", "_")
   if key == "preact_resnet18":
     return PreActResNet(num_classes=num_classes, mean=mean, std=std, **kwargs)
@@ -68,4 +75,4 @@ def count_params(params) -> int:
 
 
 __all__ = ["create_model", "init_variables", "count_params", "convert_state_dict", "load_torch_checkpoint", "PreActResNet", "ResNet", "WideResNet",
-           "SmallCNN", "MODEL_NAMES", "NORMALIZATIONS"]
+           "SmallCNN", "MODEL_NAMES", "NORMALIZATIONS", "COMPUTE_DTYPES", "compute_dtype"]

@@ -8,12 +8,13 @@ with a slow reference).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from saat_jax.models.layers import TorchLinear, batch_norm, conv, normalize
+from saat_jax.models.layers import TorchLinear, batch_norm, conv, model_input
 
 
 class SmallCNN(nn.Module):
@@ -22,15 +23,17 @@ class SmallCNN(nn.Module):
   use_bn: bool = True
   mean: Optional[Sequence[float]] = None
   std: Optional[Sequence[float]] = None
+  dtype: Any = jnp.float32  # compute dtype (layers.COMPUTE_DTYPES); parameters are float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    out = normalize(x, self.mean, self.std)
+    dt = self.dtype
+    out = model_input(x, self.mean, self.std, dt)
     for i, (feat, stride) in enumerate(((self.width, 1), (2 * self.width, 2))):
-      out = conv(feat, 3, stride, name=f"conv{i + 1}")(out)
+      out = conv(feat, 3, stride, dtype=dt, name=f"conv{i + 1}")(out)
       if self.use_bn:
-        out = batch_norm(train, f"bn{i + 1}")(out)
+        out = batch_norm(train, f"bn{i + 1}", dt)(out)
       out = nn.relu(out)
     out = out.reshape(out.shape[0], -1)
-    out = nn.relu(TorchLinear(4 * self.width, name="fc1")(out))
-    return TorchLinear(self.num_classes, name="fc2")(out)
+    out = nn.relu(TorchLinear(4 * self.width, dtype=dt, name="fc1")(out))
+    return TorchLinear(self.num_classes, dtype=dt, name="fc2")(out).astype(jnp.float32)

@@ -9,12 +9,13 @@ forward pass, so it is not built here and is skipped when importing such a check
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from saat_jax.models.layers import TorchLinear, batch_norm, conv, normalize
+from saat_jax.models.layers import TorchLinear, batch_norm, conv, model_input
 
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -23,20 +24,23 @@ class WideBlock(nn.Module):
   planes: int
   stride: int = 1
   drop_rate: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
+    dt = self.dtype
     equal_in_out = x.shape[-1] == self.planes
-    act = nn.relu(batch_norm(train, "bn1")(x))
-    out = conv(self.planes, 3, self.stride, kernel_init=kaiming_normal_fan_out, name="conv1")(act)
-    out = nn.relu(batch_norm(train, "bn2")(out))
+    act = nn.relu(batch_norm(train, "bn1", dt)(x))
+    out = conv(self.planes, 3, self.stride, kernel_init=kaiming_normal_fan_out, dtype=dt, name="conv1")(act)
+    out = nn.relu(batch_norm(train, "bn2", dt)(out))
     if self.drop_rate > 0:
       out = nn.Dropout(self.drop_rate, deterministic=not train)(out)
-    out = conv(self.planes, 3, 1, kernel_init=kaiming_normal_fan_out, name="conv2")(out)
+    out = conv(self.planes, 3, 1, kernel_init=kaiming_normal_fan_out, dtype=dt, name="conv2")(out)
     if equal_in_out:
       shortcut = x
     else:
-      shortcut = conv(self.planes, 1, self.stride, kernel_init=kaiming_normal_fan_out, name="shortcut")(act)
+      shortcut = conv(self.planes, 1, self.stride, kernel_init=kaiming_normal_fan_out, dtype=dt,
+                      name="shortcut")(act)
     return out + shortcut
 
 
@@ -47,6 +51,7 @@ class WideResNet(nn.Module):
   drop_rate: float = 0.0
   mean: Optional[Sequence[float]] = None
   std: Optional[Sequence[float]] = None
+  dtype: Any = jnp.float32  # compute dtype (layers.COMPUTE_DTYPES); parameters are float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -54,10 +59,12 @@ class WideResNet(nn.Module):
       raise ValueError(f"WideResNet depth must be 6n+4 (e.g. 28, 34), got {self.depth}")
     n = (self.depth - 4) // 6
     widths = (16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor)
-    out = conv(16, 3, 1, kernel_init=kaiming_normal_fan_out, name="conv1")(normalize(x, self.mean, self.std))
+    dt = self.dtype
+    out = conv(16, 3, 1, kernel_init=kaiming_normal_fan_out, dtype=dt,
+               name="conv1")(model_input(x, self.mean, self.std, dt))
     for g, (planes, stride) in enumerate(zip(widths, (1, 2, 2))):
       for j in range(n):
-        out = WideBlock(planes, stride if j == 0 else 1, self.drop_rate, name=f"block{g + 1}_{j}")(out, train)
-    out = nn.relu(batch_norm(train, "bn1")(out))
+        out = WideBlock(planes, stride if j == 0 else 1, self.drop_rate, dt, name=f"block{g + 1}_{j}")(out, train)
+    out = nn.relu(batch_norm(train, "bn1", dt)(out))
     out = out.mean(axis=(1, 2))  # avg_pool2d(out, 8) on the 8x8 map of a 32x32 input
-    return TorchLinear(self.num_classes, zero_bias=True, name="fc")(out)
+    return TorchLinear(self.num_classes, zero_bias=True, dtype=dt, name="fc")(out).astype(jnp.float32)
