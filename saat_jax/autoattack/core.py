@@ -36,19 +36,18 @@ import functools
 import math
 import time
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saat_jax.autoattack.apgd import accepts_key, apgd_attack, apgd_targeted_attack, check_eps
+from saat_jax.autoattack.apgd import apgd_attack, apgd_targeted_attack
 from saat_jax.autoattack.batching import padded_index
+from saat_jax.autoattack.common import (NORMS, LogitsFn, accepts_key, attack_unfooled, check_eps, check_norm,
+                                        lp_norm_np)
 
-LogitsFn = Callable[..., jax.Array]
-
-NORMS = ("Linf", "L2")
 VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
@@ -137,8 +136,7 @@ def _resolve_attacks(version, attacks_to_run) -> list[str]:
 
 def _check_inputs(x, y, eps, norm, batch_size):
   eps = check_eps("autoattack", eps)
-  if not isinstance(norm, str) or norm not in NORMS:
-    raise ValueError(f"unknown norm {norm!r}; use norm='Linf' or norm='L2' (L1 is not ported)")
+  check_norm("autoattack", norm)
   x = np.asarray(x)
   y = np.asarray(y)
   if x.ndim != 4:
@@ -177,13 +175,6 @@ def _batched_logits(logits_fn, x: np.ndarray, batch_size: int) -> np.ndarray:
     rows, real = padded_index(np.arange(s, min(s + batch_size, x.shape[0])), batch_size)
     out.append(np.asarray(_predict(logits_fn, jnp.asarray(x[rows]))[1])[real])
   return np.concatenate(out, axis=0)
-
-
-def _norms(delta: np.ndarray, norm: str) -> np.ndarray:
-  flat = delta.reshape(delta.shape[0], -1).astype(np.float64)
-  if norm == "Linf":
-    return np.abs(flat).max(axis=1)
-  return np.sqrt(np.sum(flat * flat, axis=1))
 
 
 def _run_attack(name, fn, xb, yb, mask, *, eps, norm, seed, settings):
@@ -303,19 +294,20 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
       continue
     attack_fn = logits_fn if (randomized and name.startswith("apgd") and version == "rand") else det_fn
     n_batches = math.ceil(idx_all.size / bs)
-    for b in range(n_batches):
-      idx = idx_all[b * bs:(b + 1) * bs]
-      rows, mask = padded_index(idx, bs)
+
+    def one_batch(rows, mask, name=name, attack_fn=attack_fn):
       xb, yb = x_np[rows], y_np[rows]
       adv = _run_attack(name, attack_fn, jnp.asarray(xb), jnp.asarray(yb), mask, eps=eps, norm=norm,
                         seed=seed, settings=settings)
       adv = np.asarray(adv, np.float32)
       pred = np.asarray(_predict(det_fn, jnp.asarray(adv))[0])
       fooled = (pred != yb) & mask
-      hit = rows[fooled]
-      robust[hit] = False
-      x_adv[hit] = adv[fooled]
-      y_adv[hit] = pred[fooled]
+      y_adv[rows[fooled]] = pred[fooled]
+      return adv, fooled
+
+    for b in range(n_batches):
+      idx = idx_all[b * bs:(b + 1) * bs]
+      x_adv, _, fooled = attack_unfooled(one_batch, x_adv, robust, idx=idx, cap=bs)
       if bar is not None:
         bar.set_postfix_str(f"{name} batch {b + 1}/{n_batches} robust {robust.mean():.2%}")
       if verbose:
@@ -349,7 +341,7 @@ def _final_check(logits_fn, x, y, x_adv, robust, *, eps, norm, batch_size, check
     problems.append(f"{int((~np.isfinite(x_adv)).sum())} non-finite values")
   if x_adv.min() < 0.0 or x_adv.max() > 1.0:
     problems.append(f"values outside [0, 1]: [{x_adv.min():.6g}, {x_adv.max():.6g}]")
-  dist = _norms(x_adv - x, norm)
+  dist = lp_norm_np(x_adv - x, norm)
   tol = eps * (1 + _NORM_RTOL) + _NORM_ATOL
   if np.any(dist > tol):
     problems.append(f"{int((dist > tol).sum())} points outside the {norm} ball of radius {eps:.6g} "
@@ -374,3 +366,7 @@ def _final_check(logits_fn, x, y, x_adv, robust, *, eps, norm, batch_size, check
   if problems:
     raise RuntimeError("AutoAttack final check failed: " + "; ".join(problems) +
                        ". This is a bug in an attack; please report it with the seed and inputs.")
+
+
+__all__ = ["autoattack", "AutoAttackResult", "attack_settings", "ATTACKS", "NORMS", "VERSIONS",
+           "VERSION_ATTACKS", "DEFAULT_BATCH_SIZE"]
