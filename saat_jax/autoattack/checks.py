@@ -195,12 +195,13 @@ def check_dynamic(logits_fn: LogitsFn, x, *, warn=default_warn) -> dict:
     if event == "call" and frame.f_code in codes:
       calls.append(frame.f_code.co_name)
 
-  old = sys.getprofile()
+  if sys.getprofile() is not None:   # e.g. cProfile: one profile hook at a time, and it cannot be re-set
+    return record("dynamic", "skipped", "a profiler is active, so the forward pass's calls cannot be watched")
   sys.setprofile(profiler)
   try:
     jax.make_jaxpr(lambda xa: _call_with_key(fn, xa, 0))(jnp.asarray(x[:1], jnp.float32))
   finally:
-    sys.setprofile(old)
+    sys.setprofile(None)
   if calls:
     return record("dynamic", "flagged", f"the forward pass calls {', '.join(sorted(set(calls)))}: it seems "
                   "to be a dynamic (test-time adaptive) defence, for which AutoAttack may be insufficient",
