@@ -15,8 +15,8 @@ from typing import Optional
 import jax
 import numpy as np
 
-from saat_jax.evaluators import (RobustnessEvaluator, autoattack_accuracy, robustness_disparity,
-                                 sweep_pgd_schedule)
+from saat_jax.evaluators import (RobustnessEvaluator, accuracy_order_check, autoattack_accuracy,
+                                 autoattack_evaluation, robustness_disparity, sweep_pgd_schedule)
 from saat_jax.run_state import restore_for_eval, run_keys
 
 
@@ -258,9 +258,11 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
           row[attack] = acc[name]
           bar.update(1)
     if "aa" in todo:
-      row["aa"] = autoattack_accuracy(logits_fn, images, labels, eps=eps, version=aa_version, seed=seed or 0,
-                                      batch_size=batch_size)
+      aa = autoattack_evaluation(logits_fn, images, labels, eps=eps, version=aa_version, seed=seed or 0,
+                                 batch_size=batch_size)
+      row["aa"], row["checks"] = aa["accuracy"], aa["checks"]
       bar.update(1)
+    row.setdefault("checks", []).append(accuracy_order_check(row, num_points=len(labels)))
     if sweep:
       accs = []
       for e255 in sweep:

@@ -76,6 +76,31 @@ def test_cli_autoattack_column(digits_run, capsys):
                    jnp.asarray(data.test_labels[:64]), eps=float(cfg.eval.eps), seed=0)
   assert row["aa"] == pytest.approx(float(np.mean(np.asarray(res.robust))))
   assert "AA" in capsys.readouterr().out
+  # the AutoAttack self-checks and the table's order check are in the JSON
+  checks = {c["check"]: c for c in row["checks"]}
+  assert {"randomized", "probabilities", "zero_gradients", "dynamic", "settings", "verification",
+          "accuracy_order"} <= set(checks)
+  assert checks["verification"]["status"] == "ok"
+  assert checks["verification"]["n_verified"] == round(64 * (1 - row["aa"]))
+
+
+def test_accuracy_order_violation_is_reported(digits_run, monkeypatch, capsys):
+  """A PGD-20 accuracy above the natural one (injected) is flagged in the JSON and warned about."""
+  workdir, _ = digits_run
+  real_run = evaluate.RobustnessEvaluator.run
+
+  def inflated(self, *args, **kwargs):
+    out = real_run(self, *args, **kwargs)
+    out["pgd_accuracy"] = out["natural_accuracy"] + 2 / 64
+    return out
+
+  monkeypatch.setattr(evaluate.RobustnessEvaluator, "run", inflated)
+  report = evaluate.evaluate_run(str(workdir), kinds=("last",), attacks=("natural", "pgd20"), num_test=64)
+  rec = report["checkpoints"]["last"]["checks"][-1]
+  assert rec["check"] == "accuracy_order" and rec["status"] == "flagged"
+  assert rec["violations"] == ["pgd20 > natural"]
+  assert "warning: AutoAttack check 'accuracy_order'" in capsys.readouterr().err
+  assert "(2 points)" in rec["message"]
 
 
 def test_a_second_evaluation_keeps_what_the_first_measured(digits_run, tmp_path, capsys):

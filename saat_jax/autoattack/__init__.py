@@ -2,11 +2,13 @@
 
 ``autoattack(logits_fn, x, y, eps=8/255)`` evaluates a model as ``pyautoattack`` 0.2.0's
 ``AutoAttack(...).run_standard_evaluation`` does (versions ``standard``, ``plus``, ``rand``,
-``custom``; norms ``Linf`` and ``L2``). The single attacks are importable too.
+``custom``; norms ``Linf`` and ``L2``), with the self-checks of :mod:`saat_jax.autoattack.checks`.
+The single attacks are importable too.
 """
 
 from saat_jax.autoattack.apgd import (apgd_attack, apgd_targeted_attack, checkpoint_schedule, ce_loss,
                                       dlr_loss, dlr_targeted_loss)
+from saat_jax.autoattack.checks import CheckWarning, VerificationError
 from saat_jax.autoattack.core import (ATTACKS, NORMS, VERSION_ATTACKS, VERSIONS, AutoAttackResult,
                                       attack_settings, autoattack)
 
@@ -24,4 +26,5 @@ def __getattr__(name):
 
 __all__ = ["autoattack", "AutoAttackResult", "attack_settings", "apgd_attack", "apgd_targeted_attack",
            "fab_attack", "square_attack", "checkpoint_schedule", "ce_loss", "dlr_loss",
-           "dlr_targeted_loss", "ATTACKS", "NORMS", "VERSIONS", "VERSION_ATTACKS"]
+           "dlr_targeted_loss", "ATTACKS", "NORMS", "VERSIONS", "VERSION_ATTACKS", "CheckWarning",
+           "VerificationError"]

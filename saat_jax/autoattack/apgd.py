@@ -51,22 +51,18 @@ calls it with a fresh key, and the gradients are averaged (Expectation over Tran
 from __future__ import annotations
 
 import functools
-import inspect
-import math
-import operator
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from saat_jax.autoattack.batching import padded_index, put_rows
+from saat_jax.autoattack.common import (NORMS, LogitsFn, accepts_key, call_model, check_batch, check_eps,
+                                        check_int, check_n_target_classes, check_norm, clean_logits,
+                                        normalize, project, target_classes, target_restart_passes)
 from saat_jax.conv_layout import input_grad
 
-LogitsFn = Callable[..., jax.Array]
-
-NORMS = ("Linf", "L2")
 LOSSES = ("ce", "dlr", "dlr-targeted")
 
 # The reference's fixed heavy-ball weight of the new step (``a = 0.75``).
@@ -151,44 +147,9 @@ def checkpoint_schedule(n_iter: int) -> list[tuple[int, int]]:
 # ----------------------------------------------------------------------------- helpers
 
 
-def accepts_key(fn) -> bool:
-  """Whether ``fn`` takes a ``key`` keyword argument (a randomised model)."""
-  try:
-    params = inspect.signature(fn).parameters
-  except (TypeError, ValueError):
-    return False
-  p = params.get("key")
-  return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-
-
-def _call(logits_fn, x, key):
-  return logits_fn(x, key=key) if accepts_key(logits_fn) else logits_fn(x)
-
-
 def _bcast(v, x):
   """A per-example ``(B,)`` array shaped to broadcast against ``x`` of shape ``(B, ...)``."""
   return v.reshape(v.shape + (1,) * (x.ndim - 1))
-
-
-def _l2(v):
-  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True))
-
-
-def _normalize(v, norm):
-  """``v / (||v|| + 1e-12)`` per example (the reference's ``normalize``)."""
-  if norm == "Linf":
-    t = jnp.max(jnp.abs(v), axis=tuple(range(1, v.ndim)), keepdims=True)
-  else:
-    t = _l2(v)
-  return v / (t + 1e-12)
-
-
-def _project(x_new, x, eps, norm):
-  """Onto the eps-ball around ``x`` (l_inf: clip; l_2: rescale) and then into ``[0, 1]``."""
-  if norm == "Linf":
-    return jnp.clip(jnp.clip(x_new, x - eps, x + eps), 0.0, 1.0)
-  d = x_new - x
-  return jnp.clip(x + _normalize(d, "L2") * jnp.minimum(eps, _l2(d)), 0.0, 1.0)
 
 
 def _random_start(key, x, eps, norm):
@@ -196,7 +157,7 @@ def _random_start(key, x, eps, norm):
     t = 2.0 * jax.random.uniform(key, x.shape, x.dtype) - 1.0
   else:
     t = jax.random.normal(key, x.shape, x.dtype)
-  return jnp.clip(x + eps * _normalize(t, norm), 0.0, 1.0)
+  return jnp.clip(x + eps * normalize(t, norm), 0.0, 1.0)
 
 
 # The CPU layout rewrite of the convolutions inside the attack loops lives in saat_jax.conv_layout.
@@ -302,10 +263,10 @@ def apgd_single_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, y_target: j
     diff = x_cur - s["x_adv_old"]
     a = jnp.where(i > 0, jnp.float32(momentum), jnp.float32(1.0))
     if norm == "Linf":
-      z = _project(x_cur + step * jnp.sign(grad), x, eps, norm)
+      z = project(x_cur + step * jnp.sign(grad), x, eps, norm)
     else:
-      z = _project(x_cur + step * _normalize(grad, norm), x, eps, norm)
-    x_new = _project(x_cur + (z - x_cur) * a + diff * (1.0 - a), x, eps, norm)
+      z = project(x_cur + step * normalize(grad, norm), x, eps, norm)
+    x_new = project(x_cur + (z - x_cur) * a + diff * (1.0 - a), x, eps, norm)
 
     loss_i, logits, grad_new = value_and_grad(x_new, jax.random.fold_in(key_model, i + 1))
     pred_ok = jnp.argmax(logits, axis=1) == y
@@ -349,97 +310,50 @@ def apgd_single_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, y_target: j
 # ----------------------------------------------------------------------------- public attacks
 
 
-def _index(name, v, lo):
-  try:
-    iv = operator.index(v)
-  except TypeError:
-    iv = None
-  if iv is None or isinstance(v, bool) or iv < lo:
-    raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-  return int(iv)
-
-
-def check_eps(name: str, eps) -> float:
-  """``eps`` as a float; ``ValueError`` for a non-number, NaN, infinity or a negative value."""
-  if isinstance(eps, bool):
-    raise ValueError(f"{name}: eps must be a number, got {eps!r}")
-  try:
-    e = float(eps)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name}: eps must be a number (e.g. eps=8/255), got {eps!r}") from None
-  if math.isnan(e) or math.isinf(e) or e < 0:
-    raise ValueError(f"{name}: eps must be finite and >= 0, in pixel units of [0, 1] images "
-                     f"(e.g. eps=8/255 for l_inf, 0.5 for l_2), got {eps!r}")
-  return e
-
-
 def _prepare(name, logits_fn, x, y, eps, norm, n_iter, n_restarts, rho, eot_iter, loss):
-  if norm not in NORMS:
-    raise ValueError(f"{name}: unknown norm {norm!r}; use one of {', '.join(NORMS)} (L1 is not ported)")
+  check_norm(name, norm)
   if loss not in LOSSES:
     raise ValueError(f"{name}: unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
   eps = check_eps(name, eps)
-  _index(f"{name}: n_iter", n_iter, 1)
-  _index(f"{name}: n_restarts", n_restarts, 0)
-  _index(f"{name}: eot_iter", eot_iter, 1)
+  check_int(f"{name}: n_iter", n_iter, 1)
+  check_int(f"{name}: n_restarts", n_restarts, 0)
+  check_int(f"{name}: eot_iter", eot_iter, 1)
   if not 0.0 < float(rho) <= 1.0:
     raise ValueError(f"{name}: rho must lie in (0, 1] (the reference uses 0.75), got {rho!r}")
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f"{name}: x must be floating point in [0, 1], got dtype {x.dtype} "
-                     "(convert uint8 images with x / 255)")
-  x = x.astype(jnp.float32)
-  y = jnp.asarray(y)
-  if x.ndim < 2 or y.shape != (x.shape[0],):
-    raise ValueError(f"{name}: need x of shape (B, ...) and y of shape (B,), got {x.shape} and {y.shape}")
-  if not jnp.issubdtype(y.dtype, jnp.integer):
-    raise ValueError(f"{name}: y must hold integer class labels, got dtype {y.dtype}")
-  return x, y.astype(jnp.int32), eps
+  x, y = check_batch(name, x, y, images=False)
+  return x, y, eps
 
 
-def _n_classes_check(name, n_cls, loss, n_target_classes=None):
+def _n_classes_check(name, n_cls, loss):
   if loss == "dlr" and n_cls < 3:
     raise ValueError(f"{name}: the DLR loss needs at least 3 classes, the model has {n_cls}; use loss='ce'")
   if loss == "dlr-targeted" and n_cls < 4:
     raise ValueError(f"{name}: the targeted DLR loss needs at least 4 classes, the model has {n_cls}")
-  if n_target_classes is not None and not 1 <= n_target_classes <= n_cls - 1:
-    raise ValueError(f"{name}: n_target_classes must lie in [1, {n_cls - 1}] for a model with {n_cls} "
-                     f"classes, got {n_target_classes}")
-
-
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
-def _clean_logits(logits_fn, x, key):
-  return _call(logits_fn, x, key)
 
 
 def _run_passes(logits_fn, x, y, targets, *, eps, norm, loss, n_iter, n_restarts, seed, rho,
                 eot_iter, mask, stats=None):
-  """The restart (and target) passes of ``perturb``; returns ``x_adv``."""
-  base_key = jax.random.key(seed)
-  logits = _clean_logits(logits_fn, x, jax.random.fold_in(base_key, 10**6))
-  acc = np.array(jnp.argmax(logits, axis=1) == y)
+  """The restart (and target) passes of ``perturb``, each on the points not fooled yet; returns
+  ``x_adv``."""
+  logits = clean_logits(logits_fn, x, jax.random.fold_in(jax.random.key(seed), 10**6))
+  robust = np.array(jnp.argmax(logits, axis=1) == y)
   if mask is not None:
-    mask = np.asarray(mask, bool)
-  active_np = np.ones_like(acc) if mask is None else mask
-  x_adv = x
+    robust &= np.asarray(mask, bool)
+  y_targets = [y if target_fn is None else target_fn(logits) for target_fn in targets]
   n_zero = 0
-  for t_idx, target_fn in enumerate(targets):
-    y_target = y if target_fn is None else target_fn(logits)
-    for r in range(n_restarts):
-      still = acc & active_np
-      if not still.any():
-        break
-      key = jax.random.fold_in(jax.random.fold_in(base_key, t_idx), r)
-      # Like the reference, a pass runs only on the points not fooled yet (padded to a bucket).
-      idx, real = padded_index(np.flatnonzero(still), x.shape[0])
-      rows = jnp.asarray(idx)
-      _, acc_curr, _, adv_curr, nz = apgd_single_run(
-          logits_fn, x[rows], y[rows], y_target[rows], key, eps, jnp.asarray(real), norm=norm,
-          loss=loss, n_iter=int(n_iter), rho=float(rho), eot_iter=int(eot_iter))
-      fooled = real & ~np.asarray(acc_curr)
-      x_adv = put_rows(x_adv, idx, fooled, adv_curr)
-      acc[idx[fooled]] = False
-      n_zero = max(n_zero, int(nz))
+
+  def one_pass(t_idx, restart, key, rows, real):
+    del restart  # every APGD run starts at a random point
+    nonlocal n_zero
+    r = jnp.asarray(rows)
+    _, acc_curr, _, adv_curr, nz = apgd_single_run(
+        logits_fn, x[r], y[r], y_targets[t_idx][r], key, eps, jnp.asarray(real), norm=norm,
+        loss=loss, n_iter=int(n_iter), rho=float(rho), eot_iter=int(eot_iter))
+    n_zero = max(n_zero, int(nz))
+    return adv_curr, ~np.asarray(acc_curr)
+
+  x_adv = target_restart_passes(one_pass, x, robust, seed=seed, n_targets=len(targets),
+                                n_restarts=n_restarts)
   if stats is not None:
     stats["n_zero_grad"] = n_zero
   return x_adv
@@ -482,16 +396,11 @@ def apgd_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", lo
     targets = [lambda logits: y_target]
   else:
     targets = [None]
-  n_cls = jax.eval_shape(lambda: _call(logits_fn, x[:1], jax.random.key(0))).shape[-1]
+  n_cls = jax.eval_shape(lambda: call_model(logits_fn, x[:1], jax.random.key(0))).shape[-1]
   _n_classes_check("apgd_attack", n_cls, loss)
   return _run_passes(logits_fn, x, y, targets, eps=eps, norm=norm, loss=loss, n_iter=n_iter,
                      n_restarts=n_restarts, seed=seed, rho=rho, eot_iter=eot_iter, mask=mask,
                      stats=stats)
-
-
-def target_classes(logits: jax.Array, rank: int) -> jax.Array:
-  """The class of rank ``rank`` (1 = largest) of each row of the clean logits."""
-  return jnp.argsort(logits, axis=1)[:, -rank].astype(jnp.int32)
 
 
 def apgd_targeted_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf",
@@ -506,9 +415,9 @@ def apgd_targeted_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "
   """
   x, y, eps = _prepare("apgd_targeted_attack", logits_fn, x, y, eps, norm, n_iter, n_restarts, rho,
                        eot_iter, "dlr-targeted")
-  n_target_classes = _index("apgd_targeted_attack: n_target_classes", n_target_classes, 1)
-  n_cls = jax.eval_shape(lambda: _call(logits_fn, x[:1], jax.random.key(0))).shape[-1]
-  _n_classes_check("apgd_targeted_attack", n_cls, "dlr-targeted", n_target_classes)
+  n_cls = jax.eval_shape(lambda: call_model(logits_fn, x[:1], jax.random.key(0))).shape[-1]
+  _n_classes_check("apgd_targeted_attack", n_cls, "dlr-targeted")
+  n_target_classes = check_n_target_classes("apgd_targeted_attack", n_target_classes, n_cls)
   targets = [functools.partial(target_classes, rank=rank) for rank in range(2, n_target_classes + 2)]
   return _run_passes(logits_fn, x, y, targets, eps=eps, norm=norm, loss="dlr-targeted", n_iter=n_iter,
                      n_restarts=n_restarts, seed=seed, rho=rho, eot_iter=eot_iter, mask=mask,

@@ -47,7 +47,11 @@ def padded_index(idx: np.ndarray, cap: Optional[int] = None) -> tuple[np.ndarray
 
 def put_rows(full, idx: np.ndarray, real: np.ndarray, sub):
   """``full`` with rows ``idx[real]`` replaced by the rows of ``sub`` where ``real`` holds: the
-  inverse of gathering ``full[idx]``, for the rows of a sub-batch selected by the mask ``real``."""
+  inverse of gathering ``full[idx]``, for the rows of a sub-batch selected by the mask ``real``.
+  ``full`` may be a JAX array (a new array is returned) or a numpy array (updated in place)."""
+  if isinstance(full, np.ndarray):
+    full[np.asarray(idx)[real]] = np.asarray(sub)[np.flatnonzero(real)]
+    return full
   return full.at[np.asarray(idx)[real]].set(sub[np.flatnonzero(real)])
 
 

@@ -24,10 +24,15 @@ size from a short fixed ladder (four sizes per octave up to ``batch_size``, see
 :mod:`saat_jax.autoattack.batching`), so jit compiles each attack a handful of times in all rather
 than once per batch size; inside an attack, each pass (target class, restart, stretch of Square
 queries) again runs only on the points it has not fooled yet, as in the reference (padding rows are
-never attacked). The returned ``x_adv`` is always re-checked: finite, inside ``[0, 1]``, within
-``eps`` of ``x`` (in the attack's norm, with a float32 round-off tolerance), equal to ``x`` where
-``robust``, and misclassified where not; a violation raises ``RuntimeError`` (it would be a bug in
-an attack, never a property of the model).
+never attacked).
+
+The run checks itself (:mod:`saat_jax.autoattack.checks`): before the attacks, the reference's flags
+(randomised model, probabilities for logits, zero gradients, dynamic model, target classes) and the
+version's iteration/restart counts; after them, Square's drop. Flags go to ``warn``; every record is
+in the result's ``checks``. The returned ``x_adv`` is always re-verified: finite, inside ``[0, 1]``,
+within ``eps`` of ``x`` (in the attack's norm, with a float32 round-off tolerance), equal to ``x``
+where ``robust``, and misclassified where not; a violation raises ``checks.VerificationError`` (a
+``RuntimeError``: it would be a bug in an attack, never a property of the model).
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 from typing import Callable, Optional, Sequence
 
 import chex
@@ -43,12 +47,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saat_jax.autoattack.apgd import accepts_key, apgd_attack, apgd_targeted_attack, check_eps
+from saat_jax.autoattack.apgd import apgd_attack, apgd_targeted_attack
+from saat_jax.autoattack import checks
 from saat_jax.autoattack.batching import padded_index
+from saat_jax.autoattack.common import (NORMS, LogitsFn, accepts_key, attack_unfooled, check_eps, check_norm,
+                                        lp_norm_np)
 
-LogitsFn = Callable[..., jax.Array]
-
-NORMS = ("Linf", "L2")
 VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
@@ -62,9 +66,8 @@ VERSION_ATTACKS = {
 # a sub-batch, hence the random draws, so results are reproducible for a given batch size.
 DEFAULT_BATCH_SIZE = 500
 
-# Slack of the final norm check, for float32 round-off in the projections.
-_NORM_RTOL = 1e-5
-_NORM_ATOL = 1e-6
+# The model checks (randomness, zero gradients, dynamic) run on the first this many points.
+CHECK_POINTS = 100
 
 
 @chex.dataclass(frozen=True, mappable_dataclass=True)
@@ -79,6 +82,8 @@ class AutoAttackResult:
       fractions of all ``N`` points (attacks left out because no point was robust any more get the
       value of the last one, 0.0).
     times: ``{attack: seconds}`` wall time of each attack (``"clean"``: the clean pass).
+    checks: the records of :mod:`saat_jax.autoattack.checks` (JSON-able dicts ``{"check", "status",
+      "message", ...}``), in the order they ran; ``status`` is ``"flagged"`` for a warning.
   """
 
   x_adv: jax.Array
@@ -86,6 +91,7 @@ class AutoAttackResult:
   robust: jax.Array
   robust_accuracy: dict
   times: dict
+  checks: list
 
 
 def attack_settings(version: str, norm: str) -> dict:
@@ -137,8 +143,7 @@ def _resolve_attacks(version, attacks_to_run) -> list[str]:
 
 def _check_inputs(x, y, eps, norm, batch_size):
   eps = check_eps("autoattack", eps)
-  if not isinstance(norm, str) or norm not in NORMS:
-    raise ValueError(f"unknown norm {norm!r}; use norm='Linf' or norm='L2' (L1 is not ported)")
+  check_norm("autoattack", norm)
   x = np.asarray(x)
   y = np.asarray(y)
   if x.ndim != 4:
@@ -179,13 +184,6 @@ def _batched_logits(logits_fn, x: np.ndarray, batch_size: int) -> np.ndarray:
   return np.concatenate(out, axis=0)
 
 
-def _norms(delta: np.ndarray, norm: str) -> np.ndarray:
-  flat = delta.reshape(delta.shape[0], -1).astype(np.float64)
-  if norm == "Linf":
-    return np.abs(flat).max(axis=1)
-  return np.sqrt(np.sum(flat * flat, axis=1))
-
-
 def _run_attack(name, fn, xb, yb, mask, *, eps, norm, seed, settings):
   kw = dict(settings[name])
   if name in ("apgd-ce", "apgd-dlr"):
@@ -204,7 +202,7 @@ def _run_attack(name, fn, xb, yb, mask, *, eps, norm, seed, settings):
 def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", version: str = "standard",
                seed: int = 0, batch_size: Optional[int] = None,
                attacks_to_run: Optional[Sequence[str]] = None, verbose: bool = False,
-               progress: bool = False) -> AutoAttackResult:
+               progress: bool = False, warn: Optional[Callable[[str], None]] = None) -> AutoAttackResult:
   """Run AutoAttack on ``(x, y)``; see the module docstring for the versions.
 
   Args:
@@ -225,15 +223,23 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
       square``, run in the given order.
     verbose: print the robust accuracy after each attack, and the final checks.
     progress: show a tqdm progress bar over the attacks (current batch and robust accuracy shown).
+    warn: reports each flagged check of :mod:`saat_jax.autoattack.checks` (randomised model,
+      probabilities for logits, zero gradients, dynamic model, fewer iterations than the version,
+      clamped target classes, Square below the others); default ``warnings.warn`` with
+      ``CheckWarning``. Every check's record is in the result's ``checks``.
 
   Returns:
-    :class:`AutoAttackResult` (``x_adv``, ``y_adv``, ``robust``, ``robust_accuracy``, ``times``).
+    :class:`AutoAttackResult` (``x_adv``, ``y_adv``, ``robust``, ``robust_accuracy``, ``times``,
+    ``checks``).
 
   Raises:
     ValueError: bad inputs (eps negative/NaN, unknown norm, version or attack, ``x`` outside
       ``[0, 1]``, shapes that do not match), each with the fix in the message.
-    RuntimeError: the final check of ``x_adv`` failed (a bug in an attack).
+    checks.VerificationError: (a ``RuntimeError``) the re-verification of ``x_adv`` failed: a point
+      counted as non-robust whose ``x_adv`` is outside the ball or ``[0, 1]`` or classified correctly
+      (a bug in an attack).
   """
+  warn = checks.default_warn if warn is None else warn
   attacks = _resolve_attacks(version, attacks_to_run)
   x_np, y_np, eps = _check_inputs(x, y, eps, norm, batch_size)
   n = x_np.shape[0]
@@ -247,36 +253,29 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
 
     def det_fn(xa):
       return logits_fn(xa, key=fixed_key)
-
-    if version != "rand":
-      warnings.warn("logits_fn takes a key, so it looks like a randomised model: consider "
-                    "version='rand' (EOT); this run attacks one fixed draw of the model")
   else:
     det_fn = logits_fn
-    if version == "rand":
-      warnings.warn("version='rand' is meant for randomised models (logits_fn(x, key=...)); this "
-                    "logits_fn is deterministic, so EOT averages identical gradients")
 
   t0 = time.time()
   clean_logits = _batched_logits(det_fn, x_np, bs)
   if clean_logits.ndim != 2 or clean_logits.shape[0] != n:
     raise ValueError(f"logits_fn must return logits of shape (B, K), got {clean_logits.shape} for B={n}")
   n_cls = clean_logits.shape[1]
-  if np.all(clean_logits < 1 + 1e-5) and np.all(clean_logits > -1e-5) and np.all(
-      np.abs(clean_logits.sum(-1) - 1) < 1e-5):
-    warnings.warn("logits_fn seems to return probabilities: AutoAttack needs the logits (drop the softmax)")
   for name, need in (("apgd-dlr", 3), ("apgd-t", 4)):
     if name in attacks and n_cls < need:
       raise ValueError(f"{name} needs a model with at least {need} classes (DLR loss), this one has {n_cls}; "
                        "use version='custom' with attacks_to_run=['apgd-ce', ...] without it")
-  for name in ("apgd-t", "fab-t"):
-    if name in attacks and settings[name]["n_target_classes"] > n_cls - 1:
-      warnings.warn(f"{name}: {settings[name]['n_target_classes']} target classes asked, only "
-                    f"{n_cls - 1} possible with {n_cls} classes; using {n_cls - 1}")
-      settings[name]["n_target_classes"] = n_cls - 1
   if int(y_np.min()) < 0 or int(y_np.max()) >= n_cls:
     raise ValueError(f"labels y must lie in [0, {n_cls - 1}] for a model with {n_cls} classes, got "
                      f"[{int(y_np.min())}, {int(y_np.max())}]")
+  # The reference's flags (saat_jax.autoattack.checks), on the first CHECK_POINTS points.
+  xc, yc = x_np[:CHECK_POINTS], y_np[:CHECK_POINTS]
+  records = [checks.check_randomized(logits_fn, xc, yc, version=version, warn=warn),
+             checks.check_probabilities(clean_logits, warn=warn),
+             checks.check_zero_gradients(det_fn, xc, yc, warn=warn),
+             checks.check_dynamic(logits_fn, xc, warn=warn)]
+  rec, settings = checks.check_n_classes(settings, attacks, n_cls, warn=warn)
+  records += [rec, checks.check_settings(version, settings, attacks, n_cls, warn=warn)]
 
   y_adv = clean_logits.argmax(1).astype(np.int32)
   robust = y_adv == y_np
@@ -303,19 +302,20 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
       continue
     attack_fn = logits_fn if (randomized and name.startswith("apgd") and version == "rand") else det_fn
     n_batches = math.ceil(idx_all.size / bs)
-    for b in range(n_batches):
-      idx = idx_all[b * bs:(b + 1) * bs]
-      rows, mask = padded_index(idx, bs)
+
+    def one_batch(rows, mask, name=name, attack_fn=attack_fn):
       xb, yb = x_np[rows], y_np[rows]
       adv = _run_attack(name, attack_fn, jnp.asarray(xb), jnp.asarray(yb), mask, eps=eps, norm=norm,
                         seed=seed, settings=settings)
       adv = np.asarray(adv, np.float32)
       pred = np.asarray(_predict(det_fn, jnp.asarray(adv))[0])
       fooled = (pred != yb) & mask
-      hit = rows[fooled]
-      robust[hit] = False
-      x_adv[hit] = adv[fooled]
-      y_adv[hit] = pred[fooled]
+      y_adv[rows[fooled]] = pred[fooled]
+      return adv, fooled
+
+    for b in range(n_batches):
+      idx = idx_all[b * bs:(b + 1) * bs]
+      x_adv, _, fooled = attack_unfooled(one_batch, x_adv, robust, idx=idx, cap=bs)
       if bar is not None:
         bar.set_postfix_str(f"{name} batch {b + 1}/{n_batches} robust {robust.mean():.2%}")
       if verbose:
@@ -329,48 +329,18 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
   if bar is not None:
     bar.close()
 
-  if "square" in acc_dict and len(acc_dict) > 2:
-    best_other = min(v for k, v in acc_dict.items() if k != "square")
-    if acc_dict["square"] < best_other - 0.002:
-      warnings.warn(f"Square Attack lowered the robust accuracy by {best_other - acc_dict['square']:.2%} "
-                    "after the gradient-based attacks: the evaluation may be unreliable (gradient "
-                    "masking?); consider more Square queries/restarts or an adaptive attack")
-
-  _final_check(det_fn, x_np, y_np, x_adv, robust, eps=eps, norm=norm, batch_size=bs,
-               check_labels=not randomized or version != "rand", verbose=verbose)
-  return AutoAttackResult(x_adv=jnp.asarray(x_adv), y_adv=jnp.asarray(y_adv), robust=jnp.asarray(robust),
-                          robust_accuracy=acc_dict, times=times)
-
-
-def _final_check(logits_fn, x, y, x_adv, robust, *, eps, norm, batch_size, check_labels, verbose):
-  """Raise ``RuntimeError`` unless every ``x_adv`` is valid (see the module docstring)."""
-  problems = []
-  if not np.all(np.isfinite(x_adv)):
-    problems.append(f"{int((~np.isfinite(x_adv)).sum())} non-finite values")
-  if x_adv.min() < 0.0 or x_adv.max() > 1.0:
-    problems.append(f"values outside [0, 1]: [{x_adv.min():.6g}, {x_adv.max():.6g}]")
-  dist = _norms(x_adv - x, norm)
-  tol = eps * (1 + _NORM_RTOL) + _NORM_ATOL
-  if np.any(dist > tol):
-    problems.append(f"{int((dist > tol).sum())} points outside the {norm} ball of radius {eps:.6g} "
-                    f"(largest distance {dist.max():.6g})")
-  if np.any(dist[robust] != 0):
-    problems.append("robust points whose x_adv differs from x")
-  adv_idx = np.flatnonzero(~robust & (dist > 0))
-  if check_labels and adv_idx.size:
-    logits = _batched_logits(logits_fn, x_adv[adv_idx], batch_size)
-    z_y = logits[np.arange(adv_idx.size), y[adv_idx]]
-    others = logits.copy()
-    others[np.arange(adv_idx.size), y[adv_idx]] = -np.inf
-    margin = z_y - others.max(1)
-    # a float tie could round either way between batch shapes; anything clearer is a bug
-    bad = margin > 1e-5 * (1 + np.abs(logits).max(1))
-    if np.any(bad):
-      problems.append(f"{int(bad.sum())} points counted as fooled are classified correctly at x_adv")
+  records.append(checks.check_square(acc_dict, warn=warn))
+  # Every point counted as non-robust is re-verified; a failure raises checks.VerificationError.
+  records.append(checks.verify_adversarial(det_fn, x_np, y_np, x_adv, robust, eps=eps, norm=norm,
+                                           batch_size=bs, check_labels=not randomized or version != "rand"))
   if verbose:
+    dist = lp_norm_np(x_adv - x_np, norm)
     print(f"max {norm} perturbation: {dist.max():.5f}, nan in x_adv: {int(np.isnan(x_adv).sum())}, "
           f"max: {x_adv.max():.5f}, min: {x_adv.min():.5f}")
     print(f"robust accuracy: {robust.mean():.2%}")
-  if problems:
-    raise RuntimeError("AutoAttack final check failed: " + "; ".join(problems) +
-                       ". This is a bug in an attack; please report it with the seed and inputs.")
+  return AutoAttackResult(x_adv=jnp.asarray(x_adv), y_adv=jnp.asarray(y_adv), robust=jnp.asarray(robust),
+                          robust_accuracy=acc_dict, times=times, checks=records)
+
+
+__all__ = ["autoattack", "AutoAttackResult", "attack_settings", "ATTACKS", "NORMS", "VERSIONS",
+           "VERSION_ATTACKS", "DEFAULT_BATCH_SIZE"]

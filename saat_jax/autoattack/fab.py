@@ -32,12 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from saat_jax.autoattack.batching import padded_index, put_rows
+from saat_jax.autoattack.common import (NORMS, LogitsFn, check_batch, check_eps, check_int,
+                                        check_n_target_classes, check_norm, clean_logits, lp_norm,
+                                        target_classes, target_restart_passes)
 from saat_jax.conv_layout import canonicalize_on_cpu, input_grad
-
-LogitsFn = Callable[[jax.Array], jax.Array]
-
-NORMS = ("Linf", "L2")
 
 # The reference marks "no adversarial example found yet" with this distance.
 _NOT_FOUND = 1e10
@@ -175,13 +173,6 @@ def projection_l2(points: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(tiny, 0.0, d)
 
 
-def _norm(v: jax.Array, norm: str) -> jax.Array:
-  """Per-row norm of a 2-D array."""
-  if norm == "Linf":
-    return jnp.max(jnp.abs(v), axis=1)
-  return jnp.sqrt(jnp.sum(v * v, axis=1))
-
-
 def _diff_logits_grads(logits_fn, x1, y, la_target, targeted):
   """Logit differences to the true class and their input gradients, ``(B, K')`` and ``(B, K', D)``.
 
@@ -233,7 +224,7 @@ def _fab_single_run(logits_fn, x, y, la_target, key, eps, use_rand_start, *, nor
     noise = jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
   else:
     noise = jax.random.normal(key, x0.shape, x0.dtype)
-  noise = noise / _norm(noise, norm)[:, None]
+  noise = noise / lp_norm(noise, norm)[:, None]
   x_rand = jnp.clip(x0 + eps * noise * 0.5, 0.0, 1.0)
   x1 = jnp.where(use_rand_start, x_rand, x0)
 
@@ -252,13 +243,13 @@ def _fab_single_run(logits_fn, x, y, la_target, key, eps, use_rand_start, *, nor
     d3 = project(jnp.concatenate([x1, x0], 0), jnp.concatenate([w, w], 0),
                  jnp.concatenate([b, b], 0))
     d1, d2 = d3[:batch], d3[batch:]
-    a0 = jnp.maximum(_norm(d3, norm), 1e-8)
+    a0 = jnp.maximum(lp_norm(d3, norm), 1e-8)
     a1, a2 = a0[:batch], a0[batch:]
     alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
     x1 = jnp.clip((x1 + eta * d1) * (1 - alpha) + (x0 + d2 * eta) * alpha, 0.0, 1.0)
 
     is_adv = jnp.argmax(logits_fn(x1.reshape(shape)), axis=1) != y
-    dist_adv = _norm(x1 - x0, norm)
+    dist_adv = lp_norm(x1 - x0, norm)
     better = is_adv & (dist_adv < best)
     adv = jnp.where(better[:, None], x1, adv)
     best = jnp.where(better, dist_adv, best)
@@ -274,31 +265,18 @@ def _fab_single_run(logits_fn, x, y, la_target, key, eps, use_rand_start, *, nor
 @functools.partial(jax.jit, static_argnames=("logits_fn", "norm"))
 def _still_robust(logits_fn, x, x_adv, y, eps, *, norm):
   """Correctly classified at ``x_adv``, or ``x_adv`` farther than ``eps`` from ``x``."""
-  dist = _norm((x_adv - x).reshape(x.shape[0], -1), norm)
+  dist = lp_norm((x_adv - x).reshape(x.shape[0], -1), norm)
   return (jnp.argmax(logits_fn(x_adv), axis=1) == y) | (dist > eps)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
-def _clean_logits(logits_fn, x):
-  return logits_fn(x)
-
-
-def _check_common(name, x, y, eps, norm, n_restarts):
-  if norm not in NORMS:
-    raise ValueError(f"{name}: unknown norm {norm!r}; supported norms are {', '.join(NORMS)}")
-  try:
-    eps = float(eps)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name}: eps must be a number, got {eps!r}") from None
-  if not math.isfinite(eps) or eps < 0:
-    raise ValueError(f"{name}: eps must be a finite number >= 0, got {eps}")
-  if x.ndim != 4:
-    raise ValueError(f"{name}: x must be a batch of NHWC images (B, H, W, C), got shape {x.shape}")
-  if y.shape != (x.shape[0],):
-    raise ValueError(f"{name}: y must hold one label per image, shape ({x.shape[0]},), got {y.shape}")
-  if int(n_restarts) != n_restarts or n_restarts < 0:
-    raise ValueError(f"{name}: n_restarts must be an integer >= 0, got {n_restarts!r}")
-  return eps
+def check_common(name, x, y, eps, norm, n_restarts):
+  """The checks FAB and Square share: ``(x, y, eps)`` as float32 NHWC images, int32 labels and a
+  float, or ``ValueError``."""
+  check_norm(name, norm)
+  eps = check_eps(name, eps)
+  x, y = check_batch(name, x, y, images=True)
+  check_int(f"{name}: n_restarts", n_restarts, 0)
+  return x, y, eps
 
 
 def fab_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", targeted: bool = True,
@@ -328,46 +306,35 @@ def fab_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", tar
   Defaults are those of AutoAttack's ``standard`` FAB-T (``FABAttack_PT`` defaults with
   ``n_target_classes=9``, ``n_restarts=1``, ``n_iter=100``).
   """
-  x = jnp.asarray(x, jnp.float32)
-  y = jnp.asarray(y, jnp.int32)
-  eps = _check_common("fab_attack", x, y, eps, norm, n_restarts)
-  if int(n_iter) != n_iter or n_iter < 0:
-    raise ValueError(f"fab_attack: n_iter must be an integer >= 0, got {n_iter!r}")
+  x, y, eps = check_common("fab_attack", x, y, eps, norm, n_restarts)
+  check_int("fab_attack: n_iter", n_iter, 0)
   if not 0.0 <= float(alpha_max) <= 1.0:
     raise ValueError(f"fab_attack: alpha_max must lie in [0, 1], got {alpha_max}")
   if float(eta) <= 0 or not 0.0 < float(beta) <= 1.0:
     raise ValueError(f"fab_attack: need eta > 0 and 0 < beta <= 1, got eta={eta}, beta={beta}")
 
-  logits = _clean_logits(logits_fn, x)
+  logits = clean_logits(logits_fn, x)
   n_cls = logits.shape[1]
   if targeted:
-    if int(n_target_classes) != n_target_classes or not 1 <= n_target_classes <= n_cls - 1:
-      raise ValueError(f"fab_attack: n_target_classes must be an integer in [1, {n_cls - 1}] "
-                       f"(the model has {n_cls} classes), got {n_target_classes!r}")
-    target_ranks = list(range(2, int(n_target_classes) + 2))
-    ranked = jnp.argsort(logits, axis=1)
+    n_targets = check_n_target_classes("fab_attack", n_target_classes, n_cls)
+    la_targets = [target_classes(logits, rank) for rank in range(2, n_targets + 2)]
   else:
-    target_ranks = [None]
+    la_targets = [y]
 
   robust = np.array(jnp.argmax(logits, axis=1) == y)
   if mask is not None:
     robust &= np.asarray(mask, bool)
-  x_adv = x
-  base_key = jax.random.key(seed)
   opts = dict(norm=norm, targeted=bool(targeted), n_iter=int(n_iter), alpha_max=float(alpha_max),
               eta=float(eta), beta=float(beta))
-  for i_target, rank in enumerate(target_ranks):
-    la_target = ranked[:, -rank] if targeted else y
-    for restart in range(int(n_restarts)):
-      if not robust.any():
-        return x_adv
-      key = jax.random.fold_in(jax.random.fold_in(base_key, i_target), restart)
-      # Like the reference, a pass runs only on the points not fooled yet (padded to a bucket).
-      idx, real = padded_index(np.flatnonzero(robust), x.shape[0])
-      rows = jnp.asarray(idx)
-      xs, ys = x[rows], y[rows]
-      adv_curr = _fab_single_run(logits_fn, xs, ys, la_target[rows], key, eps, restart > 0, **opts)
-      fooled = real & ~np.asarray(_still_robust(logits_fn, xs, adv_curr, ys, eps, norm=norm))
-      x_adv = put_rows(x_adv, idx, fooled, adv_curr)
-      robust[idx[fooled]] = False
-  return x_adv
+
+  def one_pass(i_target, restart, key, rows, real):
+    rows = jnp.asarray(rows)
+    xs, ys = x[rows], y[rows]
+    adv_curr = _fab_single_run(logits_fn, xs, ys, la_targets[i_target][rows], key, eps, restart > 0, **opts)
+    return adv_curr, ~np.asarray(_still_robust(logits_fn, xs, adv_curr, ys, eps, norm=norm))
+
+  return target_restart_passes(one_pass, x, robust, seed=seed, n_targets=len(la_targets),
+                               n_restarts=int(n_restarts))
+
+
+__all__ = ["fab_attack", "projection_linf", "projection_l2", "check_common", "NORMS"]

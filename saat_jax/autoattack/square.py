@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +40,9 @@ import numpy as np
 from jax import lax
 
 from saat_jax.autoattack.batching import padded_index, put_rows
-from saat_jax.autoattack.fab import _check_common, _clean_logits
-
-LogitsFn = Callable[[jax.Array], jax.Array]
+from saat_jax.autoattack.common import (LogitsFn, attack_unfooled, check_int, clean_logits, lp_norm,
+                                        project)
+from saat_jax.autoattack.fab import check_common
 
 # (iteration upper bound, divisor of p_init) of the reference's schedule, after the first 10 iterations.
 _P_SCHEDULE = ((50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
@@ -135,6 +134,7 @@ def _window(vh, vw, s, h, w):
 
 
 def _l2(v, axes):
+  """l_2 norm over ``axes`` (kept): the norm per channel of a window uses axes ``(1, 2)``."""
   return jnp.sqrt(jnp.sum(v * v, axis=axes, keepdims=True))
 
 
@@ -151,7 +151,7 @@ def _square_init(logits_fn, x, y, key, eps, init_tab, *, norm):
     flip = jax.random.bernoulli(k_t, 0.5, (batch, n_tiles))
     tiles = jnp.where(flip[:, :, None, None], init_tab[1][None], init_tab[0][None])  # (B, T, H, W)
     delta = jnp.einsum("bthw,btc->bhwc", tiles, _signs(k_s, (batch, n_tiles, c), x.dtype))
-    x_best = jnp.clip(x + delta / (_l2(delta, (1, 2, 3)) + 1e-12) * eps, 0.0, 1.0)
+    x_best = jnp.clip(x + delta / (lp_norm(delta, "L2", keepdims=True) + 1e-12) * eps, 0.0, 1.0)
   return x_best, _margin(logits_fn, x_best, y)
 
 
@@ -177,15 +177,14 @@ def _square_steps(logits_fn, x, y, active, key, eps, sizes, size_idx, eta_tab, x
 
     if norm == "Linf":
       step = 2.0 * eps * _signs(keys[2], (batch, 1, 1, c), x.dtype)
-      x_new = jnp.where(win, x_best + step, x_best)
-      x_new = jnp.clip(jnp.clip(x_new, x - eps, x + eps), 0.0, 1.0)
+      x_new = project(jnp.where(win, x_best + step, x_best), x, eps, norm)
     else:
       delta = x_best - x
       vh2 = _offsets(keys[3], batch, h - s)
       vw2 = _offsets(keys[4], batch, w - s)
       win2 = _window(vh2, vw2, s, h, w)[..., None]
       norm_win1 = _l2(jnp.where(win, delta, 0.0), (1, 2))              # (B, 1, 1, C)
-      norm_img = _l2(delta, (1, 2, 3))                                 # (B, 1, 1, 1)
+      norm_img = lp_norm(delta, "L2", keepdims=True)                  # (B, 1, 1, 1)
       norm_wins = _l2(jnp.where(win | win2, delta, 0.0), (1, 2))       # (B, 1, 1, C)
       # The eta block (random orientation) moved to the window: gather with clipped offsets.
       k_ts, k_sg = keys[5], keys[2]
@@ -199,7 +198,7 @@ def _square_steps(logits_fn, x, y, active, key, eps, sizes, size_idx, eta_tab, x
       budget = jnp.sqrt(jnp.maximum(eps ** 2 - norm_img ** 2, 0.0) / c + norm_wins ** 2)
       new = new / (1e-12 + _l2(new, (1, 2))) * budget
       delta = jnp.where(win, new, jnp.where(win2, 0.0, delta))
-      x_new = jnp.clip(x + delta / (_l2(delta, (1, 2, 3)) + 1e-12) * eps, 0.0, 1.0)
+      x_new = jnp.clip(x + delta / (lp_norm(delta, "L2", keepdims=True) + 1e-12) * eps, 0.0, 1.0)
 
     margin = _margin(logits_fn, x_new, y)
     loss = margin
@@ -223,22 +222,19 @@ def segment_ends(n_queries: int) -> list[int]:
   return early + late + [n_queries]
 
 
-def _square_single_run(logits_fn, x, y, robust, key, eps, sizes, size_idx, eta_tab, init_tab, *,
+def _square_single_run(logits_fn, x, y, real, key, eps, sizes, size_idx, eta_tab, init_tab, *,
                        norm, n_queries):
-  """``SquareAttack.attack_single_run`` on the rows where ``robust`` (numpy bool) holds.
+  """``SquareAttack.attack_single_run`` on a sub-batch whose rows ``real`` (numpy bool) count.
 
   As in the reference, only the points not fooled yet are queried: the run is cut into stretches
   (:func:`segment_ends`), each a jitted while loop over the unfooled rows gathered into a
-  sub-batch padded to a bucket size. Rows outside ``robust`` come back as ``x``.
+  sub-batch padded to a bucket size. Padding rows (``real`` False) are never attacked.
   """
   batch = x.shape[0]
   k_init, k_loop = jax.random.split(key)
-  idx, real = padded_index(np.flatnonzero(robust), batch)
-  rows = jnp.asarray(idx)
-  x0, m0 = _square_init(logits_fn, x[rows], y[rows], k_init, eps, init_tab, norm=norm)
-  x_best = put_rows(x, idx, real, x0)
-  # Rows outside ``robust`` get margin -inf: never "to do".
-  margin_min = put_rows(jnp.full((batch,), -jnp.inf, jnp.float32), idx, real, m0)
+  x_best, m0 = _square_init(logits_fn, x, y, k_init, eps, init_tab, norm=norm)
+  # Padding rows get margin -inf: never "to do".
+  margin_min = jnp.where(jnp.asarray(real), m0, -jnp.inf)
   loss_min = margin_min
 
   i = 0
@@ -246,14 +242,14 @@ def _square_single_run(logits_fn, x, y, robust, key, eps, sizes, size_idx, eta_t
     todo = np.flatnonzero(np.asarray(margin_min) > 0)
     if todo.size == 0:
       break
-    idx, real = padded_index(todo, batch)
+    idx, todo_real = padded_index(todo, batch)
     rows = jnp.asarray(idx)
-    xb, mb, lb = _square_steps(logits_fn, x[rows], y[rows], jnp.asarray(real), k_loop, eps, sizes,
+    xb, mb, lb = _square_steps(logits_fn, x[rows], y[rows], jnp.asarray(todo_real), k_loop, eps, sizes,
                                size_idx, eta_tab, x_best[rows], margin_min[rows], loss_min[rows],
                                i, stop, norm=norm)
-    x_best = put_rows(x_best, idx, real, xb)
-    margin_min = put_rows(margin_min, idx, real, mb)
-    loss_min = put_rows(loss_min, idx, real, lb)
+    x_best = put_rows(x_best, idx, todo_real, xb)
+    margin_min = put_rows(margin_min, idx, todo_real, mb)
+    loss_min = put_rows(loss_min, idx, todo_real, lb)
     i = stop
   return x_best
 
@@ -313,11 +309,8 @@ def square_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf",
 
   Defaults are those of AutoAttack's ``standard`` version.
   """
-  x = jnp.asarray(x, jnp.float32)
-  y = jnp.asarray(y, jnp.int32)
-  eps = _check_common("square_attack", x, y, eps, norm, n_restarts)
-  if int(n_queries) != n_queries or n_queries < 0:
-    raise ValueError(f"square_attack: n_queries must be an integer >= 0, got {n_queries!r}")
+  x, y, eps = check_common("square_attack", x, y, eps, norm, n_restarts)
+  check_int("square_attack: n_queries", n_queries, 0)
   if not 0.0 < float(p_init) <= 1.0:
     raise ValueError(f"square_attack: p_init must lie in (0, 1], got {p_init}")
   _, h, w, c = x.shape
@@ -333,18 +326,24 @@ def square_attack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf",
     eta_tab = np.zeros((1, 2, 1, 1), np.float32)
     init_tab = np.zeros((2, 1, 1, 1), np.float32)
 
-  robust = np.array(jnp.argmax(_clean_logits(logits_fn, x), axis=1) == y)
+  robust = np.array(jnp.argmax(clean_logits(logits_fn, x), axis=1) == y)
   if mask is not None:
     robust &= np.asarray(mask, bool)
-  x_adv = x
   base_key = jax.random.key(seed)
+
+  def one_run(key, rows, real):
+    rows = jnp.asarray(rows)
+    adv = _square_single_run(logits_fn, x[rows], y[rows], real, key, eps, sizes, size_idx, eta_tab,
+                             init_tab, norm=norm, n_queries=int(n_queries))
+    return adv, np.asarray(_misclassified(logits_fn, adv, y[rows]))
+
+  x_adv = x
   for restart in range(int(n_restarts)):
     if not robust.any():
       break
-    adv_curr = _square_single_run(logits_fn, x, y, robust, jax.random.fold_in(base_key, restart),
-                                  eps, sizes, size_idx, eta_tab, init_tab, norm=norm,
-                                  n_queries=int(n_queries))
-    fooled = robust & np.asarray(_misclassified(logits_fn, adv_curr, y))
-    x_adv = jnp.where(jnp.asarray(fooled)[:, None, None, None], adv_curr, x_adv)
-    robust = robust & ~fooled
+    x_adv = attack_unfooled(functools.partial(one_run, jax.random.fold_in(base_key, restart)), x_adv,
+                            robust)[0]
   return x_adv
+
+
+__all__ = ["square_attack", "p_selection", "square_sizes", "eta_block", "segment_ends"]

@@ -83,15 +83,39 @@ class RobustnessEvaluator:
     return {"natural_accuracy": nat, "pgd_accuracy": rob}
 
 
-def autoattack_accuracy(logits_fn, images: np.ndarray, labels: np.ndarray, *, eps: float,
-                        version: str = "standard", seed: int = 0, batch_size: int | None = None,
-                        progress: bool = True) -> float:
-  """Robust accuracy under AutoAttack (:mod:`saat_jax.autoattack`) of ``logits_fn`` on uint8 ``images``."""
+def autoattack_evaluation(logits_fn, images: np.ndarray, labels: np.ndarray, *, eps: float,
+                          version: str = "standard", seed: int = 0, batch_size: int | None = None,
+                          progress: bool = True, warn: Callable[[str], None] | None = None) -> dict:
+  """AutoAttack (:mod:`saat_jax.autoattack`) of ``logits_fn`` on uint8 ``images``:
+  ``{"accuracy": robust accuracy, "checks": [records of saat_jax.autoattack.checks]}``.
+
+  Flagged checks are reported through ``warn`` (default: the project's ``warning: ...`` line on
+  stderr); an adversarial example that fails re-verification raises
+  ``saat_jax.autoattack.checks.VerificationError``.
+  """
   from saat_jax.autoattack import autoattack  # here: AutoAttack is only needed by the evaluation CLI
+  from saat_jax.workdir import warn as project_warn
 
   res = autoattack(logits_fn, to_float(images), jnp.asarray(labels), eps=eps, version=version, seed=seed,
-                   batch_size=batch_size, progress=progress)
-  return float(np.mean(np.asarray(res.robust)))
+                   batch_size=batch_size, progress=progress, warn=project_warn if warn is None else warn)
+  return {"accuracy": float(np.mean(np.asarray(res.robust))), "checks": list(res.checks)}
+
+
+def autoattack_accuracy(logits_fn, images: np.ndarray, labels: np.ndarray, **kwargs) -> float:
+  """Robust accuracy under AutoAttack of ``logits_fn`` on uint8 ``images`` (keyword arguments of
+  :func:`autoattack_evaluation`)."""
+  return autoattack_evaluation(logits_fn, images, labels, **kwargs)["accuracy"]
+
+
+def accuracy_order_check(row: dict, num_points: int | None = None,
+                         warn: Callable[[str], None] | None = None) -> dict:
+  """The check that AA <= PGD-20 <= natural accuracy in an evaluation row (on the same points);
+  a violation is reported through ``warn`` (default: the project's warning line) and flagged in
+  the returned record (:func:`saat_jax.autoattack.checks.check_accuracy_order`)."""
+  from saat_jax.autoattack.checks import check_accuracy_order
+  from saat_jax.workdir import warn as project_warn
+
+  return check_accuracy_order(row, num_points=num_points, warn=project_warn if warn is None else warn)
 
 
 def robustness_disparity(eps_list, accuracies) -> float:
