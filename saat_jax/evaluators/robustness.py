@@ -94,7 +94,7 @@ def autoattack_evaluation(logits_fn, images: np.ndarray, labels: np.ndarray, *, 
   ``saat_jax.autoattack.checks.VerificationError``.
   """
   from saat_jax.autoattack import autoattack  # here: AutoAttack is only needed by the evaluation CLI
-  from saat_jax.workdir import warn as project_warn
+  from saat_jax.log import warn as project_warn
 
   res = autoattack(logits_fn, to_float(images), jnp.asarray(labels), eps=eps, version=version, seed=seed,
                    batch_size=batch_size, progress=progress, warn=project_warn if warn is None else warn)
@@ -113,7 +113,7 @@ def accuracy_order_check(row: dict, num_points: int | None = None,
   a violation is reported through ``warn`` (default: the project's warning line) and flagged in
   the returned record (:func:`saat_jax.autoattack.checks.check_accuracy_order`)."""
   from saat_jax.autoattack.checks import check_accuracy_order
-  from saat_jax.workdir import warn as project_warn
+  from saat_jax.log import warn as project_warn
 
   return check_accuracy_order(row, num_points=num_points, warn=project_warn if warn is None else warn)
 
