@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from saat_jax import checkpointing, parallel
+from saat_jax import checkpointing, distributed, parallel
 from saat_jax import workdir as workdir_files
 from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, config_changes
 from saat_jax.attack import check_sa_pgd_hparams
@@ -137,7 +137,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if int(v) < 1:
       problems.append(f"{name} must be >= 1, got {v}")
     elif int(v) % jax.device_count():
-      problems.append(f"{name}={v} is not divisible by the {jax.device_count()} devices")
+      problems.append(f"{name}={v} is not divisible by the {parallel.describe_devices()}")
   o = config.optim
   if not o.lr > 0 or not math.isfinite(o.lr):
     problems.append(f"optim.lr must be finite and > 0, got {o.lr}")
@@ -343,11 +343,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   # (one run at a time), then check it: a refusal leaves it as it was.
   primary = jax.process_index() == 0
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  lock = checkpointing.RunLock(workdir)
-  if primary:
-    lock.acquire()
-  else:
+  lock = checkpointing.RunLock(workdir)  # held by process 0 for all processes
+  if not primary:
     os.makedirs(workdir, exist_ok=True)
+  distributed.on_primary(lock.acquire, "take the work dir")
   ckpts = None
   try:
     saved = checkpointing.read_meta(workdir, "last")
@@ -370,6 +369,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         return history
 
     state = initial_state(model, tx, init_key, data.train_images.shape[1:], ema=float(config.ema.decay) > 0)
+    # Replicated over every device of every process (each built the same state from the same key),
+    # so that a checkpoint is restored straight into that sharding on every host.
+    state = jax.device_put(state, repl)
     # From here on the work dir is written.
     ckpts = checkpointing.RunCheckpoints(workdir)
     start_epoch, best_metric, best_epoch = 0, -1.0, -1
@@ -381,7 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
       if changes:
         print("with a changed config (allow_config_change=True):\n" +
               "\n".join(f"  {k}: {workdir_files.show(o)} -> {workdir_files.show(n)}" for k, (o, n) in changes.items()), flush=True)
-    if primary:
+
+    def record_start():
       try:
         workdir_files.write_jsonl(metrics_path, history)
         workdir_files.record_config(workdir, config, done, changes)
@@ -389,6 +392,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         raise checkpointing.WorkdirError.unwritable(workdir, e) from e
       if damage:
         workdir_files.warn(repaired)
+
+    distributed.on_primary(record_start, "write the run's records")
     return _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts,
                          history, start_epoch, best_metric, best_epoch, steps_per_epoch,
                          (train_key, eval_key), metrics_path, primary)
@@ -426,11 +431,11 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
       step_metrics, pending = [], []
       batches = epoch_batches(num_train, batch_size, seed=int(config.seed), epoch=epoch)
       bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
-                 disable=not config.progress, dynamic_ncols=True)
+                 disable=not (config.progress and primary), dynamic_ncols=True)
       for i, idx in enumerate(bar):
         global_step = epoch * steps_per_epoch + i
         at.update(epoch=epoch, step=global_step)
-        images, labels = parallel.shard_batch(mesh, data.train_images[idx], data.train_labels[idx])
+        images, labels = parallel.shard_batch(mesh, data.train_images, data.train_labels, index=idx)
         state, m = train_step(state, images, labels, jax.random.fold_in(train_key, global_step))
         pending.append((global_step, m))
         if len(pending) >= int(config.check_every) or i == len(batches) - 1:
