@@ -149,30 +149,58 @@ def quiet_unless_primary() -> None:
     os.close(devnull)
 
 
-def on_primary(fn: Callable[[], object], what: str) -> None:
-  """Run ``fn`` on process 0 only; every process then knows whether it failed.
-
-  Process 0 re-raises its own exception; the others raise :class:`DistributedError` quoting it, so
-  that no process goes on to wait forever for one that has stopped. ``what`` names the action.
-  """
+def agree(error: Optional[BaseException], what: str) -> None:
+  """Every process learns whether any of them failed to do ``what``; then each one that did raises
+  its own ``error`` and the others raise :class:`DistributedError` quoting the first failure, so
+  that no process goes on to wait forever in a collective for one that has stopped."""
   if jax.process_count() == 1:
-    fn()
+    if error is not None:
+      raise error
     return
   from jax.experimental import multihost_utils
 
+  message = b"" if error is None else f"{type(error).__name__}: {error}".encode()[:MESSAGE_BYTES]
+  buf = np.zeros(MESSAGE_BYTES + 1, np.uint8)
+  buf[0] = error is not None
+  buf[1:1 + len(message)] = np.frombuffer(message, np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(buf))
+  if error is not None:
+    raise error
+  for i, row in enumerate(gathered):
+    if row[0]:
+      text = bytes(row[1:]).rstrip(b"\0").decode(errors="replace")
+      raise DistributedError(f"process {i} failed to {what}, so process {jax.process_index()} stops too: {text}")
+
+
+def on_primary(fn: Callable[[], object], what: str) -> None:
+  """Run ``fn`` on process 0 only, then :func:`agree` on whether it failed (``what`` names it)."""
   error = None
   if is_primary():
     try:
       fn()
     except Exception as e:  # noqa: BLE001 -- shared with the other processes, then re-raised
       error = e
-  message = b"" if error is None else f"{type(error).__name__}: {error}".encode()[:MESSAGE_BYTES]
-  buf = np.zeros(MESSAGE_BYTES + 1, np.uint8)
-  buf[0] = error is not None
-  buf[1:1 + len(message)] = np.frombuffer(message, np.uint8)
-  got = np.asarray(multihost_utils.broadcast_one_to_all(buf))
-  if error is not None:
-    raise error
-  if got[0]:
-    text = bytes(got[1:]).rstrip(b"\0").decode(errors="replace")
-    raise DistributedError(f"process 0 failed to {what}, so process {jax.process_index()} stops too: {text}")
+  agree(error, what)
+
+
+def take_workdir(lock) -> None:
+  """Process 0 takes the work dir's lock (a :class:`saat_jax.checkpointing.RunLock`) for all
+  processes; the others check that they see it, i.e. that the work dir is one directory shared by
+  every host, as Orbax's checkpoints need."""
+  on_primary(lock.acquire, f"take the work dir {lock.workdir}")
+  error = None
+  if not is_primary():
+    try:
+      os.makedirs(lock.workdir, exist_ok=True)
+    except OSError as e:
+      error = e
+    if error is None and not os.path.exists(lock.path):
+      error = DistributedError(
+          f"process {jax.process_index()} does not see the lock {lock.path} that process 0 has just taken: "
+          f"the work dir is not shared. Give every process the same --workdir on a file system all hosts "
+          f"mount (NFS, Lustre, Filestore, gcsfuse)")
+  try:
+    agree(error, "see the shared work dir")
+  except BaseException:
+    lock.release()  # process 0's, if it holds it
+    raise

@@ -343,10 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   # (one run at a time), then check it: a refusal leaves it as it was.
   primary = jax.process_index() == 0
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  lock = checkpointing.RunLock(workdir)  # held by process 0 for all processes
-  if not primary:
-    os.makedirs(workdir, exist_ok=True)
-  distributed.on_primary(lock.acquire, "take the work dir")
+  lock = checkpointing.RunLock(workdir)
+  distributed.take_workdir(lock)  # process 0 holds the lock for all processes
   ckpts = None
   try:
     saved = checkpointing.read_meta(workdir, "last")

@@ -187,11 +187,11 @@ RUN_FLAGS = ["--config", "configs/saat_digits.py", "--config.progress=False", "-
              "--config.eval.train_subset=32", "--config.eval.steps=3", "--config.eval.batch_size=32"]
 
 
-def launch_pair(workdir: Path, logdir: Path, *extra: str, port: int | None = None, timeout: int = 60) -> Procs:
-  port = port or free_port()
+def launch_pair(workdir: Path | tuple, logdir: Path, *extra: str, timeout: int = 60) -> Procs:
+  port, workdirs = free_port(), workdir if isinstance(workdir, tuple) else (workdir, workdir)
   cmds = [[sys.executable, "launch.py", "--distributed", f"--coordinator_address=localhost:{port}",
            "--num_processes=2", f"--process_id={i}", f"--distributed_timeout={timeout}", *RUN_FLAGS,
-           f"--workdir={workdir}", *extra] for i in range(2)]
+           f"--workdir={workdirs[i]}", *extra] for i in range(2)]
   return Procs(logdir, cmds)
 
 
@@ -282,6 +282,16 @@ def test_batch_the_processes_cannot_split_is_refused_before_training(tmp_path, c
     err = procs.text(i)[1]
     assert "batch_size=30 is not divisible by the 4 devices (2 processes x 2 local devices)" in err, err
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_work_dirs_that_are_not_one_shared_directory_are_refused(tmp_path, cleanup):
+  procs = launch_pair((tmp_path / "a", tmp_path / "b"), tmp_path / "logs")
+  cleanup(procs)
+  assert procs.wait() == [2, 2], procs.dump()
+  assert "does not see the lock" in procs.text(1)[1] and "the work dir is not shared" in procs.text(1)[1]
+  assert "process 1 failed to see the shared work dir, so process 0 stops too" in procs.text(0)[1]
+  assert list((tmp_path / "a").iterdir()) == []  # process 0 released its lock and wrote nothing
 
 
 def test_start_up_fails_in_time_with_a_message(tmp_path, cleanup):
