@@ -71,8 +71,8 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   Give all three of ``coordinator_address`` (or ``$JAX_COORDINATOR_ADDRESS``), ``num_processes``
   and ``process_id``, or none of them to let JAX read the cluster's environment. A process other
   than 0 first waits up to ``timeout_s`` for the coordinator to listen and raises
-  :class:`DistributedError` if it does not; JAX itself then waits up to ``timeout_s`` for every
-  process to register (on expiry it aborts the process with ``DEADLINE_EXCEEDED``).
+  :class:`DistributedError` if it does not; then every process waits up to ``timeout_s`` for all
+  to register, and on expiry exits with status 2 and a message (:func:`_deadline`).
   """
   if not int(timeout_s) >= 1:
     raise DistributedError(f"the distributed timeout must be >= 1 s, got {timeout_s}")

@@ -313,3 +313,16 @@ def test_start_up_fails_in_time_with_a_message(tmp_path, cleanup):
   assert "also needs --coordinator_address, --process_id" in procs.text(2)[1]
   assert "add --distributed" in procs.text(3)[1]
   assert not (tmp_path / "run").exists()
+
+
+def test_impossible_arguments_are_refused_before_joining():
+  from saat_jax.distributed import DistributedError, initialize, wait_for_coordinator
+
+  with pytest.raises(DistributedError, match="'node1' is not host:port"):
+    initialize("node1", 2, 0)
+  with pytest.raises(DistributedError, match="--process_id=2 with --num_processes=2: the ids are 0..num_processes-1"):
+    initialize("localhost:1234", 2, 2)
+  with pytest.raises(DistributedError, match="timeout must be >= 1 s"):
+    initialize("localhost:1234", 2, 0, timeout_s=0)
+  with pytest.raises(DistributedError, match="no coordinator answered at localhost:.* within 0.5 s"):
+    wait_for_coordinator(f"localhost:{free_port()}", 0.5)
