@@ -9,8 +9,14 @@ the installed ``saat-train`` console script works outside the repository too.
 Running again with the same --workdir resumes from its `last` checkpoint (a finished run says so
 and exits 0); a config that would change the run's trajectory is refused unless
 --config.allow_config_change=True. Ctrl-C exits with 130 after saying which checkpoint a rerun
-resumes from. Errors (bad config, data, checkpoint, a work dir in use) exit with 2. On several hosts
-(TPU pods, multi-node GPU), pass --distributed to call jax.distributed.initialize() first.
+resumes from. Errors (bad config, data, checkpoint, a work dir in use) exit with 2.
+
+One process per host (multi-node GPU, SLURM, TPU pod slices; see the README's "Many processes"):
+pass --distributed, alone where JAX reads the cluster's environment, or with --coordinator_address,
+--num_processes and --process_id, e.g. two processes on this machine:
+
+  saat-train --distributed --coordinator_address=localhost:1234 --num_processes=2 --process_id=0 ...
+  saat-train --distributed --coordinator_address=localhost:1234 --num_processes=2 --process_id=1 ...
 """
 
 import sys
@@ -21,7 +27,21 @@ from ml_collections import config_flags
 # ---- Command-line flags (all of them; `saat-train --help` and `python launch.py --help`) ----------
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config, e.g. configs/saat_cifar10.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.jsonl.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+# Many processes (saat_jax/distributed.py).
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Run as one of several processes (one per host): join them through "
+    "jax.distributed.initialize() first. Alone, JAX reads the cluster's environment (SLURM, Open MPI, TPU pod "
+    "slices); elsewhere also pass --coordinator_address, --num_processes and --process_id.")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: HOST:PORT of process 0, where it runs the coordinator "
+    "(a free port; every process passes the same). Default: $JAX_COORDINATOR_ADDRESS or the cluster's.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: how many processes in all.",
+                                      lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's id, 0..num_processes-1.",
+                                   lower_bound=0)
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout", 300, "With --distributed: seconds to wait for the coordinator and for every process "
+    "to join before failing.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 # ---- end of the flags ----------------------------------------------------------------------------
 
@@ -48,10 +68,20 @@ def run(config, workdir: str) -> int:
 def _main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  import jax
+  from saat_jax import distributed
 
+  multi = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in multi) and not _DISTRIBUTED.value:
+    print("error: --coordinator_address, --num_processes and --process_id are for several processes: "
+          "add --distributed", file=sys.stderr, flush=True)
+    sys.exit(2)
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    try:
+      distributed.initialize(*multi, timeout_s=_DISTRIBUTED_TIMEOUT.value)
+    except distributed.DistributedError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
+    distributed.quiet_unless_primary()
   sys.exit(run(_CONFIG.value, _WORKDIR.value))
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from saat_jax import checkpointing, health, log, parallel
+from saat_jax import checkpointing, distributed, health, log, parallel
 from saat_jax import workdir as workdir_files
 from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, config_changes
 from saat_jax.attack import check_sa_pgd_hparams
@@ -142,7 +142,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if int(v) < 1:
       problems.append(f"{name} must be >= 1, got {v}")
     elif int(v) % jax.device_count():
-      problems.append(f"{name}={v} is not divisible by the {jax.device_count()} devices")
+      problems.append(f"{name}={v} is not divisible by the {parallel.describe_devices()}")
   k = config.get("steps_per_dispatch", 1)
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     problems.append(f"steps_per_dispatch must be an integer >= 1 (steps per jitted dispatch), got {k!r}")
@@ -390,10 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   primary = jax.process_index() == 0
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   lock = checkpointing.RunLock(workdir)
-  if primary:
-    lock.acquire()
-  else:
-    os.makedirs(workdir, exist_ok=True)
+  distributed.take_workdir(lock)  # process 0 holds the lock for all processes
   ckpts = writer = None
   try:
     saved = checkpointing.read_meta(workdir, "last")
@@ -416,6 +413,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         return history
 
     state = initial_state(model, tx, init_key, data.train_images.shape[1:], ema=float(config.ema.decay) > 0)
+    # Replicated over every device of every process (each built the same state from the same key),
+    # so that a checkpoint is restored straight into that sharding on every host.
+    state = jax.device_put(state, repl)
     # From here on the work dir is written.
     ckpts = checkpointing.RunCheckpoints(workdir)
     start_epoch, best_metric, best_epoch = 0, -1.0, -1
@@ -428,7 +428,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         log.info("with a changed config (allow_config_change=True):\n" +
                  "\n".join(f"  {k}: {workdir_files.show(o)} -> {workdir_files.show(n)}" for k, (o, n) in changes.items()))
     writer = MetricWriter(workdir, primary=primary)
-    if primary:
+
+    def record_start():
       try:
         writer.start(history)
         workdir_files.record_config(workdir, config, done, changes)
@@ -436,6 +437,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         raise checkpointing.WorkdirError.unwritable(workdir, e) from e
       if damage:
         log.warn(repaired)
+
+    distributed.on_primary(record_start, "write the run's records")
     return _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts,
                          history, start_epoch, best_metric, best_epoch, steps_per_epoch,
                          (train_key, eval_key), writer)
@@ -483,7 +486,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
       step_metrics, pending = [], []
       batches = epoch_batches(num_train, batch_size, seed=int(config.seed), epoch=epoch)
       bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
-                 disable=not config.progress, dynamic_ncols=True)
+                 disable=not (config.progress and writer.primary), dynamic_ncols=True)
       i = 0
       for run in _dispatches(batches, per_dispatch if (on_device or per_dispatch > 1) else 1):
         global_step = epoch * steps_per_epoch + i
@@ -500,7 +503,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
             state, ms = dispatch(state, x, y, np.arange(sel.size, dtype=np.int32).reshape(idx.shape), steps)
           pending.append((global_step, len(run), ms))  # stacked: split on the host once fetched
         else:
-          images, labels = parallel.shard_batch(mesh, data.train_images[run[0]], data.train_labels[run[0]])
+          images, labels = parallel.shard_batch(mesh, data.train_images, data.train_labels, index=run[0])
           state, m = train_step(state, images, labels, jax.random.fold_in(train_key, global_step))
           pending.append((global_step, None, m))
         i += len(run)

@@ -1,0 +1,328 @@
+"""Several processes (``launch.py --distributed``): 2 processes x 2 CPU devices on localhost, joined
+through ``jax.distributed.initialize`` with JAX's CPU collectives (gloo), against 1 process x 4.
+
+* one training step gives the parameters of 1 process with 4 devices (to 1e-6: the cross-process
+  all-reduce adds in another order), and each process reads only its own rows of the batch;
+* a 2-epoch digits run completes; only process 0 writes the records and prints, checkpoints restore;
+* both processes SIGKILLed after the first epoch's checkpoint: the rerun resumes (every process
+  restoring the replicated state) and ends with the bit-identical parameters and the same records as
+  the uninterrupted run;
+* bad input: a batch the 4 devices of the 2 processes cannot split, an unreachable coordinator, a
+  process 0 whose peers never come, incomplete flags: exit 2 with a message, within the timeout.
+
+Every process is a subprocess with its own ``XLA_FLAGS``; all are killed if a test fails or runs out
+of time.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_parallel import BATCH, CONFIGS, OFFSET  # noqa: E402  (SA-PGD whose decisions are far from flipping)
+
+TIMEOUT_S = 240  # for one group of processes; a hang fails here instead of stalling CI
+TOL = 1e-6
+
+
+def _has_cpu_collectives() -> bool:
+  try:
+    from jax._src.lib import _jax
+  except ImportError:
+    return False
+  return hasattr(_jax, "make_gloo_tcp_collectives")
+
+
+pytestmark = pytest.mark.skipif(not _has_cpu_collectives(),
+                                reason="this jaxlib has no CPU collectives (gloo): several processes cannot "
+                                       "share a computation on CPU")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def env(devices: int) -> dict:
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+class Procs:
+  """Processes started together, their output in files; ``wait`` kills them all on a timeout."""
+
+  def __init__(self, logdir: Path, commands: list[list[str]], devices: int = 2):
+    logdir.mkdir(parents=True, exist_ok=True)
+    self.logs = [(logdir / f"p{i}.out", logdir / f"p{i}.err") for i in range(len(commands))]
+    self.procs = []
+    for cmd, (out, err) in zip(commands, self.logs):
+      with open(out, "w") as o, open(err, "w") as e:
+        self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(devices), stdout=o, stderr=e))
+
+  def kill(self) -> None:
+    for p in self.procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+    for p in self.procs:
+      p.wait()
+
+  def text(self, i: int) -> tuple[str, str]:
+    return self.logs[i][0].read_text(), self.logs[i][1].read_text()
+
+  def wait(self, timeout: float = TIMEOUT_S) -> list[int]:
+    deadline = time.monotonic() + timeout
+    try:
+      for p in self.procs:
+        p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      self.kill()
+      pytest.fail(f"processes still running after {timeout} s, killed:\n" + self.dump())
+    return [p.returncode for p in self.procs]
+
+  def dump(self) -> str:
+    return "\n".join(f"--- process {i} (rc {p.returncode}):\n{o[-3000:]}\n{e[-3000:]}"
+                     for i, p in enumerate(self.procs) for o, e in [self.text(i)])
+
+
+@pytest.fixture
+def cleanup():
+  started = []
+  yield started.append
+  for procs in started:
+    procs.kill()
+
+
+# ---- one step: 2 processes x 2 devices == 1 process x 4 devices ---------------------------------
+
+_STEP = textwrap.dedent("""
+    import json, sys
+    out, nproc, pid, port, overrides, offset, batch = sys.argv[1:8]
+    nproc, pid, offset, batch = int(nproc), int(pid), int(offset), int(batch)
+    import jax, numpy as np
+    from saat_jax import distributed
+    if nproc > 1:
+      distributed.initialize(f"localhost:{port}", nproc, pid, timeout_s=120)
+    from configs import saat_digits
+    from saat_jax import parallel, train
+    from saat_jax.data import load_dataset
+    from saat_jax.run_state import model_from_spec, model_spec, run_keys
+
+    cfg = saat_digits.get_config()
+    cfg.update_from_flattened_dict(json.loads(overrides))
+    data = load_dataset("digits")
+    model = model_from_spec(model_spec(cfg, data.num_classes))
+    tx, _ = train.make_optimizer(cfg, 1)
+    mesh = parallel.make_mesh()
+    repl = parallel.replicated(mesh)
+    init_key, train_key, _ = run_keys(0)
+    state = jax.device_put(train.initial_state(model, tx, init_key, (8, 8, 1)), repl)
+    step = jax.jit(train.make_train_step(cfg, model.apply, tx), out_shardings=(repl, repl))
+
+    read = []
+    class Recorded:  # the data set, recording which rows this process reads
+      def __init__(self, a): self.a, self.shape = a, a.shape
+      def __getitem__(self, i): read.extend(np.asarray(i).tolist()); return self.a[i]
+    index = np.arange(offset, offset + batch)
+    images, labels = parallel.shard_batch(mesh, Recorded(data.train_images), data.train_labels, index=index)
+    state, m = step(state, images, labels, jax.random.fold_in(train_key, 0))
+    host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats, "loss": m["loss"],
+                           "eps": m["eps"]})
+    arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(host)[0]}
+    np.savez(f"{out}.{pid}.npz", devices=jax.device_count(), processes=jax.process_count(),
+             read=np.asarray(read), **arrays)
+""")
+
+
+def _step_command(out: Path, nproc: int, pid: int, port: int) -> list[str]:
+  return [sys.executable, "-c", _STEP, str(out), str(nproc), str(pid), str(port), json.dumps(CONFIGS["saat"]),
+          str(OFFSET), str(BATCH)]
+
+
+@pytest.mark.slow
+def test_one_step_on_two_processes_equals_one_process_with_four_devices(tmp_path, cleanup):
+  port = free_port()
+  two = Procs(tmp_path / "two", [_step_command(tmp_path / "two", 2, i, port) for i in range(2)], devices=2)
+  cleanup(two)
+  one = Procs(tmp_path / "one", [_step_command(tmp_path / "one", 1, 0, 0)], devices=4)
+  cleanup(one)
+  assert two.wait() == [0, 0], two.dump()
+  assert one.wait() == [0], one.dump()
+
+  ref = dict(np.load(tmp_path / "one.0.npz"))
+  got = [dict(np.load(tmp_path / f"two.{i}.npz")) for i in range(2)]
+  assert (int(ref["devices"]), int(ref["processes"])) == (4, 1)
+  assert (int(got[0]["devices"]), int(got[0]["processes"])) == (4, 2)
+  # each process read only its half of the batch's rows, in order
+  assert ref["read"].tolist() == list(range(OFFSET, OFFSET + BATCH))
+  half = BATCH // 2
+  for i, g in enumerate(got):
+    assert g["read"].tolist() == list(range(OFFSET + i * half, OFFSET + (i + 1) * half))
+  keys = [k for k in ref if k.startswith("['params']") or k.startswith("['batch_stats']")]
+  assert len(keys) >= 10
+  worst = 0.0
+  for g in got:  # both processes hold the same replicated state
+    for k in keys + ["['loss']"]:
+      np.testing.assert_allclose(g[k], ref[k], rtol=TOL, atol=TOL, err_msg=k)
+      worst = max(worst, float(np.max(np.abs(g[k] - ref[k]))))
+    np.testing.assert_array_equal(g["['eps']"], ref["['eps']"])  # the same SA-PGD budgets per example
+  print(f"max |2x2 - 1x4| over params, batch_stats and loss after one step: {worst:.3g}")
+
+
+# ---- whole runs through launch.py ---------------------------------------------------------------
+
+# A small SAAT digits run: 4 steps of 32 per epoch, a 64-image test set, PGD-3 evaluation.
+RUN_FLAGS = ["--config", "configs/saat_digits.py", "--config.progress=False", "--config.num_epochs=2",
+             "--config.data.num_train=128", "--config.batch_size=32", "--config.eval.num_test=64",
+             "--config.eval.train_subset=32", "--config.eval.steps=3", "--config.eval.batch_size=32"]
+
+
+def launch_pair(workdir: Path | tuple, logdir: Path, *extra: str, timeout: int = 60) -> Procs:
+  port, workdirs = free_port(), workdir if isinstance(workdir, tuple) else (workdir, workdir)
+  cmds = [[sys.executable, "launch.py", "--distributed", f"--coordinator_address=localhost:{port}",
+           "--num_processes=2", f"--process_id={i}", f"--distributed_timeout={timeout}", *RUN_FLAGS,
+           f"--workdir={workdirs[i]}", *extra] for i in range(2)]
+  return Procs(logdir, cmds)
+
+
+def records(workdir: Path) -> list[dict]:
+  drop = ("train_time_s", "eval_time_s")
+  return [{k: v for k, v in json.loads(line).items() if k not in drop}
+          for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(workdir: Path) -> dict:
+  import jax
+
+  from saat_jax.run_state import restore_weights
+
+  variables, meta = restore_weights(str(workdir))
+  flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  return {"meta_epoch": meta["epoch"], **flat}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  base = tmp_path_factory.mktemp("uninterrupted")
+  procs = launch_pair(base / "run", base / "logs")
+  try:
+    rcs = procs.wait()
+  finally:
+    procs.kill()
+  return base / "run", procs, rcs
+
+
+@pytest.mark.slow
+def test_two_processes_complete_a_run_only_process_0_writing_records(uninterrupted):
+  workdir, procs, rcs = uninterrupted
+  assert rcs == [0, 0], procs.dump()
+  out0, err0 = procs.text(0)
+  out1, err1 = procs.text(1)
+  assert [line.split("|")[0].split() for line in out0.splitlines() if line.startswith("epoch")] == \
+      [["epoch", "1"], ["epoch", "2"]]
+  assert "4 device(s)" in out0
+  assert out1 == "" and "Traceback" not in err1  # process 1 prints nothing of its own
+  # one start recorded (by process 0 alone: two writers would add a line each), the records of 2 epochs
+  assert len((workdir / "configs.jsonl").read_text().splitlines()) == 1
+  assert [r["epoch"] for r in records(workdir)] == [0, 1]
+  assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "configs.jsonl",
+                                                       "metrics.jsonl"]  # no .lock, no .tmp left
+  w = weights(workdir)
+  assert w["meta_epoch"] == 1 and len(w) > 10
+
+
+@pytest.mark.slow
+def test_killed_two_process_run_resumes_to_the_same_parameters(uninterrupted, tmp_path, cleanup):
+  ref_dir, ref_procs, ref_rcs = uninterrupted
+  assert ref_rcs == [0, 0], ref_procs.dump()
+  workdir = tmp_path / "run"
+  first = launch_pair(workdir, tmp_path / "logs1")
+  cleanup(first)
+  epoch1 = workdir / "checkpoints" / "last" / "0"  # Orbax renames it into place once complete
+  deadline = time.monotonic() + TIMEOUT_S
+  while not epoch1.is_dir():
+    assert all(p.poll() is None for p in first.procs), "a process ended before its first checkpoint:\n" + first.dump()
+    assert time.monotonic() < deadline, "no checkpoint of epoch 1 in time:\n" + first.dump()
+    time.sleep(0.02)
+  first.kill()  # SIGKILL, both
+  from saat_jax import checkpointing
+
+  assert checkpointing.read_meta(str(workdir), "last")["epoch"] == 0, "killed too late: epoch 2 had finished"
+
+  second = launch_pair(workdir, tmp_path / "logs2")
+  cleanup(second)
+  assert second.wait() == [0, 0], second.dump()
+  assert "resuming" in second.text(0)[0]
+  assert records(workdir) == records(ref_dir)
+  got, ref = weights(workdir), weights(ref_dir)
+  assert got.keys() == ref.keys()
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_batch_the_processes_cannot_split_is_refused_before_training(tmp_path, cleanup):
+  procs = launch_pair(tmp_path / "run", tmp_path / "logs", "--config.batch_size=30")
+  cleanup(procs)
+  assert procs.wait() == [2, 2], procs.dump()
+  for i in range(2):
+    err = procs.text(i)[1]
+    assert "batch_size=30 is not divisible by the 4 devices (2 processes x 2 local devices)" in err, err
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_work_dirs_that_are_not_one_shared_directory_are_refused(tmp_path, cleanup):
+  procs = launch_pair((tmp_path / "a", tmp_path / "b"), tmp_path / "logs")
+  cleanup(procs)
+  assert procs.wait() == [2, 2], procs.dump()
+  assert "does not see the lock" in procs.text(1)[1] and "the work dir is not shared" in procs.text(1)[1]
+  assert "process 1 failed to see the shared work dir, so process 0 stops too" in procs.text(0)[1]
+  assert list((tmp_path / "a").iterdir()) == []  # process 0 released its lock and wrote nothing
+
+
+def test_start_up_fails_in_time_with_a_message(tmp_path, cleanup):
+  common = ["--distributed", "--num_processes=2", "--distributed_timeout=3", *RUN_FLAGS,
+            f"--workdir={tmp_path / 'run'}"]
+  launch = [sys.executable, "launch.py"]
+  t0 = time.monotonic()
+  procs = Procs(tmp_path / "logs", [
+      launch + common + ["--process_id=1", f"--coordinator_address=localhost:{free_port()}"],  # nobody listens
+      launch + common + ["--process_id=0", f"--coordinator_address=localhost:{free_port()}"],  # peers never come
+      launch + ["--distributed", "--num_processes=2", *RUN_FLAGS, "--workdir=unused"],
+      launch + ["--num_processes=2", *RUN_FLAGS, "--workdir=unused"],
+  ])
+  cleanup(procs)
+  assert procs.wait(timeout=60) == [2, 2, 2, 2], procs.dump()
+  assert time.monotonic() - t0 < 45
+  assert "error: no coordinator answered at localhost:" in procs.text(0)[1]
+  assert "error: not all 2 processes joined the coordinator" in procs.text(1)[1]
+  assert "also needs --coordinator_address, --process_id" in procs.text(2)[1]
+  assert "add --distributed" in procs.text(3)[1]
+  assert not (tmp_path / "run").exists()
+
+
+def test_impossible_arguments_are_refused_before_joining():
+  from saat_jax.distributed import DistributedError, initialize, wait_for_coordinator
+
+  with pytest.raises(DistributedError, match="'node1' is not host:port"):
+    initialize("node1", 2, 0)
+  with pytest.raises(DistributedError, match="--process_id=2 with --num_processes=2: the ids are 0..num_processes-1"):
+    initialize("localhost:1234", 2, 2)
+  with pytest.raises(DistributedError, match="timeout must be >= 1 s"):
+    initialize("localhost:1234", 2, 0, timeout_s=0)
+  with pytest.raises(DistributedError, match="no coordinator answered at localhost:.* within 0.5 s"):
+    wait_for_coordinator(f"localhost:{free_port()}", 0.5)
