@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from saat_jax import checkpointing, distributed, health, log, parallel
+from saat_jax import checkpointing, conv_layout, distributed, health, log, parallel
 from saat_jax import workdir as workdir_files
 from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, config_changes
 from saat_jax.attack import check_sa_pgd_hparams
@@ -313,7 +313,9 @@ def make_dispatch(train_step, mesh, train_key):
     if idx.shape[0] == 1:
       state, m = one(state, images, labels, idx[0], steps[0])
       return state, jax.tree.map(lambda v: v[None], m)
-    return jax.lax.scan(lambda st, xs: one(st, images, labels, *xs), state, (idx, steps))
+    # the scan body is a while-loop body: on CPU its convolutions need the canonical layout
+    body = conv_layout.canonicalize_on_cpu(lambda st, xs: one(st, images, labels, *xs))
+    return jax.lax.scan(body, state, (idx, steps))
 
   return dispatch
 
