@@ -1,7 +1,10 @@
-"""Orbax checkpoints of a run: ``<workdir>/checkpoints/{last,best}``.
+"""Orbax checkpoints of a run: ``<workdir>/checkpoints/{last,best,partial}``.
 
-``last`` is written after every epoch and ``best`` whenever the selection metric (test or
-validation PGD-20 accuracy, as Rice et al. 2020 select) improves. Each checkpoint holds the full
+``last`` is written after every epoch (the two newest are kept: an unreadable newest one is named
+and the run falls back to the one before, never silently starting over) and ``best`` whenever the
+selection metric (test or validation PGD-20 accuracy, as Rice et al. 2020 select) improves.
+``partial`` holds a position inside an epoch (SIGTERM, or every ``checkpoint_every_steps``): the
+state, the step, and the metrics of the epoch's steps so far; it is removed when its epoch ends. Each checkpoint holds the full
 training state (params, batch_stats, optimizer state, step) and a JSON ``meta`` record: the epoch,
 the model's identity, the best metric so far and the config. Orbax writes into a temporary
 directory and renames it when complete, so a process killed mid-save leaves the previous checkpoint
@@ -51,24 +54,57 @@ class WorkdirLocked(CheckpointError):
   """Another run is using the work dir."""
 
 
+PARTIAL = "partial"  # a position inside an epoch; not a checkpoint to evaluate
+KEEP = {"last": 2, "best": 1, PARTIAL: 1}  # `last`: the newest two, for the fallback
+
+
 def checkpoint_dir(workdir: str, kind: str) -> str:
-  if kind not in KINDS:
+  if kind not in KEEP:
     raise CheckpointError(f"unknown checkpoint {kind!r}; use one of {KINDS}")
   return os.path.join(os.path.abspath(workdir), "checkpoints", kind)
 
 
 def _manager(workdir: str, kind: str, create: bool) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(checkpoint_dir(workdir, kind),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=1, create=create))
+                               options=ocp.CheckpointManagerOptions(max_to_keep=KEEP[kind], create=create))
+
+
+# What a damaged checkpoint raises when read: Orbax/TensorStore errors come as ValueError, OSError
+# (missing or truncated files), KeyError/TypeError (a tree that does not match), JSON errors.
+READ_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
+
+
+def _newest_readable(where: str, kind: str, steps: list, read) -> tuple[Any, int]:
+  """``read(step)`` of the newest step that can be read, newest first; a step that cannot is named
+  in a warning. Raises :class:`CheckpointError` when none can (the first error quoted)."""
+  errors = []
+  for step in sorted(steps, reverse=True):
+    try:
+      out = read(step)
+    except READ_ERRORS as e:
+      errors.append((step, e))
+      continue
+    for bad, e in errors:
+      log.warn(f"the {kind!r} checkpoint {os.path.join(where, str(bad))} is unreadable "
+               f"({type(e).__name__}: {str(e)[:300]}); using the one before it, step {step}")
+    return out, step
+  if not errors:
+    raise CheckpointError(f"no {kind!r} checkpoint in {where}")
+  step, e = errors[0]
+  raise CheckpointError(
+      f"no {kind!r} checkpoint in {where} can be read for this config: it does not fit the model of this "
+      "config, or it is damaged (" + "; ".join(f"step {s}: {type(x).__name__}: {str(x)[:200]}" for s, x in errors)
+      + "). Nothing was started over: use another --workdir for another model; a damaged directory can be "
+      "moved away to start again, or restored from a backup") from e
 
 
 class RunCheckpoints:
-  """The ``last`` and ``best`` checkpoints of one work dir."""
+  """The ``last``, ``best`` and ``partial`` checkpoints of one work dir."""
 
   def __init__(self, workdir: str):
     self.workdir = workdir
     try:
-      self._managers = {kind: _manager(workdir, kind, create=True) for kind in KINDS}
+      self._managers = {kind: _manager(workdir, kind, create=True) for kind in KEEP}
     except OSError as e:
       raise WorkdirError.unwritable(workdir, e, "create the checkpoint directories of") from e
 
@@ -108,20 +144,71 @@ class RunCheckpoints:
     return dict(mngr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
   def restore(self, kind: str, target: Any, epoch: Optional[int] = None) -> tuple[Any, dict]:
-    """Restore ``(state, meta)``; ``target`` is a state pytree of the expected structure."""
+    """Restore ``(state, meta)``; ``target`` is a state pytree of the expected structure. Without
+    ``epoch``: the newest readable checkpoint of ``kind`` (an unreadable newer one is named in a
+    warning); :class:`CheckpointError` if none can be read or none fits the model."""
     mngr = self._managers[kind]
-    epoch = mngr.latest_step() if epoch is None else epoch
-    if epoch is None:
-      raise CheckpointError(f"no {kind!r} checkpoint in {checkpoint_dir(self.workdir, kind)}")
+    where = checkpoint_dir(self.workdir, kind)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+
+    def read(step):
+      out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                       meta=ocp.args.JsonRestore()))
+      return out.state, dict(out.meta)
+
+    steps = mngr.all_steps() if epoch is None else [epoch]
+    out, step = _newest_readable(where, kind, steps, read)
+    newer = [s for s in steps if s > step]
+    if newer:  # set the unreadable ones aside, so that the epochs trained again are saved anew
+      for s in newer:
+        aside = os.path.join(where, f"{s}.unreadable-{int(time.time())}")
+        os.replace(os.path.join(where, str(s)), aside)
+        log.warn(f"moved the unreadable {kind!r} checkpoint {os.path.join(where, str(s))} to {aside}")
+      mngr.reload()
+    return out
+
+  def save_partial(self, step: int, state: Any, meta: dict, metrics: dict) -> None:
+    """A position inside an epoch at global ``step``: the state, ``meta`` and the stacked metrics of
+    the epoch's steps so far (the epoch's record needs them). Same failure contract as ``save``."""
+    mngr = self._managers[PARTIAL]
     try:
-      out = mngr.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                        meta=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(
-          f"the {kind!r} checkpoint in {checkpoint_dir(self.workdir, kind)} does not fit the model of "
-          f"this config ({type(e).__name__}: {str(e)[:300]}); use another --workdir") from e
-    return out.state, dict(out.meta)
+      # (not "metrics": CheckpointManager keeps that item name for its own use)
+      mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+                                              step_metrics=ocp.args.StandardSave(metrics)), force=True)
+      mngr.wait_until_finished()
+    except (OSError, ValueError) as e:
+      where = checkpoint_dir(self.workdir, PARTIAL)
+      _remove_partial(where, step)
+      raise CheckpointSaveError(
+          f"could not save the position at step {step} in {where}: {type(e).__name__}: {str(e)[:500]}. "
+          f"The 'last' checkpoint is intact; free disk space, then run the same command to resume.") from e
+
+  def restore_partial(self, target: Any, after_step: int) -> Optional[tuple[Any, dict, dict]]:
+    """``(state, meta, metrics)`` of the newest readable position past global step ``after_step``
+    (the end of the ``last`` checkpoint's epoch), or None when there is none."""
+    mngr = self._managers[PARTIAL]
+    steps = [s for s in mngr.all_steps() if s > after_step]
+    if not steps:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+
+    def read(step):
+      out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                       meta=ocp.args.JsonRestore(),
+                                                       step_metrics=ocp.args.StandardRestore()))
+      return out.state, dict(out.meta), dict(out.step_metrics)
+
+    try:
+      return _newest_readable(checkpoint_dir(self.workdir, PARTIAL), PARTIAL, steps, read)[0]
+    except CheckpointError as e:
+      log.warn(f"{e}; resuming from the end of the last epoch instead")
+      return None
+
+  def clear_partial(self) -> None:
+    """Remove the positions inside an epoch (called once the epoch's ``last`` is saved)."""
+    mngr = self._managers[PARTIAL]
+    for step in mngr.all_steps():
+      mngr.delete(step)
 
   def close(self) -> None:
     for m in self._managers.values():
@@ -147,10 +234,11 @@ def read_meta(workdir: str, kind: str = "last") -> Optional[dict]:
     return None
   mngr = ocp.CheckpointManager(where, options=ocp.CheckpointManagerOptions(create=False))
   try:
-    epoch = mngr.latest_step()
-    if epoch is None:
+    steps = mngr.all_steps()
+    if not steps:
       return None
-    return dict(mngr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    read = lambda step: dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    return _newest_readable(where, kind, steps, read)[0]
   finally:
     mngr.close()
 

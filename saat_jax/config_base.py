@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
   # one shorter dispatch).
   c.data_on_device = False
   c.steps_per_dispatch = 1
+  # A checkpoint of the position inside the epoch every N steps (0: only at SIGTERM and at epoch
+  # ends), for epochs longer than the time a preemption gives.
+  c.checkpoint_every_steps = 0
   # Resuming a work dir with a config that changes the training trajectory (method, lr, data, ...)
   # is refused unless this is True; the change is then recorded in <workdir>/configs.jsonl.
   c.allow_config_change = False

@@ -207,7 +207,9 @@ def merge_into(path: str, report: dict) -> tuple[dict, Optional[str]]:
       if prev and prev.get("epoch") == row.get("epoch"):
         if "sweep" in row:
           prev.pop("rd", None)  # the RD of an earlier sweep belongs to that sweep
-        merged[kind] = {**prev, **row}
+        checks = row.get("checks", []) + [c for c in prev.get("checks", [])  # AA's checks stay with AA
+                                          if c.get("check") not in {n.get("check") for n in row.get("checks", [])}]
+        merged[kind] = {**prev, **row, **({"checks": checks} if checks else {})}
       else:
         merged[kind] = dict(row)
     report = {**report, "checkpoints": merged}

@@ -13,6 +13,10 @@ import os
 
 import jax
 
+# The keys of a metrics record that measure the machine rather than the training (time, compilations,
+# memory): equal runs differ only in these.
+MACHINE_DEPENDENT_KEYS = ("train_time_s", "eval_time_s", "compiles", "host_rss_mb")
+
 # JAX records one event of this name per XLA backend compilation (jax/_src/dispatch.py).
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 

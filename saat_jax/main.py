@@ -47,10 +47,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str) -> int:
-  """Train; return the exit code: 0 done, 2 an error explained on stderr, 130 interrupted (Ctrl-C)."""
+  """Train; return the exit code: 0 done, 2 an error explained on stderr, 130 interrupted (Ctrl-C),
+  143 stopped by SIGTERM after saving its position inside the epoch."""
   from saat_jax.checkpointing import CheckpointError
   from saat_jax.data import DataError
-  from saat_jax.train import TrainingDiverged, TrainingInterrupted, train_and_evaluate
+  from saat_jax.train import TrainingDiverged, TrainingInterrupted, TrainingPreempted, train_and_evaluate
 
   try:
     train_and_evaluate(config, workdir)
@@ -59,6 +60,9 @@ def run(config, workdir: str) -> int:
         "interrupted before training started: run the same command to start (or resume) the run"
     print(msg, file=sys.stderr, flush=True)
     return 130
+  except TrainingPreempted as e:  # SIGTERM: 128 + 15, as a process the signal had ended
+    print(str(e), file=sys.stderr, flush=True)
+    return 143
   except (DataError, CheckpointError, TrainingDiverged, ValueError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2

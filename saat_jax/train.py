@@ -30,9 +30,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from saat_jax import checkpointing, conv_layout, distributed, health, log, parallel
+from saat_jax import checkpointing, conv_layout, distributed, health, log, parallel, preemption
 from saat_jax import workdir as workdir_files
-from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, config_changes
+from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, TrainingPreempted, config_changes
 from saat_jax.attack import check_sa_pgd_hparams
 from saat_jax.awp import perturb, weight_perturbation
 from saat_jax.evaluators import RobustnessEvaluator
@@ -423,12 +423,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     start_epoch, best_metric, best_epoch = 0, -1.0, -1
     if saved is not None:
       state, meta = ckpts.restore("last", state)
+      if int(meta["epoch"]) != int(saved["epoch"]):  # the newest was unreadable: one epoch back
+        history, damage = workdir_files.history_at(metrics_path, meta)
+        done = int(meta["epoch"]) + 1
       start_epoch = int(meta["epoch"]) + 1
       best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
       log.info(f"resuming {workdir} after epoch {start_epoch} of {num_epochs} (step {int(state.step)})")
       if changes:
         log.info("with a changed config (allow_config_change=True):\n" +
                  "\n".join(f"  {k}: {workdir_files.show(o)} -> {workdir_files.show(n)}" for k, (o, n) in changes.items()))
+    # A position inside the epoch after `last` (SIGTERM, checkpoint_every_steps): continue from it.
+    resume_at = None
+    partial = ckpts.restore_partial(state, after_step=start_epoch * steps_per_epoch)
+    if partial is not None:
+      p_state, p_meta, p_metrics = partial
+      if int(p_meta["epoch"]) == start_epoch and p_meta.get("model") == spec and \
+          not (config_changes(p_meta.get("config", {}), workdir_files.config_json(config))
+               and not config.get("allow_config_change", False)):
+        state = p_state
+        resume_at = (int(p_meta["step_in_epoch"]), _unstack(p_metrics), float(p_meta["train_time_s"]))
+        log.info(f"continuing epoch {start_epoch + 1} from step {resume_at[0]} of {steps_per_epoch} "
+                 f"(global step {int(state.step)}), saved at a stop inside the epoch")
+      else:
+        log.warn(f"ignoring the position saved inside epoch {int(p_meta['epoch']) + 1} in "
+                 f"{checkpointing.checkpoint_dir(workdir, 'partial')}: it does not continue this run's epoch "
+                 f"{start_epoch + 1} with this config")
     writer = MetricWriter(workdir, primary=primary)
 
     def record_start():
@@ -443,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     distributed.on_primary(record_start, "write the run's records")
     return _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts,
                          history, start_epoch, best_metric, best_epoch, steps_per_epoch,
-                         (train_key, eval_key), writer)
+                         (train_key, eval_key), writer, resume_at)
   finally:
     if writer is not None:
       writer.close()
@@ -452,8 +471,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     lock.release()
 
 
+def _stack(step_metrics: list[dict]) -> dict:
+  return {k: np.stack([np.asarray(m[k]) for m in step_metrics]) for k in step_metrics[0]} if step_metrics else {}
+
+
+def _unstack(stacked: dict) -> list[dict]:
+  n = len(next(iter(stacked.values()))) if stacked else 0
+  return [{k: np.asarray(v[j]) for k, v in stacked.items()} for j in range(n)]
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process (every process calls this at the same step)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+
+
 def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts, history,
-                  start_epoch, best_metric, best_epoch, steps_per_epoch, keys, writer):
+                  start_epoch, best_metric, best_epoch, steps_per_epoch, keys, writer, resume_at=None):
+  """The epochs from ``start_epoch``; ``resume_at``: ``(steps done in that epoch, their metrics,
+  seconds spent)`` when it continues from a position inside the epoch (``checkpoints/partial``)."""
   train_key, eval_key = keys
   num_train, batch_size, num_epochs = len(data.train_labels), int(config.batch_size), int(config.num_epochs)
   state = jax.device_put(state, repl)
@@ -481,16 +519,40 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
         f"| {steps_per_epoch} steps/epoch" + (f" | evaluated every {every} epochs and at the last" if every > 1 else ""))
 
   at = {"epoch": start_epoch, "step": start_epoch * steps_per_epoch}  # where a Ctrl-C finds the run
+  ckpt_every = int(config.get("checkpoint_every_steps", 0))
   compiles = health.CompileCounter().start()
+  preempt = preemption.StopRequest().install()  # SIGTERM: finish the step, save the position, exit
   try:
     for epoch in range(start_epoch, num_epochs):
       t0, compiled_before = time.time(), compiles.count
       step_metrics, pending = [], []
       batches = epoch_batches(num_train, batch_size, seed=int(config.seed), epoch=epoch)
-      bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
-                 disable=not (config.progress and writer.primary), dynamic_ncols=True)
       i = 0
-      for run in _dispatches(batches, per_dispatch if (on_device or per_dispatch > 1) else 1):
+      if resume_at is not None and epoch == start_epoch:  # the same batches and keys from step i on
+        i, step_metrics, elapsed = resume_at
+        t0 -= elapsed
+      bar = tqdm(total=len(batches), initial=i, desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
+                 disable=not (config.progress and writer.primary), dynamic_ncols=True)
+
+      def flush():
+        """Fetch the pending steps' metrics (one transfer) and stop on a non-finite loss."""
+        nonlocal pending
+        fetched = jax.device_get([p[2] for p in pending])
+        per_step = []
+        for (gs, n, _), mm in zip(pending, fetched):
+          per_step += [(gs, mm)] if n is None else [(gs + j, {k: v[j] for k, v in mm.items()}) for j in range(n)]
+        for gs, mm in per_step:
+          if not np.isfinite(mm["loss"]):
+            raise TrainingDiverged(
+                f"training loss became {float(mm['loss'])} at step {gs} (epoch {epoch + 1}, batch {gs - epoch * steps_per_epoch}); "
+                f"stopped without saving this epoch; {_last_good(ckpts, workdir)}. "
+                f"Lower optim.lr or check the data.")
+          step_metrics.append(mm)
+        pending = []
+        if step_metrics:
+          bar.set_postfix(loss=f"{step_metrics[-1]['loss']:.3f}", eps=f"{step_metrics[-1]['eps'].mean() * 255:.2f}")
+
+      for run in _dispatches(batches[i:], per_dispatch if (on_device or per_dispatch > 1) else 1):
         global_step = epoch * steps_per_epoch + i
         at.update(epoch=epoch, step=global_step)
         if on_device or per_dispatch > 1:
@@ -510,20 +572,23 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
           pending.append((global_step, None, m))
         i += len(run)
         bar.update(len(run))
-        if sum(n or 1 for _, n, _ in pending) >= int(config.check_every) or i == len(batches):
-          fetched = jax.device_get([p[2] for p in pending])
-          per_step = []
-          for (gs, n, _), mm in zip(pending, fetched):
-            per_step += [(gs, mm)] if n is None else [(gs + j, {k: v[j] for k, v in mm.items()}) for j in range(n)]
-          for gs, mm in per_step:
-            if not np.isfinite(mm["loss"]):
-              raise TrainingDiverged(
-                  f"training loss became {float(mm['loss'])} at step {gs} (epoch {epoch + 1}, batch {gs - epoch * steps_per_epoch}); "
-                  f"stopped without saving this epoch; {_last_good(ckpts, workdir)}. "
-                  f"Lower optim.lr or check the data.")
-            step_metrics.append(mm)
-          pending = []
-          bar.set_postfix(loss=f"{step_metrics[-1]['loss']:.3f}", eps=f"{step_metrics[-1]['eps'].mean() * 255:.2f}")
+        due = sum(n or 1 for _, n, _ in pending) >= int(config.check_every) or i == len(batches)
+        if due:
+          flush()
+        # One process may get SIGTERM a step before another: they agree at the metric fetches.
+        stop_now = preempt.requested if jax.process_count() == 1 else (due and _any_process(preempt.requested))
+        done_steps = epoch * steps_per_epoch + i
+        periodic = ckpt_every > 0 and done_steps // ckpt_every > (done_steps - len(run)) // ckpt_every
+        if i < len(batches) and (stop_now or periodic):
+          flush()
+          ckpts.save_partial(done_steps, jax.device_get(state), {
+              "epoch": epoch, "step": done_steps, "step_in_epoch": i, "train_time_s": time.time() - t0,
+              "model": spec, "config": workdir_files.config_json(config)}, _stack(step_metrics))
+          if stop_now:
+            raise TrainingPreempted(
+                f"stopped by {preempt.name() or 'a request'} at epoch {epoch + 1}, step {i} of {len(batches)} "
+                f"(global step {done_steps}); its position is saved in {checkpointing.checkpoint_dir(workdir, 'partial')}: "
+                f"run the same command to continue from there")
       bar.close()
       at["step"] = (epoch + 1) * steps_per_epoch
       train_time = time.time() - t0
@@ -564,6 +629,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
       if is_best:
         ckpts.save("best", epoch, host_state, meta)
       ckpts.save("last", epoch, host_state, meta)
+      ckpts.clear_partial()  # the epoch is complete: its positions inside are not needed
       history.append(record)
       if writer.primary:
         try:
@@ -586,9 +652,10 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
              else "no epoch had finished, so there is no checkpoint yet: run the same command to start again")
     raise TrainingInterrupted(f"interrupted at epoch {at['epoch'] + 1} step {at['step']}; {where}") from None
   finally:
+    preempt.uninstall()
     compiles.stop()
   return history
 
 
-__all__ = ["TrainState", "TrainingDiverged", "TrainingInterrupted", "ConfigChangeError", "config_changes",
+__all__ = ["TrainState", "TrainingDiverged", "TrainingInterrupted", "TrainingPreempted", "ConfigChangeError", "config_changes",
            "validate_config", "make_optimizer", "initial_state", "make_train_step", "train_and_evaluate"]

@@ -72,7 +72,8 @@ def config_json(config) -> dict:
 
 # Keys (and sub-trees) that do not change the training trajectory: they may differ on resume.
 # Extending a run (num_epochs) is normal; eval.every only changes which epochs are evaluated.
-RESUME_FREE_KEYS = ("progress", "check_every", "data_on_device", "steps_per_dispatch", "num_epochs", "eval.batch_size", "eval.every",
+RESUME_FREE_KEYS = ("progress", "check_every", "data_on_device", "steps_per_dispatch", "checkpoint_every_steps",
+                    "num_epochs", "eval.batch_size", "eval.every",
                     "data.data_dir", "data.cache_dir", "data.download_url", "allow_config_change",
                     "experiment")
 
@@ -83,6 +84,10 @@ class ConfigChangeError(ValueError):
 
 class TrainingInterrupted(KeyboardInterrupt):
   """Ctrl-C during training; ``str(e)`` says where and which checkpoint a rerun resumes from."""
+
+
+class TrainingPreempted(Exception):
+  """SIGTERM during training: the position inside the epoch was saved; ``str(e)`` says where."""
 
 
 _UNSET = object()

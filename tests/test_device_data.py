@@ -20,7 +20,7 @@ from configs import digits  # noqa: E402
 TINY = {"data.num_train": 160, "batch_size": 32, "eval.num_test": 64, "eval.batch_size": 64,
         "eval.train_subset": 32, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 2,
         "data.augment": True, "data.pad": 2, "check_every": 3}
-MACHINE_DEPENDENT = ("train_time_s", "eval_time_s", "compiles", "host_rss_mb")
+from saat_jax.health import MACHINE_DEPENDENT_KEYS as MACHINE_DEPENDENT  # noqa: E402
 
 
 def run(tmp_path, name, **over):

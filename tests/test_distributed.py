@@ -196,7 +196,7 @@ def launch_pair(workdir: Path | tuple, logdir: Path, *extra: str, timeout: int =
 
 
 def records(workdir: Path) -> list[dict]:
-  drop = ("train_time_s", "eval_time_s")
+  from saat_jax.health import MACHINE_DEPENDENT_KEYS as drop
   return [{k: v for k, v in json.loads(line).items() if k not in drop}
           for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
@@ -236,7 +236,8 @@ def test_two_processes_complete_a_run_only_process_0_writing_records(uninterrupt
   assert len((workdir / "configs.jsonl").read_text().splitlines()) == 1
   assert [r["epoch"] for r in records(workdir)] == [0, 1]
   assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "configs.jsonl",
-                                                       "metrics.jsonl"]  # no .lock, no .tmp left
+                                                       "metrics.jsonl", "tensorboard"]  # no .lock, no .tmp left
+  assert len(list((workdir / "tensorboard").iterdir())) == 1  # one event file: process 0's
   w = weights(workdir)
   assert w["meta_epoch"] == 1 and len(w) > 10
 

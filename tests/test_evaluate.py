@@ -114,12 +114,14 @@ def test_a_second_evaluation_keeps_what_the_first_measured(digits_run, tmp_path,
   assert evaluate.main([*common, "--eval.attacks=pgd20"]) == 0
   second = json.loads(out.read_text())["checkpoints"]["last"]
   assert second["aa"] == first["aa"] and second["natural"] == first["natural"] and "pgd20" in second
+  # the AutoAttack self-checks of the first run stay beside its AA number
+  assert {c["check"] for c in first["checks"]} <= {c["check"] for c in second["checks"]}
   assert list(tmp_path.glob("eval-*.json")) == []
   assert evaluate.main([*common, "--eval.attacks=natural", "--eval.eps=16"]) == 0
   (kept,) = tmp_path.glob("eval-*.json")
   assert json.loads(kept.read_text())["checkpoints"]["last"] == second
   third = json.loads(out.read_text())
-  assert third["eps_255"] == 16 and set(third["checkpoints"]["last"]) == {"epoch", "num_test", "natural"}
+  assert third["eps_255"] == 16 and set(third["checkpoints"]["last"]) == {"epoch", "num_test", "natural", "checks"}
   assert f"kept as {kept}" in capsys.readouterr().out
 
 

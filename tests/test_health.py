@@ -17,7 +17,7 @@ from configs import digits  # noqa: E402
 
 TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
         "eval.train_subset": 64, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3}
-MACHINE_DEPENDENT = ("train_time_s", "eval_time_s", "compiles", "host_rss_mb")
+from saat_jax.health import MACHINE_DEPENDENT_KEYS as MACHINE_DEPENDENT  # noqa: E402
 
 
 def test_compile_counter_counts_backend_compilations_only_while_started():

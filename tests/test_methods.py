@@ -357,7 +357,7 @@ def test_resume_equals_uninterrupted(tmp_path, method, extra):
   assert int(a.step) == int(b.step) == 4
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  drop = ("train_time_s", "eval_time_s")
+  from saat_jax.health import MACHINE_DEPENDENT_KEYS as drop
   assert [{k: v for k, v in r.items() if k not in drop} for r in full] == \
          [{k: v for k, v in r.items() if k not in drop} for r in resumed]
 

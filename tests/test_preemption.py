@@ -1,0 +1,161 @@
+"""Preemption and broken checkpoints: SIGTERM finishes the step, saves the position inside the epoch
+and exits 143; the next launch continues from that step and ends with the parameters and metrics of
+an uninterrupted run, bit for bit. ``checkpoint_every_steps`` bounds what a hard kill loses. The two
+newest ``last`` checkpoints are kept: an unreadable newest one is named and the run falls back to
+the one before; with none readable the run stops, never silently starting over."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from saat_jax import checkpointing, parallel, run_state, train
+from saat_jax.workdir import TrainingPreempted
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import digits  # noqa: E402
+
+# 5 steps an epoch, augmentation on, SA-PGD: every source of randomness is in play
+TINY = {"data.num_train": 160, "batch_size": 32, "eval.num_test": 64, "eval.batch_size": 64,
+        "eval.train_subset": 32, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3,
+        "data.augment": True, "data.pad": 2, "check_every": 2}
+from saat_jax.health import MACHINE_DEPENDENT_KEYS as MACHINE_DEPENDENT  # noqa: E402
+
+
+def config(**over):
+  c = digits.get_config("saat_up")
+  c.update_from_flattened_dict({**TINY, **over})
+  return c
+
+
+def outcome(workdir):
+  _, variables, _, _ = run_state.restore_for_eval(str(workdir), "last")
+  recs = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return variables, [{k: v for k, v in r.items() if k not in MACHINE_DEPENDENT} for r in recs]
+
+
+def assert_same(a, b):
+  (va, ra), (vb, rb) = a, b
+  for x, y in zip(jax.tree.leaves(va), jax.tree.leaves(vb)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert ra == rb
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("ref") / "run"
+  train.train_and_evaluate(config(), str(workdir))
+  return workdir, outcome(workdir)
+
+
+def on_batch(monkeypatch, n, action):
+  """Run ``action()`` when the n-th training batch (1-based) is put on the devices (the training loop
+  passes ``index=``; the evaluator's batches do not count)."""
+  real, calls = parallel.shard_batch, [0]
+
+  def shard_batch(*args, **kwargs):
+    calls[0] += "index" in kwargs
+    if calls[0] == n and "index" in kwargs:
+      action()
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(train.parallel, "shard_batch", shard_batch)
+
+
+def test_sigterm_saves_the_position_and_the_next_launch_ends_as_an_uninterrupted_run(
+    uninterrupted, tmp_path, monkeypatch, capsys):
+  workdir = tmp_path / "run"
+  on_batch(monkeypatch, 8, lambda: os.kill(os.getpid(), signal.SIGTERM))  # epoch 2, step 3 of 5
+  with pytest.raises(TrainingPreempted, match=r"SIGTERM at epoch 2, step 3 of 5 .*run the same command"):
+    train.train_and_evaluate(config(), str(workdir))
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+  assert os.listdir(workdir / "checkpoints" / "partial") == ["8"]
+  monkeypatch.undo()
+  capsys.readouterr()
+  train.train_and_evaluate(config(), str(workdir))
+  assert "continuing epoch 2 from step 3 of 5 (global step 8)" in capsys.readouterr().out
+  assert_same(outcome(workdir), uninterrupted[1])
+  assert os.listdir(workdir / "checkpoints" / "partial") == []  # cleared once its epoch ended
+
+
+def test_checkpoint_every_steps_bounds_what_a_hard_kill_loses(uninterrupted, tmp_path, monkeypatch, capsys):
+  workdir = tmp_path / "run"
+
+  def killed():
+    raise SystemExit("killed")  # as a process killed in the middle of epoch 2: nothing more is written
+
+  on_batch(monkeypatch, 10, killed)  # epoch 2, step 5: positions were saved at global steps 3, 6, 9
+  with pytest.raises(SystemExit):
+    train.train_and_evaluate(config(checkpoint_every_steps=3), str(workdir))
+  monkeypatch.undo()
+  capsys.readouterr()
+  train.train_and_evaluate(config(checkpoint_every_steps=3), str(workdir))
+  assert "continuing epoch 2 from step 4 of 5 (global step 9)" in capsys.readouterr().out
+  assert_same(outcome(workdir), uninterrupted[1])
+
+
+def damage(step_dir: Path):
+  (step_dir / "meta" / "metadata").write_text("{not json")
+  shutil.rmtree(step_dir / "state")
+
+
+def test_an_unreadable_newest_checkpoint_is_named_and_the_one_before_is_used(uninterrupted, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted[0], workdir)
+  last = workdir / "checkpoints" / "last"
+  assert sorted(os.listdir(last)) == ["1", "2"]  # the two newest epochs are kept
+  damage(last / "2")
+  # a save killed half way leaves Orbax's temporary directory, which is never read
+  (last / "3.orbax-checkpoint-tmp-1234").mkdir()
+  capsys.readouterr()
+  train.train_and_evaluate(config(), str(workdir))
+  out, err = capsys.readouterr()
+  assert f"the 'last' checkpoint {last / '2'} is unreadable" in err and "using the one before it, step 1" in err
+  assert "resuming" in out and "after epoch 2 of 3" in out
+  assert_same(outcome(workdir), uninterrupted[1])  # epoch 3 trained again, to the same numbers
+
+
+def test_no_readable_checkpoint_stops_the_run_instead_of_starting_over(uninterrupted, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted[0], workdir)
+  for step in ("1", "2"):
+    damage(workdir / "checkpoints" / "last" / step)
+  before = (workdir / "metrics.jsonl").read_text()
+  with pytest.raises(checkpointing.CheckpointError, match="Nothing was started over"):
+    train.train_and_evaluate(config(), str(workdir))
+  assert (workdir / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_sigterm_to_launch_exits_143_with_a_message_and_the_same_command_continues(tmp_path):
+  workdir = tmp_path / "run"
+  flags = [f"--config.{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in
+           {**TINY, "num_epochs": 200}.items() if k != "model.kwargs"]
+  cmd = [sys.executable, "launch.py", "--config=configs/digits.py:saat_up", f"--workdir={workdir}", *flags]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:
+      if line.startswith("epoch   1"):
+        proc.send_signal(signal.SIGTERM)
+        break
+    _, err = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == 143, err
+  assert "stopped by SIGTERM at epoch" in err and "run the same command to continue" in err
+  epoch = int(err.split("stopped by SIGTERM at epoch ")[1].split(",")[0])
+  assert 2 <= epoch < 200
+  cmd[-len(flags):] = [f for f in flags if "num_epochs" not in f] + [f"--config.num_epochs={epoch}"]
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert f"continuing epoch {epoch} from step" in done.stdout
+  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == epoch
