@@ -5,6 +5,8 @@ import gzip
 import io
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -17,6 +19,8 @@ from PIL import Image
 import saat_jax.data.cache as data_cache  # not `cache`: that name is the fixture below
 from saat_jax import config_base
 from saat_jax.data import CIFAR10_CLASSES, CIFAR100_CLASSES, DataError, archives, core, load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 N_TRAIN, N_TEST = 20, 10
@@ -512,6 +516,28 @@ def test_interrupted_cache_write_leaves_nothing_behind(tmp_path, tiny, cache, mo
     with pytest.raises(KeyboardInterrupt):
       load_dataset("cifar10", str(src), cache_dir=cache)
   assert os.listdir(cache) == []
+
+
+def test_two_processes_filling_the_cache_at_once_leave_one_valid_file(tmp_path, tiny, cache):
+  """Both decode and write (neither finds a cache yet); each write goes to its own temporary file
+  renamed into place, so the cache folder ends with one complete file that a third load reads."""
+  (tx, ty), (sx, sy) = tiny
+  src = make_cifar10_python(tmp_path / "py", (tx, ty), (sx, sy))
+  code = ("import sys, time; from saat_jax.data import load_dataset\n"
+          "while time.time() < float(sys.argv[1]): time.sleep(0.005)\n"  # start together
+          "d = load_dataset('cifar10', sys.argv[2], cache_dir=sys.argv[3]); print(int(d.train_images.sum()))")
+  start = str(time.time() + 8)
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  procs = [subprocess.Popen([sys.executable, "-c", code, start, str(src), cache], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert {o.strip() for o, _ in outs} == {str(int(tx.sum()))}
+  files = os.listdir(cache)
+  assert len(files) == 1 and files[0].endswith(".npz"), files  # no temporary file left
+  d = load_dataset("cifar10", str(src), cache_dir=cache)
+  np.testing.assert_array_equal(d.train_images, tx)
+  np.testing.assert_array_equal(d.test_labels, sy)
 
 
 # ------------------------------------------------------------------------------------------------
