@@ -31,7 +31,11 @@ Rows are those of ``saat_jax.paper.ROWS`` (Tables 1-3 and the sweeps of Figures 
 from saat_jax.config_base import base_config
 from saat_jax.paper import get_row
 
-CIFAR100_DATA = "../shared/data/cifar-100-python.tar.gz"  # where to put the official archive
+# Where this checkout keeps its data, relative to the project root (saat_jax.data also looks for a
+# relative data_dir there, so these work from any working directory): the offline CIFAR-10 copy
+# (JPEG image folders in a tar.gz), and where to put the official CIFAR-100 archive.
+CIFAR10_DATA = "../shared/data/cifar10-jpeg.tar.gz"
+CIFAR100_DATA = "../shared/data/cifar-100-python.tar.gz"
 
 
 def get_config(row: str = "saat_up_e14_r1.7"):
@@ -43,8 +47,7 @@ def get_config(row: str = "saat_up_e14_r1.7"):
   c.model.name = r.model
   c.data.name = r.dataset
   c.model.normalization = r.dataset
-  if r.dataset == "cifar100":
-    c.data.data_dir = CIFAR100_DATA
+  c.data.data_dir = CIFAR100_DATA if r.dataset == "cifar100" else CIFAR10_DATA
   if r.method == "at":
     eps = (r.train_eps_255 or 8.0) / 255
     c.at.eps, c.at.alpha = eps, eps / 4

@@ -8,13 +8,6 @@ from __future__ import annotations
 
 import ml_collections
 
-# Where this project keeps its offline copy of CIFAR-10 (JPEG image folders in a tar.gz): the
-# default data.data_dir, and the copy that saat_jax.data's error messages point to. Relative to the
-# project root; saat_jax.data resolves a relative data_dir from the working directory, then from
-# the project root, so it works from any working directory.
-SHARED_CIFAR10 = "../shared/data/cifar10-jpeg.tar.gz"
-
-
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -24,7 +17,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"
-  c.data.data_dir = SHARED_CIFAR10
+  # A CIFAR archive or folder; None: the experiment config says where (configs/paper.py), or
+  # --config.data.data_dir=..., or data.source=download. The library knows no location.
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)
   c.data.source = "auto"  # auto / local (data_dir) | download (official archive, cached) | tfds
   c.data.download_url = ml_collections.config_dict.placeholder(str)  # None: the official address
   c.data.cache_dir = ml_collections.config_dict.placeholder(str)

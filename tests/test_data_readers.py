@@ -260,16 +260,19 @@ def test_parent_folder_holding_one_layout_is_accepted(tmp_path, tiny, cache):
 
 
 def test_relative_path_resolves_from_project_root(tmp_path, monkeypatch, tiny, cache):
-  """The default data.data_dir '../shared/data/...' is relative to the project root, not the cwd.
+  """The CIFAR configs' data.data_dir '../shared/data/...' is relative to the project root, not the
+  cwd; the library's own default names no location.
 
   Needs no shared data: the archive is written beside a stand-in project root under tmp_path.
   """
-  from saat_jax.config_base import base_config
+  sys.path.insert(0, str(ROOT))
+  from configs import paper
 
-  # The default points at REAL_ARCHIVE from the real project root (whether or not it exists).
+  # The configs point at REAL_ARCHIVE from the real project root (whether or not it exists).
   assert archives._PROJECT_ROOT == Path(__file__).resolve().parents[1]
-  assert base_config().data.data_dir == config_base.SHARED_CIFAR10 == "../shared/data/cifar10-jpeg.tar.gz"
-  assert (archives._PROJECT_ROOT / config_base.SHARED_CIFAR10).resolve() == REAL_ARCHIVE.resolve()
+  assert config_base.base_config().data.data_dir is None
+  assert paper.get_config().data.data_dir == paper.CIFAR10_DATA == "../shared/data/cifar10-jpeg.tar.gz"
+  assert (archives._PROJECT_ROOT / paper.CIFAR10_DATA).resolve() == REAL_ARCHIVE.resolve()
 
   # tmp/project is the project root; tmp/shared/data/cifar10-tiny.tar.gz its "../shared" archive.
   (tx, ty), (sx, sy) = tiny
@@ -554,10 +557,11 @@ def test_unknown_source():
     load_dataset("cifar10", "/tmp", source="kaggle")
 
 
-def test_missing_path_names_it_and_the_offline_archive(tmp_path):
-  match = r"(?s)nope\.tar\.gz.*does not exist.*shared/data/cifar10-jpeg\.tar\.gz"
-  with pytest.raises(DataError, match=match):
+def test_missing_path_names_it_and_the_other_sources(tmp_path):
+  match = r"(?s)nope\.tar\.gz.*does not exist.*--config\.data\.data_dir.*--config\.data\.source=download"
+  with pytest.raises(DataError, match=match) as err:
     load_dataset("cifar10", str(tmp_path / "nope.tar.gz"))
+  assert "shared" not in str(err.value)  # the library names no location of this checkout
 
 
 def test_no_data_dir():

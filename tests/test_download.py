@@ -7,14 +7,18 @@ expected checksum patched in.
 import hashlib
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
 
 from saat_jax import config_base
 from saat_jax.data import ARCHIVES, DataError, archives, download, load_dataset, sources
-from test_data_readers import (make_cifar10_python, make_cifar100_python, make_tar,
+from test_data_readers import (ROOT, make_cifar10_python, make_cifar100_python, make_tar,
                                random_split)
+
+sys.path.insert(0, str(ROOT))
+from configs.paper import CIFAR10_DATA  # noqa: E402 - this checkout's offline CIFAR-10 copy
 
 MAKERS = {"cifar10": make_cifar10_python, "cifar100": make_cifar100_python}
 FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -136,9 +140,9 @@ def test_missing_default_copy_is_named_once_with_flag_advice(tmp_path, monkeypat
   monkeypatch.setattr(archives, "_PROJECT_ROOT", tmp_path / "project")
   monkeypatch.chdir(tmp_path)
   with pytest.raises(DataError) as err:
-    load_dataset("cifar10", config_base.SHARED_CIFAR10)
+    load_dataset("cifar10", CIFAR10_DATA)
   msg = str(err.value)
-  assert msg.count(config_base.SHARED_CIFAR10) == 1, msg
+  assert msg.count(CIFAR10_DATA) == 1, msg
   for place in (tmp_path / "shared", tmp_path / "project" / ".." / "shared"):
     assert msg.count(os.path.abspath(place / "data" / "cifar10-jpeg.tar.gz")) == 1, msg
   assert "--config.data.data_dir" in msg and "--config.data.source=download" in msg
@@ -168,7 +172,7 @@ def test_tfds_never_gets_the_archive_path_as_its_data_dir(monkeypatch):
       return _real(*a, **k)
     monkeypatch.setattr(tfds, fn, spy)
   with tfds.testing.mock_data(num_examples=6):
-    d = load_dataset("cifar10", config_base.SHARED_CIFAR10, source="tfds")
+    d = load_dataset("cifar10", CIFAR10_DATA, source="tfds")
   assert d.test_images.shape == (6, 32, 32, 3)
   assert seen and all("data_dir" not in k for k in seen), seen
 

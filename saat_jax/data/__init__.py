@@ -13,8 +13,8 @@ What is where:
 * :mod:`saat_jax.data.archives`: local sources, a folder or a tar archive holding
   ``cifar-10-batches-py``, ``cifar-10-batches-bin``, ``cifar-100-python`` or an image-folder tree
   (PNG/JPEG), and the rule for a relative ``data_dir``: looked for from the current directory, then
-  from the project root (the folder holding ``saat_jax/``). The default location of the offline
-  CIFAR-10 copy is ``saat_jax.config_base.SHARED_CIFAR10``, the configs' default ``data.data_dir``.
+  from the project root (the folder holding ``saat_jax/``). The library knows no data location:
+  the experiment configs do (``configs/paper.py``: this checkout's offline CIFAR-10 copy).
 * :mod:`saat_jax.data.cache`: decoded local sources cached as ``.npz`` in ``cache_dir``
   (default ``$SAAT_JAX_CACHE`` or ``~/.cache/saat_jax``).
 * :mod:`saat_jax.data.download`: ``source='download'``, the official CIFAR python archives fetched

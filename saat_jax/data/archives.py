@@ -7,7 +7,7 @@ Layouts read (each in a folder or a tar archive, also somewhere below the folder
   (3073-byte records: label, then the R, G and B planes) and ``cifar-100-python`` (fine labels).
 * An image-folder tree ``root/{train,test}/<class>/*.{png,jpg,jpeg}``, unpacked or as a tar
   archive (with or without one top-level folder). This is how the offline copy
-  (``saat_jax.config_base.SHARED_CIFAR10``) is read. Class indices are CIFAR-10's / CIFAR-100's
+  (a config's ``data.data_dir``) is read. Class indices are CIFAR-10's / CIFAR-100's
   canonical order when the folder names are those classes, else the sorted folder names. Folders
   group the files by class, so the examples of a tree are put in a fixed pseudo-random order
   (independent of ``seed``, like the order of the original batches) so that a prefix of the arrays
@@ -34,7 +34,6 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from saat_jax.config_base import SHARED_CIFAR10
 from saat_jax.data.core import (CANONICAL_CLASSES, CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_SHAPE,
                                 OTHER_SOURCES_ADVICE, DataError)
 
@@ -68,7 +67,7 @@ def _resolve_path(data_dir) -> Path:
   """``data_dir`` as an absolute path: as given if absolute, else from the cwd, else the project root.
 
   The project root (:data:`_PROJECT_ROOT`) is the folder holding ``saat_jax/``, so a relative
-  default such as ``config_base.SHARED_CIFAR10`` names the same file from any working directory.
+  default in a config (``configs/paper.py``) names the same file from any working directory.
   Raises :class:`DataError`, naming every place looked at, when none exists.
   """
   given = str(data_dir)
@@ -80,12 +79,7 @@ def _resolve_path(data_dir) -> Path:
       return p
   tried = " or ".join(str(p) for p in candidates)
   where = "" if path.is_absolute() else f" (looked for {tried})"
-  if given == SHARED_CIFAR10:
-    what = ("the default, this project's offline CIFAR-10 copy, which this machine does not have. "
-            "Set --config.data.data_dir to a CIFAR archive or folder")
-  else:
-    what = (f"no such file or folder. Set --config.data.data_dir to a CIFAR archive or folder "
-            f"(offline CIFAR-10 copy: {SHARED_CIFAR10})")
+  what = "no such file or folder. Set --config.data.data_dir to a CIFAR archive or folder"
   raise DataError(f"data.data_dir {given!r}{where} does not exist: {what}, or use "
                   f"{OTHER_SOURCES_ADVICE}")
 
@@ -236,7 +230,7 @@ def _choose_layout(name: str, tree: _Tree) -> tuple[str, str]:
     raise DataError(
         f"{tree.path} holds no {name} data in a known layout (found {len(tree.names)} files: "
         f"{sample}{', ...' if len(tree.names) > 5 else ''}). Expected {_Tree._expected()}. Point "
-        f"data_dir at such an archive or folder (offline CIFAR-10: {SHARED_CIFAR10}).")
+        f"data_dir at such an archive or folder, or use {OTHER_SOURCES_ADVICE}")
   usable = [(f, r) for f, r in layouts if name in _FORMAT_DATASETS[f]]
   desc = "; ".join(f"{f} at {r or '.'!r}" for f, r in layouts)
   if not usable:

@@ -12,7 +12,6 @@ from typing import Optional
 
 import numpy as np
 
-from saat_jax.config_base import SHARED_CIFAR10
 from saat_jax.data.archives import _resolve_path
 from saat_jax.data.cache import _load_local_cached
 from saat_jax.data.core import KNOWN_DATASETS, OTHER_SOURCES_ADVICE, SOURCES, DataError, Dataset
@@ -29,8 +28,8 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
     name: the data set, case-insensitive.
     data_dir: for CIFAR with source 'auto'/'local', a folder or a tar archive holding one of the
       supported layouts. A relative path that does not exist from the working directory is also
-      tried from the project root (:func:`saat_jax.data.archives._resolve_path`), so the default
-      ``config_base.SHARED_CIFAR10`` works from anywhere. Ignored for 'digits' and by the
+      tried from the project root (:func:`saat_jax.data.archives._resolve_path`), so a config's
+      relative default works from anywhere. Ignored for 'digits' and by the
       'download' and 'tfds' sources (TFDS keeps its data in ``$TFDS_DATA_DIR``, by default
       ``~/tensorflow_datasets``).
     val_size: number of training examples held out as the validation set (0: none).
@@ -70,7 +69,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
     if data_dir is None or str(data_dir).strip() == "":
       raise DataError(
           f"no data.data_dir given for {key}: set --config.data.data_dir to a CIFAR archive or "
-          f"folder (offline CIFAR-10 as JPEG: {SHARED_CIFAR10}, relative to the project root), or "
+          f"folder (the python, binary or image-folder layouts, or a .tar.gz of one), or "
           f"{OTHER_SOURCES_ADVICE}")
     train_x, train_y, test_x, test_y, class_names = _load_local_cached(
         key, _resolve_path(data_dir), cache_dir)

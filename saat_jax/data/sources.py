@@ -18,7 +18,6 @@ from typing import Optional
 
 import numpy as np
 
-from saat_jax.config_base import SHARED_CIFAR10
 from saat_jax.data.core import CANONICAL_CLASSES, CIFAR_SHAPE, DOWNLOAD_ADVICE, DataError
 
 _DIGITS_SPLIT_SEED = 0  # fixed digits train/test split (not the run's seed)
@@ -95,7 +94,7 @@ def _load_tfds(name: str):
                       f"($TFDS_DATA_DIR): {type(e).__name__}: {e}. TFDS downloads CIFAR on first "
                       f"use, so it needs internet. Or use {DOWNLOAD_ADVICE}; "
                       f"offline, --config.data.source=local with --config.data.data_dir set to a "
-                      f"local CIFAR archive (e.g. {SHARED_CIFAR10}).") from e
+                      f"local CIFAR archive or folder.") from e
     # Without TensorFlow, TFDS can still read an array_record copy prepared beforehand.
     try:
       for split in ("train", "test"):
