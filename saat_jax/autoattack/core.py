@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saat_jax import log
 from saat_jax.autoattack.apgd import apgd_attack, apgd_targeted_attack
 from saat_jax.autoattack import checks
 from saat_jax.autoattack.batching import padded_index
@@ -283,8 +284,8 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
   acc_dict = {"clean": float(robust.mean())}
   times = {"clean": time.time() - t0}
   if verbose:
-    print(f"AutoAttack {version} ({', '.join(attacks)}), {norm} eps={eps:.5g}, {n} points")
-    print(f"clean accuracy: {acc_dict['clean']:.2%}")
+    log.info(f"AutoAttack {version} ({', '.join(attacks)}), {norm} eps={eps:.5g}, {n} points")
+    log.info(f"clean accuracy: {acc_dict['clean']:.2%}")
 
   bar = None
   if progress:
@@ -319,11 +320,11 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
       if bar is not None:
         bar.set_postfix_str(f"{name} batch {b + 1}/{n_batches} robust {robust.mean():.2%}")
       if verbose:
-        print(f"{name} - {b + 1}/{n_batches} - {int(fooled.sum())} out of {idx.size} successfully perturbed")
+        log.info(f"{name} - {b + 1}/{n_batches} - {int(fooled.sum())} out of {idx.size} successfully perturbed")
     acc_dict[name] = float(robust.mean())
     times[name] = time.time() - t_att
     if verbose:
-      print(f"robust accuracy after {name.upper()}: {acc_dict[name]:.2%} ({times[name]:.1f} s)")
+      log.info(f"robust accuracy after {name.upper()}: {acc_dict[name]:.2%} ({times[name]:.1f} s)")
     if bar is not None:
       bar.update(1)
   if bar is not None:
@@ -335,9 +336,9 @@ def autoattack(logits_fn: LogitsFn, x, y, *, eps: float, norm: str = "Linf", ver
                                            batch_size=bs, check_labels=not randomized or version != "rand"))
   if verbose:
     dist = lp_norm_np(x_adv - x_np, norm)
-    print(f"max {norm} perturbation: {dist.max():.5f}, nan in x_adv: {int(np.isnan(x_adv).sum())}, "
-          f"max: {x_adv.max():.5f}, min: {x_adv.min():.5f}")
-    print(f"robust accuracy: {robust.mean():.2%}")
+    log.info(f"max {norm} perturbation: {dist.max():.5f}, nan in x_adv: {int(np.isnan(x_adv).sum())}, "
+             f"max: {x_adv.max():.5f}, min: {x_adv.min():.5f}")
+    log.info(f"robust accuracy: {robust.mean():.2%}")
   return AutoAttackResult(x_adv=jnp.asarray(x_adv), y_adv=jnp.asarray(y_adv), robust=jnp.asarray(robust),
                           robust_accuracy=acc_dict, times=times, checks=records)
 
