@@ -488,6 +488,66 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
+def _stepper(config, step_fn, mesh, repl, data, train_key):
+  """``(advance, k)``: ``advance(state, batches, step) -> (state, metrics)`` takes the training steps
+  of ``batches`` (index arrays, at most k) from global ``step`` on; the metrics of one step, or of
+  several stacked along a leading axis (``_per_step`` tells them apart once fetched). The input path is the config's: host batches one step a
+  dispatch (the default), or :func:`make_dispatch` on the training set kept on the devices
+  (``data_on_device``) or sent a dispatch's batches at a time (``steps_per_dispatch`` > 1)."""
+  on_device, k = bool(config.get("data_on_device", False)), int(config.get("steps_per_dispatch", 1))
+  if not on_device and k == 1:
+    train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(repl, repl))
+
+    def advance(state, batches, step):
+      images, labels = parallel.shard_batch(mesh, data.train_images, data.train_labels, index=batches[0])
+      return train_step(state, images, labels, jax.random.fold_in(train_key, step))
+
+    return advance, 1
+  dispatch = jax.jit(make_dispatch(step_fn, mesh, train_key), donate_argnums=0, out_shardings=(repl, repl))
+  if on_device:  # once per run: the uint8 set, replicated (each process gives all of it)
+    images_dev = jax.make_array_from_process_local_data(repl, data.train_images)
+    labels_dev = jax.make_array_from_process_local_data(repl, data.train_labels)
+
+  def advance(state, batches, step):
+    idx = np.stack(batches).astype(np.int32)
+    steps = np.arange(step, step + len(batches), dtype=np.int32)
+    if on_device:
+      return dispatch(state, images_dev, labels_dev, idx, steps)
+    sel = idx.reshape(-1)  # host data: the dispatch's batches go over at once
+    x = jax.make_array_from_process_local_data(repl, data.train_images[sel])
+    y = jax.make_array_from_process_local_data(repl, data.train_labels[sel])
+    return dispatch(state, x, y, np.arange(sel.size, dtype=np.int32).reshape(idx.shape), steps)
+
+  return advance, k
+
+
+def _per_step(steps: list, fetched: list) -> list:
+  """``(global step, metrics)`` of every step in fetched dispatches (a dispatch's metrics are one
+  step's, scalar loss, or several steps' stacked)."""
+  out = []
+  for gs, mm in zip(steps, fetched):
+    if np.ndim(mm["loss"]) == 0:
+      out.append((gs, mm))
+    else:
+      out += [(gs + j, {k: v[j] for k, v in mm.items()}) for j in range(len(mm["loss"]))]
+  return out
+
+
+def _evaluate(evaluator, state, splits, eval_key) -> dict:
+  """Natural and PGD accuracy of the weights (and their EMA) on each non-empty split; each split
+  gets the same PGD starts every epoch."""
+  weights = {"": state.variables}
+  if state.ema is not None:
+    weights["ema_"] = state.ema_variables
+  out = {}
+  for prefix, variables in weights.items():
+    for k, (split, images, labels) in enumerate(splits):
+      if len(labels):
+        for name, value in evaluator.run(variables, images, labels, jax.random.fold_in(eval_key, k)).items():
+          out[f"{prefix}{split}_{name}"] = value
+  return out
+
+
 def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts, history,
                   start_epoch, best_metric, best_epoch, steps_per_epoch, keys, writer, resume_at=None):
   """The epochs from ``start_epoch``; ``resume_at``: ``(steps done in that epoch, their metrics,
@@ -495,15 +555,8 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
   train_key, eval_key = keys
   num_train, batch_size, num_epochs = len(data.train_labels), int(config.batch_size), int(config.num_epochs)
   state = jax.device_put(state, repl)
-  on_device, per_dispatch = bool(config.get("data_on_device", False)), int(config.get("steps_per_dispatch", 1))
-  step_fn = make_train_step(config, model.apply, tx, steps_per_epoch)
-  if on_device or per_dispatch > 1:
-    dispatch = jax.jit(make_dispatch(step_fn, mesh, train_key), donate_argnums=0, out_shardings=(repl, repl))
-    if on_device:  # once per run: the uint8 set, replicated (each process gives all of it)
-      images_dev = jax.make_array_from_process_local_data(repl, data.train_images)
-      labels_dev = jax.make_array_from_process_local_data(repl, data.train_labels)
-  else:
-    train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(repl, repl))
+  advance, per_dispatch = _stepper(config, make_train_step(config, model.apply, tx, steps_per_epoch), mesh, repl,
+                                   data, train_key)
   ev = config.eval
   every = int(ev.get("every", 1))
   evaluator = RobustnessEvaluator(model.apply, eps=float(ev.eps), alpha=float(ev.alpha), steps=int(ev.steps),
@@ -513,7 +566,8 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
   # A fixed subset of the training set (no augmentation), for the training robust accuracy and the
   # robust generalisation gap of Figure 3(d).
   n_sub = min(int(ev.train_subset), num_train)
-  sub_images, sub_labels = data.train_images[:n_sub], data.train_labels[:n_sub]
+  splits = (("test", test_images, test_labels), ("val", data.val_images, data.val_labels),
+            ("trainsub", data.train_images[:n_sub], data.train_labels[:n_sub]))
   log.info(f"{config.method} | {spec['name']} ({count_params(state.params):,} params) | {data.name}: "
         f"{num_train} train, {len(data.val_labels)} val, {num_test} test | {jax.device_count()} device(s) "
         f"| {steps_per_epoch} steps/epoch" + (f" | evaluated every {every} epochs and at the last" if every > 1 else ""))
@@ -537,11 +591,8 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
       def flush():
         """Fetch the pending steps' metrics (one transfer) and stop on a non-finite loss."""
         nonlocal pending
-        fetched = jax.device_get([p[2] for p in pending])
-        per_step = []
-        for (gs, n, _), mm in zip(pending, fetched):
-          per_step += [(gs, mm)] if n is None else [(gs + j, {k: v[j] for k, v in mm.items()}) for j in range(n)]
-        for gs, mm in per_step:
+        fetched = jax.device_get([m for _, m in pending])
+        for gs, mm in _per_step([gs for gs, _ in pending], fetched):
           if not np.isfinite(mm["loss"]):
             raise TrainingDiverged(
                 f"training loss became {float(mm['loss'])} at step {gs} (epoch {epoch + 1}, batch {gs - epoch * steps_per_epoch}); "
@@ -552,27 +603,14 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
         if step_metrics:
           bar.set_postfix(loss=f"{step_metrics[-1]['loss']:.3f}", eps=f"{step_metrics[-1]['eps'].mean() * 255:.2f}")
 
-      for run in _dispatches(batches[i:], per_dispatch if (on_device or per_dispatch > 1) else 1):
+      for run in _dispatches(batches[i:], per_dispatch):
         global_step = epoch * steps_per_epoch + i
         at.update(epoch=epoch, step=global_step)
-        if on_device or per_dispatch > 1:
-          idx = np.stack(run).astype(np.int32)
-          steps = np.arange(global_step, global_step + len(run), dtype=np.int32)
-          if on_device:
-            state, ms = dispatch(state, images_dev, labels_dev, idx, steps)
-          else:  # host data, several steps per dispatch: the run's batches go over at once
-            sel = idx.reshape(-1)
-            x = jax.make_array_from_process_local_data(repl, data.train_images[sel])
-            y = jax.make_array_from_process_local_data(repl, data.train_labels[sel])
-            state, ms = dispatch(state, x, y, np.arange(sel.size, dtype=np.int32).reshape(idx.shape), steps)
-          pending.append((global_step, len(run), ms))  # stacked: split on the host once fetched
-        else:
-          images, labels = parallel.shard_batch(mesh, data.train_images, data.train_labels, index=run[0])
-          state, m = train_step(state, images, labels, jax.random.fold_in(train_key, global_step))
-          pending.append((global_step, None, m))
+        state, m = advance(state, run, global_step)
+        pending.append((global_step, m))
         i += len(run)
         bar.update(len(run))
-        due = sum(n or 1 for _, n, _ in pending) >= int(config.check_every) or i == len(batches)
+        due = i - (pending[0][0] - epoch * steps_per_epoch) >= int(config.check_every) or i == len(batches)
         if due:
           flush()
         # One process may get SIGTERM a step before another: they agree at the metric fetches.
@@ -598,16 +636,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
       record = {"epoch": epoch, "step": int(state.step), "lr": float(schedule(int(state.step) - 1)),
                 **_epoch_summary(step_metrics), "train_time_s": train_time, "evaluated": evaluated}
       if evaluated:
-        weights = {"": state.variables}  # each split gets the same PGD starts every epoch
-        if state.ema is not None:
-          weights["ema_"] = state.ema_variables
-        for prefix, variables in weights.items():
-          for split, images, labels, k in (("test", test_images, test_labels, 0),
-                                           ("val", data.val_images, data.val_labels, 1),
-                                           ("trainsub", sub_images, sub_labels, 2)):
-            if len(labels):
-              for name, value in evaluator.run(variables, images, labels, jax.random.fold_in(eval_key, k)).items():
-                record[f"{prefix}{split}_{name}"] = value
+        record.update(_evaluate(evaluator, state, splits, eval_key))
       record["eval_time_s"] = time.time() - t1
       # health: XLA compilations in this epoch (0 after the first one) and host memory (flat)
       record["compiles"], record["host_rss_mb"] = compiles.count - compiled_before, health.host_rss_mb()
