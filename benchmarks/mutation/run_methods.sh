@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Mutation testing of saat_jax/methods/ (docs/mutation.md).
+# Mutation testing of other modules than pyproject.toml's [tool.mutmut] (docs/mutation.md).
 #
 # The [tool.mutmut] section of pyproject.toml mutates attack.py, losses.py and awp.py against their
-# fast tests. The methods are covered by tests/test_methods.py (one training step of every method
-# against a slow implementation), so they run here, in a copy of the working tree whose
-# pyproject.toml selects that test file instead: the checkout itself is only read.
+# fast tests. Other modules run here, in a copy of the working tree whose pyproject.toml selects
+# their modules and tests instead: the checkout itself is only read. Default: saat_jax/methods/
+# against tests/test_methods.py (one training step of every method against a slow implementation).
 #
 #   bash benchmarks/mutation/run_methods.sh [WORKDIR]      # then: cd WORKDIR && mutmut results
+#   MUTATE='"saat_jax/evaluators/*"' TESTS='"tests/test_evaluators.py", "tests/test_autoattack_checks.py"' \
+#     bash benchmarks/mutation/run_methods.sh /tmp/mut_evaluators
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${1:-$(mktemp -d /tmp/saat_mutation_methods.XXXXXX)}
@@ -14,15 +16,18 @@ mkdir -p "$work"
 # tracked and untracked-but-not-ignored files, as they are in the working tree
 (cd "$repo" && { git ls-files; git ls-files --others --exclude-standard; } | sort -u |
    while read -r f; do [ -f "$f" ] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -xf - -C "$work"
+export MUTATE=${MUTATE:-'"saat_jax/methods/*"'}
+export TESTS=${TESTS:-'"tests/test_methods.py", "tests/test_mutation_killers.py"'}
 python - "$work/pyproject.toml" <<'PY'
+import os
 import sys
 path = sys.argv[1]
 text = open(path).read()
 head = text[:text.index("[tool.mutmut]")]
-open(path, "w").write(head + '''[tool.mutmut]
+open(path, "w").write(head + f'''[tool.mutmut]
 source_paths = ["saat_jax"]
-only_mutate = ["saat_jax/methods/*"]
-pytest_add_cli_args_test_selection = ["tests/test_methods.py", "tests/test_mutation_killers.py"]
+only_mutate = [{os.environ["MUTATE"]}]
+pytest_add_cli_args_test_selection = [{os.environ["TESTS"]}]
 pytest_add_cli_args = ["-p", "no:cacheprovider"]
 also_copy = ["configs"]
 process_isolation = "forkserver"
@@ -33,6 +38,6 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$work/.jax_cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 cd "$work"
-echo "mutating saat_jax/methods/ in $work"
+echo "mutating $MUTATE in $work"
 mutmut run --max-children "${MUTMUT_CHILDREN:-2}"
 mutmut results
