@@ -675,6 +675,12 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
       log.info(f"epoch {epoch + 1:3d} | loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
             f"eps mean {record['attack_eps_mean']:.2f}/255 sat {record['attack_frac_satisfied']:.2f} "
             f"steps {record['attack_steps_mean']:.1f} | {tested} | {train_time:.1f}s + {record['eval_time_s']:.1f}s")
+      # A stop that came during the epoch's last steps or its evaluation (or, with several
+      # processes, after their last agreement): the epoch's checkpoint is the position.
+      if epoch < num_epochs - 1 and _any_process(preempt.requested):
+        raise TrainingPreempted(
+            f"stopped by {preempt.name() or 'a request'} after epoch {epoch + 1}; its checkpoint is saved: "
+            f"run the same command to continue")
   except KeyboardInterrupt:
     saved = ckpts.latest_epoch("last")
     where = (f"the last checkpoint is epoch {saved + 1}: run the same command to resume" if saved is not None

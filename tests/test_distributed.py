@@ -16,6 +16,7 @@ of time.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -269,6 +270,35 @@ def test_killed_two_process_run_resumes_to_the_same_parameters(uninterrupted, tm
   assert got.keys() == ref.keys()
   for k in ref:
     np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_both_processes_at_the_same_step_and_the_run_continues(tmp_path, cleanup):
+  """SIGTERM to both processes (as a cluster sends it): they agree on the step to stop at, save the
+  position together, exit 143, and the same commands continue from it."""
+  workdir = tmp_path / "run"
+  first = launch_pair(workdir, tmp_path / "logs1", "--config.num_epochs=100", "--config.check_every=1")
+  cleanup(first)
+  deadline = time.monotonic() + TIMEOUT_S
+  while "epoch   1 |" not in first.text(0)[0]:
+    assert all(p.poll() is None for p in first.procs), "a process ended before epoch 1:\n" + first.dump()
+    assert time.monotonic() < deadline, "no epoch 1 in time:\n" + first.dump()
+    time.sleep(0.02)
+  for p in first.procs:
+    p.send_signal(signal.SIGTERM)
+  assert first.wait() == [143, 143], first.dump()
+  stopped = [re.search(r"stopped by (?:SIGTERM|a request) (at|after) epoch (\d+)(?:, step (\d+))?", first.text(i)[1])
+             for i in range(2)]
+  assert all(stopped), first.dump()
+  assert stopped[0].groups() == stopped[1].groups(), first.dump()  # the same position on both
+  inside, epoch = stopped[0].group(1) == "at", int(stopped[0].group(2))
+  target = epoch if inside else epoch + 1
+  assert target < 100
+  second = launch_pair(workdir, tmp_path / "logs2", f"--config.num_epochs={target}", "--config.check_every=1")
+  cleanup(second)
+  assert second.wait() == [0, 0], second.dump()
+  assert ("continuing epoch" if inside else "resuming") in second.text(0)[0], second.dump()
+  assert [r["epoch"] for r in records(workdir)] == list(range(target))
 
 
 # ---- bad input ----------------------------------------------------------------------------------

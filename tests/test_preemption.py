@@ -6,6 +6,7 @@ the one before; with none readable the run stops, never silently starting over."
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,20 @@ def test_sigterm_saves_the_position_and_the_next_launch_ends_as_an_uninterrupted
   assert os.listdir(workdir / "checkpoints" / "partial") == []  # cleared once its epoch ended
 
 
+def test_sigterm_during_an_epochs_last_step_stops_after_its_checkpoint(uninterrupted, tmp_path, monkeypatch):
+  """Noticed after the epoch's last step: the epoch is finished, evaluated and saved, then the run
+  stops (the next epoch is not begun); the next launch resumes after it."""
+  workdir = tmp_path / "run"
+  on_batch(monkeypatch, 5, lambda: os.kill(os.getpid(), signal.SIGTERM))  # the last step of epoch 1
+  with pytest.raises(TrainingPreempted, match=r"SIGTERM after epoch 1; its checkpoint is saved"):
+    train.train_and_evaluate(config(), str(workdir))
+  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+  assert os.listdir(workdir / "checkpoints" / "partial") == []
+  monkeypatch.undo()
+  train.train_and_evaluate(config(), str(workdir))
+  assert_same(outcome(workdir), uninterrupted[1])
+
+
 def test_checkpoint_every_steps_bounds_what_a_hard_kill_loses(uninterrupted, tmp_path, monkeypatch, capsys):
   workdir = tmp_path / "run"
 
@@ -151,11 +166,15 @@ def test_sigterm_to_launch_exits_143_with_a_message_and_the_same_command_continu
   finally:
     proc.kill()
   assert proc.returncode == 143, err
-  assert "stopped by SIGTERM at epoch" in err and "run the same command to continue" in err
-  epoch = int(err.split("stopped by SIGTERM at epoch ")[1].split(",")[0])
+  stopped = re.search(r"stopped by SIGTERM (at|after) epoch (\d+)", err)
+  assert stopped and "run the same command to continue" in err, err
+  # inside an epoch: the next launch finishes it; after one (the signal came during its last
+  # step or evaluation): the next launch trains the one after
+  inside, epoch = stopped.group(1) == "at", int(stopped.group(2))
   assert 2 <= epoch < 200
-  cmd[-len(flags):] = [f for f in flags if "num_epochs" not in f] + [f"--config.num_epochs={epoch}"]
+  target = epoch if inside else epoch + 1
+  cmd[-len(flags):] = [f for f in flags if "num_epochs" not in f] + [f"--config.num_epochs={target}"]
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
-  assert f"continuing epoch {epoch} from step" in done.stdout
-  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == epoch
+  assert (f"continuing epoch {epoch} from step" if inside else f"after epoch {epoch} of {target}") in done.stdout
+  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == target
