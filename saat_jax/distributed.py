@@ -149,6 +149,16 @@ def quiet_unless_primary() -> None:
     os.close(devnull)
 
 
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process; every process calls this at the same point (a
+  collective), so all of them get the same answer (e.g. a SIGTERM that reached only some)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+
+
 def agree(error: Optional[BaseException], what: str) -> None:
   """Every process learns whether any of them failed to do ``what``; then each one that did raises
   its own ``error`` and the others raise :class:`DistributedError` quoting the first failure, so

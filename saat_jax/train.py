@@ -480,20 +480,13 @@ def _unstack(stacked: dict) -> list[dict]:
   return [{k: np.asarray(v[j]) for k, v in stacked.items()} for j in range(n)]
 
 
-def _any_process(flag: bool) -> bool:
-  """Whether ``flag`` is set on any process (every process calls this at the same step)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
-
-
 def _stepper(config, step_fn, mesh, repl, data, train_key):
   """``(advance, k)``: ``advance(state, batches, step) -> (state, metrics)`` takes the training steps
   of ``batches`` (index arrays, at most k) from global ``step`` on; the metrics of one step, or of
-  several stacked along a leading axis (``_per_step`` tells them apart once fetched). The input path is the config's: host batches one step a
-  dispatch (the default), or :func:`make_dispatch` on the training set kept on the devices
-  (``data_on_device``) or sent a dispatch's batches at a time (``steps_per_dispatch`` > 1)."""
+  several stacked along a leading axis (``_per_step`` tells them apart once fetched). The input
+  path is the config's: host batches one step a dispatch (the default), or :func:`make_dispatch` on
+  the training set kept on the devices (``data_on_device``) or sent a dispatch's batches at a time
+  (``steps_per_dispatch`` > 1)."""
   on_device, k = bool(config.get("data_on_device", False)), int(config.get("steps_per_dispatch", 1))
   if not on_device and k == 1:
     train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(repl, repl))
@@ -554,7 +547,6 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
   seconds spent)`` when it continues from a position inside the epoch (``checkpoints/partial``)."""
   train_key, eval_key = keys
   num_train, batch_size, num_epochs = len(data.train_labels), int(config.batch_size), int(config.num_epochs)
-  state = jax.device_put(state, repl)
   advance, per_dispatch = _stepper(config, make_train_step(config, model.apply, tx, steps_per_epoch), mesh, repl,
                                    data, train_key)
   ev = config.eval
@@ -614,7 +606,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
         if due:
           flush()
         # One process may get SIGTERM a step before another: they agree at the metric fetches.
-        stop_now = preempt.requested if jax.process_count() == 1 else (due and _any_process(preempt.requested))
+        stop_now = preempt.requested if jax.process_count() == 1 else (due and distributed.any_process(preempt.requested))
         done_steps = epoch * steps_per_epoch + i
         periodic = ckpt_every > 0 and done_steps // ckpt_every > (done_steps - len(run)) // ckpt_every
         if i < len(batches) and (stop_now or periodic):
@@ -677,7 +669,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
             f"steps {record['attack_steps_mean']:.1f} | {tested} | {train_time:.1f}s + {record['eval_time_s']:.1f}s")
       # A stop that came during the epoch's last steps or its evaluation (or, with several
       # processes, after their last agreement): the epoch's checkpoint is the position.
-      if epoch < num_epochs - 1 and _any_process(preempt.requested):
+      if epoch < num_epochs - 1 and distributed.any_process(preempt.requested):
         raise TrainingPreempted(
             f"stopped by {preempt.name() or 'a request'} after epoch {epoch + 1}; its checkpoint is saved: "
             f"run the same command to continue")
