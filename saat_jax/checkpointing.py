@@ -4,8 +4,8 @@
 and the run falls back to the one before, never silently starting over) and ``best`` whenever the
 selection metric (test or validation PGD-20 accuracy, as Rice et al. 2020 select) improves.
 ``partial`` holds a position inside an epoch (SIGTERM, or every ``checkpoint_every_steps``): the
-state, the step, and the metrics of the epoch's steps so far; it is removed when its epoch ends. Each checkpoint holds the full
-training state (params, batch_stats, optimizer state, step) and a JSON ``meta`` record: the epoch,
+state, the step, and the metrics of the epoch's steps so far; it is removed when its epoch ends.
+Each checkpoint holds the full training state (params, batch_stats, optimizer state, step) and a JSON ``meta`` record: the epoch,
 the model's identity, the best metric so far and the config. Orbax writes into a temporary
 directory and renames it when complete, so a process killed mid-save leaves the previous checkpoint
 intact; resuming from ``last`` is therefore always possible. A save that fails (full disk,
@@ -72,6 +72,17 @@ def _manager(workdir: str, kind: str, create: bool) -> ocp.CheckpointManager:
 # What a damaged checkpoint raises when read: Orbax/TensorStore errors come as ValueError, OSError
 # (missing or truncated files), KeyError/TypeError (a tree that does not match), JSON errors.
 READ_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
+
+
+def _read(mngr: ocp.CheckpointManager, step: int, target: Any = None, step_metrics: bool = False):
+  """The items of one checkpoint: ``meta``; ``state`` restored into ``target``'s shapes, dtypes and
+  shardings when a target is given; the ``step_metrics`` of a ``partial`` one when asked."""
+  items = {"meta": ocp.args.JsonRestore()}
+  if target is not None:
+    items["state"] = ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
+  if step_metrics:
+    items["step_metrics"] = ocp.args.StandardRestore()
+  return mngr.restore(step, args=ocp.args.Composite(**items))
 
 
 def _newest_readable(where: str, kind: str, steps: list, read) -> tuple[Any, int]:
@@ -141,7 +152,7 @@ class RunCheckpoints:
     epoch = mngr.latest_step() if epoch is None else epoch
     if epoch is None:
       raise CheckpointError(f"no {kind!r} checkpoint in {checkpoint_dir(self.workdir, kind)}")
-    return dict(mngr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    return dict(_read(mngr, epoch).meta)
 
   def restore(self, kind: str, target: Any, epoch: Optional[int] = None) -> tuple[Any, dict]:
     """Restore ``(state, meta)``; ``target`` is a state pytree of the expected structure. Without
@@ -149,11 +160,9 @@ class RunCheckpoints:
     warning); :class:`CheckpointError` if none can be read or none fits the model."""
     mngr = self._managers[kind]
     where = checkpoint_dir(self.workdir, kind)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
 
     def read(step):
-      out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                       meta=ocp.args.JsonRestore()))
+      out = _read(mngr, step, target)
       return out.state, dict(out.meta)
 
     steps = mngr.all_steps() if epoch is None else [epoch]
@@ -190,12 +199,9 @@ class RunCheckpoints:
     steps = [s for s in mngr.all_steps() if s > after_step]
     if not steps:
       return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
 
     def read(step):
-      out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                       meta=ocp.args.JsonRestore(),
-                                                       step_metrics=ocp.args.StandardRestore()))
+      out = _read(mngr, step, target, step_metrics=True)
       return out.state, dict(out.meta), dict(out.step_metrics)
 
     try:
@@ -237,8 +243,7 @@ def read_meta(workdir: str, kind: str = "last") -> Optional[dict]:
     steps = mngr.all_steps()
     if not steps:
       return None
-    read = lambda step: dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-    return _newest_readable(where, kind, steps, read)[0]
+    return _newest_readable(where, kind, steps, lambda step: dict(_read(mngr, step).meta))[0]
   finally:
     mngr.close()
 
