@@ -130,6 +130,22 @@ def peak_tflops(device_kind: str, given=None) -> dict:
   return {}
 
 
+def new_record(benchmark: str, **fields) -> dict:
+  """A benchmark's record with what every record carries: time, command, device, versions, git
+  state, threads and the load before the run."""
+  return {"benchmark": benchmark, "created": now_utc(), "command": command_line(), **fields,
+          "device": device_info(), "versions": versions(), "git": git_state(), "threads": threads_info(),
+          "load_before": loadavg()}
+
+
+def finish(record: dict, out) -> None:
+  """Add the load after the run and, when ``out`` is given, write the record there as JSON."""
+  record["load_after"] = loadavg()
+  if out:
+    write_json(out, record)
+    print(f"written {out}")
+
+
 def write_json(path: str, obj) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
   tmp = path + ".tmp"

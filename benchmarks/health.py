@@ -38,10 +38,7 @@ def main(argv=None) -> int:
   from configs import digits
   from saat_jax.train import train_and_evaluate
 
-  record = {"benchmark": "health", "created": benchinfo.now_utc(), "command": benchinfo.command_line(),
-            "config": f"configs/digits.py:{args.method}", "epochs": args.epochs, "device": benchinfo.device_info(),
-            "versions": benchinfo.versions(), "git": benchinfo.git_state(), "threads": benchinfo.threads_info(),
-            "load_before": benchinfo.loadavg()}
+  record = benchinfo.new_record("health", config=f"configs/digits.py:{args.method}", epochs=args.epochs)
   half = args.epochs // 2
   with tempfile.TemporaryDirectory() as tmp:
     workdir = os.path.join(tmp, "run")
@@ -66,14 +63,12 @@ def main(argv=None) -> int:
       host_rss_growth_mb_resume_epoch2_to_end=rss[-1] - rss[half + 1],
       resume_overhead_s=walls[1] - sum(r["train_time_s"] + r["eval_time_s"] for r in second),
       first_half_overhead_s=walls[0] - sum(r["train_time_s"] + r["eval_time_s"] for r in recs[:half]),
-      wall_s=walls, load_after=benchinfo.loadavg())
+      wall_s=walls)
   for k in ("compiles_after_first_epoch", "compiles_first_epoch_of_each_half", "host_rss_growth_mb_epoch2_to_half",
             "host_rss_growth_mb_resume_epoch2_to_end", "resume_overhead_s", "first_half_overhead_s"):
     print(f"{k}: {record[k]}")
   print("host RSS per epoch (MiB): " + " ".join(f"{v:.0f}" for v in rss))
-  if args.out:
-    benchinfo.write_json(args.out, record)
-    print(f"written {args.out}")
+  benchinfo.finish(record, args.out)
   return 0
 
 

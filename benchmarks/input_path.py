@@ -39,11 +39,10 @@ def main(argv=None) -> int:
   from configs import digits
   from saat_jax.train import train_and_evaluate
 
-  record = {"benchmark": "input_path", "created": benchinfo.now_utc(), "command": benchinfo.command_line(),
-            "config": f"configs/digits.py:{args.method}", "batch_size": args.batch_size, "epochs": args.epochs, "rounds": args.rounds,
-            "device": benchinfo.device_info(), "versions": benchinfo.versions(), "git": benchinfo.git_state(),
-            "threads": benchinfo.threads_info(), "load_before": benchinfo.loadavg(), "variants": {}}
+  record = benchinfo.new_record("input_path", config=f"configs/digits.py:{args.method}", batch_size=args.batch_size,
+                                epochs=args.epochs, rounds=args.rounds, variants={})
   times = {name: [] for name in VARIANTS}
+  steps = None  # per epoch, as the runs count them
   with tempfile.TemporaryDirectory() as tmp:
     for rnd in range(args.rounds):  # whole runs (a run compiles in its first epoch), variants in turn
       for name, over in VARIANTS.items():
@@ -54,12 +53,12 @@ def main(argv=None) -> int:
         workdir = os.path.join(tmp, f"{name}_{rnd}")
         train_and_evaluate(c, workdir)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
-          times[name] += [json.loads(line)["train_time_s"] for line in f][1:]
-  steps = None
+          recs = [json.loads(line) for line in f]
+        times[name] += [r["train_time_s"] for r in recs[1:]]
+        steps = recs[0]["step"]  # the global step after epoch 1
   for name, t in times.items():
     timed = sorted(t)
     med = timed[len(timed) // 2]
-    steps = steps or (1397 // args.batch_size)
     record["variants"][name] = {"config": VARIANTS[name], "epoch_train_s": t, "median_epoch_s": med,
                                 "steps_per_s": steps / med}
   base = record["variants"]["host_k1"]["median_epoch_s"]
@@ -67,10 +66,7 @@ def main(argv=None) -> int:
     v["speedup_vs_host_k1"] = base / v["median_epoch_s"]
     print(f"{name:12s} median epoch {v['median_epoch_s']:.3f}s  {v['steps_per_s']:.1f} steps/s  "
           f"x{v['speedup_vs_host_k1']:.2f} vs host_k1")
-  record["load_after"] = benchinfo.loadavg()
-  if args.out:
-    benchinfo.write_json(args.out, record)
-    print(f"written {args.out}")
+  benchinfo.finish(record, args.out)
   return 0
 
 

@@ -110,10 +110,7 @@ def main(argv=None):
     print(f"torch ({device}): {t['wall_s']:.2f} s, {t['images_per_s']:.1f} img/s, natural "
           f"{t['natural_accuracy']:.4f} pgd{args.steps} {t['pgd_accuracy']:.4f}", flush=True)
     record["ratio_jax_compiled_over_torch"] = runs[1]["wall_s"] / t["wall_s"]
-  record["load_after"] = benchinfo.loadavg()
-  if args.out:
-    benchinfo.write_json(args.out, record)
-    print(f"wrote {args.out}")
+  benchinfo.finish(record, args.out)
   return 0
 
 
