@@ -15,6 +15,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from saat_jax import parallel
 from saat_jax.evaluators import (RobustnessEvaluator, accuracy_order_check, autoattack_accuracy,
                                  autoattack_evaluation, robustness_disparity, sweep_pgd_schedule)
 from saat_jax.run_state import restore_for_eval, run_keys
@@ -94,9 +95,8 @@ def _check_settings(ev) -> tuple[list, list, list]:
     if ev.batch_size < 1:
       raise ValueError(f"--eval.batch_size must be >= 1, got {ev.batch_size} (default: the run's eval.batch_size)")
     if ev.batch_size % n_dev:
-      lo, hi = ev.batch_size // n_dev * n_dev, (ev.batch_size // n_dev + 1) * n_dev
-      raise ValueError(f"--eval.batch_size={ev.batch_size} is not divisible by the {n_dev} devices; use "
-                       + (f"{lo} or {hi}" if lo else f"{hi}"))
+      raise ValueError(f"--eval.batch_size={ev.batch_size} is not divisible by the {n_dev} devices; "
+                       f"{parallel.nearest_multiples_hint(ev.batch_size, n_dev)}")
   sweep = [0, 2, 4, 6, 8, 10, 12, 14, 16] if ev.sweep == "default" else _parse_list(ev.sweep, "sweep")
   if any(not e >= 0 for e in sweep):
     raise ValueError(f"--eval.sweep budgets must be >= 0, got {sweep}")

@@ -37,6 +37,14 @@ def describe_devices() -> str:
   return f"{n} devices ({procs} processes x {jax.local_device_count()} local devices)"
 
 
+def nearest_multiples_hint(value: int, n: int) -> str:
+  """'use 96 or 104 (the nearest multiples of the 8 devices)' for a batch size that does not divide."""
+  lo, hi = value // n * n, (value // n + 1) * n
+  if lo < 1:
+    return f"use {hi} (the smallest multiple of the {n} devices)"
+  return f"use {lo} or {hi} (the nearest multiples of the {n} devices)"
+
+
 def check_batch_divisible(batch_size: int, what: str = "batch_size") -> None:
   n = jax.device_count()
   if batch_size % n:

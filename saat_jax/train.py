@@ -169,17 +169,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   n_dev = jax.device_count()
   for name, v in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
     if int(v) >= 1 and int(v) % n_dev:
-      problems.append(f"{name}={v}: {nearest_multiples_hint(int(v), n_dev)}")
+      problems.append(f"{name}={v}: {parallel.nearest_multiples_hint(int(v), n_dev)}")
   if problems:
     raise ValueError("invalid config:\n  - " + "\n  - ".join(problems))
-
-
-def nearest_multiples_hint(value: int, n: int) -> str:
-  """'use 96 or 104 (the nearest multiples of the 8 devices)' for a batch size that does not divide."""
-  lo, hi = value // n * n, (value // n + 1) * n
-  if lo < 1:
-    return f"use {hi} (the smallest multiple of the {n} devices)"
-  return f"use {lo} or {hi} (the nearest multiples of the {n} devices)"
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
