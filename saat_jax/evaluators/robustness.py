@@ -42,7 +42,9 @@ def natural_and_pgd_accuracy(eval_step, variables, images: np.ndarray, labels: n
                              batch_size: int, key: jax.Array, mesh=None) -> tuple[float, float]:
   """Accuracies over a whole split; the last batch is padded (and masked) to keep one compiled shape.
 
-  Batch ``b`` attacks from the random start of ``fold_in(key, b)``."""
+  Batch ``b`` attacks from the random start of ``fold_in(key, b)``. With several processes each
+  reads only the rows of ``images`` and ``labels`` that its devices attack (``parallel.shard_batch``
+  with ``index``), as training does."""
   n = len(labels)
   if n == 0:
     return float("nan"), float("nan")
@@ -55,7 +57,8 @@ def natural_and_pgd_accuracy(eval_step, variables, images: np.ndarray, labels: n
     mask = np.zeros(batch_size, bool)
     mask[:len(idx)] = True
     pad_idx = np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)])
-    imgs, labs, m = parallel.shard_batch(mesh, images[pad_idx], labels[pad_idx], mask)
+    imgs, labs = parallel.shard_batch(mesh, images, labels, index=pad_idx)
+    m = parallel.shard_batch(mesh, mask)
     totals.append(eval_step(variables, imgs, labs, m, jax.random.fold_in(key, b)))
   for nat, rob in jax.device_get(totals):
     nat_sum += int(nat)
