@@ -65,7 +65,7 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, timeout_s: int = 300) -> None:
+               process_id: Optional[int] = None, timeout_s: int = 300, heartbeat_s: int = 100) -> None:
   """``jax.distributed.initialize`` with checked arguments and a bounded wait.
 
   Give all three of ``coordinator_address`` (or ``$JAX_COORDINATOR_ADDRESS``), ``num_processes``
@@ -73,9 +73,16 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   than 0 first waits up to ``timeout_s`` for the coordinator to listen and raises
   :class:`DistributedError` if it does not; then every process waits up to ``timeout_s`` for all
   to register, and on expiry exits with status 2 and a message (:func:`_deadline`).
+
+  ``heartbeat_s`` is JAX's heartbeat timeout: once a process has been silent that long (killed,
+  preempted, its host gone), the others stop instead of waiting in a collective for ever. JAX ends
+  them from its runtime (an abort with its own log lines), so nothing of theirs runs afterwards;
+  the checkpoints written so far are what a restart resumes from.
   """
   if not int(timeout_s) >= 1:
     raise DistributedError(f"the distributed timeout must be >= 1 s, got {timeout_s}")
+  if not int(heartbeat_s) >= 1:
+    raise DistributedError(f"the distributed heartbeat timeout must be >= 1 s, got {heartbeat_s}")
   address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
   given = {"--coordinator_address": address, "--num_processes": num_processes, "--process_id": process_id}
   missing = [k for k, v in given.items() if v is None]
@@ -83,7 +90,8 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     try:
       with _deadline(timeout_s, "the processes of this job did not all join the coordinator JAX found in the "
                                 "cluster's environment"):
-        jax.distributed.initialize(initialization_timeout=int(timeout_s) + JAX_GRACE_S)
+        jax.distributed.initialize(initialization_timeout=int(timeout_s) + JAX_GRACE_S,
+                                   heartbeat_timeout_seconds=int(heartbeat_s))
     except ValueError as e:
       if "defined" not in str(e):
         raise
@@ -109,7 +117,8 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                             f"--process_id=0..{int(num_processes) - 1} with the same --coordinator_address and "
                             f"--num_processes"):
     jax.distributed.initialize(address, int(num_processes), int(process_id),
-                               initialization_timeout=int(timeout_s) + JAX_GRACE_S)
+                               initialization_timeout=int(timeout_s) + JAX_GRACE_S,
+                               heartbeat_timeout_seconds=int(heartbeat_s))
 
 
 JAX_GRACE_S = 30  # JAX's own deadline comes this much later than ours, so that ours explains it

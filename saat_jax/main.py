@@ -19,6 +19,7 @@ pass --distributed, alone where JAX reads the cluster's environment, or with --c
   saat-train --distributed --coordinator_address=localhost:1234 --num_processes=2 --process_id=1 ...
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -42,13 +43,24 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this
 _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
     "distributed_timeout", 300, "With --distributed: seconds to wait for the coordinator and for every process "
     "to join before failing.", lower_bound=1)
+_DISTRIBUTED_HEARTBEAT = flags.DEFINE_integer(
+    "distributed_heartbeat", 100, "With --distributed: seconds without a heartbeat after which the processes "
+    "decide that one of them is gone and stop (JAX's heartbeat timeout). Lower it where machines are "
+    "preempted, so that the survivors stop (and can be restarted) soon after a peer vanishes.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 # ---- end of the flags ----------------------------------------------------------------------------
 
 
+EXIT_PEER_FAILED = 75  # EX_TEMPFAIL: another process of the job failed; rerunning every process resumes
+
+
 def run(config, workdir: str) -> int:
   """Train; return the exit code: 0 done, 2 an error explained on stderr, 130 interrupted (Ctrl-C),
-  143 stopped by SIGTERM after saving its position inside the epoch."""
+  143 stopped by SIGTERM after saving its position inside the epoch. With several processes, a
+  process whose collective fails because another one died exits at once with 75
+  (:func:`_peer_failed`)."""
+  import jax
+
   from saat_jax.checkpointing import CheckpointError
   from saat_jax.data import DataError
   from saat_jax.train import TrainingDiverged, TrainingInterrupted, TrainingPreempted, train_and_evaluate
@@ -66,7 +78,28 @@ def run(config, workdir: str) -> int:
   except (DataError, CheckpointError, TrainingDiverged, ValueError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    _peer_failed(e)
   return 0
+
+
+def _peer_failed(error: BaseException) -> None:
+  """A collective between the processes failed, which in a running job means another process died
+  (killed, preempted, out of memory, its host gone). Say so and exit with 75 at once: a normal exit
+  would wait in JAX's shutdown barrier for the dead process until the heartbeat timeout
+  (``--distributed_heartbeat``, 100 s by default). Nothing is lost: the lock was released on the way
+  out, and the checkpoints are what every process resumes from."""
+  import jax
+
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  print(f"error: process {jax.process_index()} of {jax.process_count()}: an operation between the processes "
+        f"failed ({first[:300]}). Another process of this job has most likely died (its own log says why). "
+        f"Start every process again with the same command: the run resumes from its last checkpoint.",
+        file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(EXIT_PEER_FAILED)
 
 
 def _main(argv):
@@ -81,7 +114,8 @@ def _main(argv):
     sys.exit(2)
   if _DISTRIBUTED.value:
     try:
-      distributed.initialize(*multi, timeout_s=_DISTRIBUTED_TIMEOUT.value)
+      distributed.initialize(*multi, timeout_s=_DISTRIBUTED_TIMEOUT.value,
+                             heartbeat_s=_DISTRIBUTED_HEARTBEAT.value)
     except distributed.DistributedError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(2)

@@ -2,11 +2,13 @@
 through ``jax.distributed.initialize`` with JAX's CPU collectives (gloo), against 1 process x 4.
 
 * one training step gives the parameters of 1 process with 4 devices (to 1e-6: the cross-process
-  all-reduce adds in another order), and each process reads only its own rows of the batch;
+  all-reduce adds in another order), and each process reads only its own rows of the batch, in
+  training and in the evaluation after it, which gives the same accuracies;
 * a 2-epoch digits run completes; only process 0 writes the records and prints, checkpoints restore;
 * both processes SIGKILLed after the first epoch's checkpoint: the rerun resumes (every process
   restoring the replicated state) and ends with the bit-identical parameters and the same records as
   the uninterrupted run;
+* a process SIGKILLed mid-run: the other exits at once with 75 and a message, its lock released;
 * bad input: a batch the 4 devices of the 2 processes cannot split, an unreachable coordinator, a
   process 0 whose peers never come, incomplete flags: exit 2 with a message, within the timeout.
 
@@ -137,11 +139,20 @@ _STEP = textwrap.dedent("""
     index = np.arange(offset, offset + batch)
     images, labels = parallel.shard_batch(mesh, Recorded(data.train_images), data.train_labels, index=index)
     state, m = step(state, images, labels, jax.random.fold_in(train_key, 0))
+    train_read = list(read)
+
+    # the per-epoch evaluation after the step: 3 batches of 8 (the last padded and masked)
+    from saat_jax.evaluators import RobustnessEvaluator
+    read.clear()
+    ev = RobustnessEvaluator(model.apply, eps=8 / 255, alpha=2 / 255, steps=3, batch_size=8, mesh=mesh)
+    acc = ev.run({"params": state.params, "batch_stats": state.batch_stats}, Recorded(data.test_images[:20]),
+                 data.test_labels[:20], jax.random.key(1))
     host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats, "loss": m["loss"],
                            "eps": m["eps"]})
     arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(host)[0]}
     np.savez(f"{out}.{pid}.npz", devices=jax.device_count(), processes=jax.process_count(),
-             read=np.asarray(read), **arrays)
+             read=np.asarray(train_read), eval_read=np.asarray(read), natural=acc["natural_accuracy"],
+             pgd=acc["pgd_accuracy"], **arrays)
 """)
 
 
@@ -169,6 +180,13 @@ def test_one_step_on_two_processes_equals_one_process_with_four_devices(tmp_path
   half = BATCH // 2
   for i, g in enumerate(got):
     assert g["read"].tolist() == list(range(OFFSET + i * half, OFFSET + (i + 1) * half))
+  # the evaluation too: rows 0-7, 8-15, 16-19 + 4 padding rows (row 0 again) split 4 + 4 per batch
+  assert ref["eval_read"].tolist() == list(range(20)) + [0] * 4
+  assert got[0]["eval_read"].tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19]
+  assert got[1]["eval_read"].tolist() == [4, 5, 6, 7, 12, 13, 14, 15, 0, 0, 0, 0]
+  for g in got:  # the same accuracies, give or take one of the 20 points whose decision a last bit could flip
+    for k in ("natural", "pgd"):
+      assert abs(float(g[k]) - float(ref[k])) <= 1 / 20 + 1e-9, (k, float(g[k]), float(ref[k]))
   keys = [k for k in ref if k.startswith("['params']") or k.startswith("['batch_stats']")]
   assert len(keys) >= 10
   worst = 0.0
@@ -194,6 +212,15 @@ def launch_pair(workdir: Path | tuple, logdir: Path, *extra: str, timeout: int =
            "--num_processes=2", f"--process_id={i}", f"--distributed_timeout={timeout}", *RUN_FLAGS,
            f"--workdir={workdirs[i]}", *extra] for i in range(2)]
   return Procs(logdir, cmds)
+
+
+def wait_for_epoch_1(procs: Procs) -> None:
+  """Until process 0 has printed epoch 1's line (both processes are then in epoch 2's steps)."""
+  deadline = time.monotonic() + TIMEOUT_S
+  while "epoch   1 |" not in procs.text(0)[0]:
+    assert all(p.poll() is None for p in procs.procs), "a process ended before epoch 1:\n" + procs.dump()
+    assert time.monotonic() < deadline, "no epoch 1 in time:\n" + procs.dump()
+    time.sleep(0.02)
 
 
 def records(workdir: Path) -> list[dict]:
@@ -279,11 +306,7 @@ def test_sigterm_stops_both_processes_at_the_same_step_and_the_run_continues(tmp
   workdir = tmp_path / "run"
   first = launch_pair(workdir, tmp_path / "logs1", "--config.num_epochs=100", "--config.check_every=1")
   cleanup(first)
-  deadline = time.monotonic() + TIMEOUT_S
-  while "epoch   1 |" not in first.text(0)[0]:
-    assert all(p.poll() is None for p in first.procs), "a process ended before epoch 1:\n" + first.dump()
-    assert time.monotonic() < deadline, "no epoch 1 in time:\n" + first.dump()
-    time.sleep(0.02)
+  wait_for_epoch_1(first)
   for p in first.procs:
     p.send_signal(signal.SIGTERM)
   assert first.wait() == [143, 143], first.dump()
@@ -299,6 +322,33 @@ def test_sigterm_stops_both_processes_at_the_same_step_and_the_run_continues(tmp
   assert second.wait() == [0, 0], second.dump()
   assert ("continuing epoch" if inside else "resuming") in second.text(0)[0], second.dump()
   assert [r["epoch"] for r in records(workdir)] == list(range(target))
+
+
+@pytest.mark.slow
+def test_a_process_that_dies_stops_the_other_at_once_with_a_message(tmp_path, cleanup):
+  """Process 1 SIGKILLed mid-epoch: process 0's next all-reduce fails, and it exits with 75 (not a
+  traceback, and not after JAX's heartbeat timeout, whose default is 100 s), saying what to do; its
+  lock is released and the checkpoint of epoch 1 is kept for the restart."""
+  workdir = tmp_path / "run"
+  procs = launch_pair(workdir, tmp_path / "logs", "--config.num_epochs=100", "--config.check_every=1",
+                      "--distributed_heartbeat=60")
+  cleanup(procs)
+  wait_for_epoch_1(procs)
+  procs.procs[1].send_signal(signal.SIGKILL)
+  killed = time.monotonic()
+  try:
+    procs.procs[0].wait(timeout=45)
+  except subprocess.TimeoutExpired:
+    pytest.fail("process 0 still running 45 s after process 1 died:\n" + procs.dump())
+  assert time.monotonic() - killed < 45
+  err = procs.text(0)[1]
+  assert procs.procs[0].returncode == 75, procs.dump()
+  assert "error: process 0 of 2: an operation between the processes failed" in err, err
+  assert "Start every process again with the same command" in err and "Traceback" not in err, err
+  assert not (workdir / ".lock").exists()
+  from saat_jax import checkpointing
+
+  assert checkpointing.read_meta(str(workdir), "last")["epoch"] >= 0
 
 
 # ---- bad input ----------------------------------------------------------------------------------
@@ -355,5 +405,7 @@ def test_impossible_arguments_are_refused_before_joining():
     initialize("localhost:1234", 2, 2)
   with pytest.raises(DistributedError, match="timeout must be >= 1 s"):
     initialize("localhost:1234", 2, 0, timeout_s=0)
+  with pytest.raises(DistributedError, match="heartbeat timeout must be >= 1 s, got 0"):
+    initialize("localhost:1234", 2, 0, heartbeat_s=0)
   with pytest.raises(DistributedError, match="no coordinator answered at localhost:.* within 0.5 s"):
     wait_for_coordinator(f"localhost:{free_port()}", 0.5)
