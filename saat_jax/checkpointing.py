@@ -82,7 +82,22 @@ def _read(mngr: ocp.CheckpointManager, step: int, target: Any = None, step_metri
     items["state"] = ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
   if step_metrics:
     items["step_metrics"] = ocp.args.StandardRestore()
-  return mngr.restore(step, args=ocp.args.Composite(**items))
+  out = mngr.restore(step, args=ocp.args.Composite(**items))
+  if target is not None:
+    _check_shapes(out.state, target)
+  return out
+
+
+def _check_shapes(restored: Any, target: Any) -> None:
+  """Orbax restores an array with the shape it was saved with whatever the target's shape (into a
+  numpy target, at least): a checkpoint of a wider or narrower model would come back without an
+  error. Raise ``ValueError`` (one of ``READ_ERRORS``) naming the first leaf whose shape differs."""
+  got = jax.tree_util.tree_flatten_with_path(restored)[0]
+  want = jax.tree_util.tree_leaves(target)
+  for (path, a), b in zip(got, want):
+    if tuple(a.shape) != tuple(b.shape):
+      raise ValueError(f"{jax.tree_util.keystr(path)} has shape {tuple(a.shape)} in the checkpoint, "
+                       f"{tuple(b.shape)} in this config's state")
 
 
 def _newest_readable(where: str, kind: str, steps: list, read) -> tuple[Any, int]:
