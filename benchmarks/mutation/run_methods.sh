@@ -6,18 +6,25 @@
 # their modules and tests instead: the checkout itself is only read. Default: saat_jax/methods/
 # against tests/test_methods.py (one training step of every method against a slow implementation).
 #
-#   bash benchmarks/mutation/run_methods.sh [WORKDIR]      # then: cd WORKDIR && mutmut results
+#   bash benchmarks/mutation/run_methods.sh [WORKDIR [MUTANT_PATTERN ...]]   # then: cd WORKDIR && mutmut results
 #   MUTATE='"saat_jax/evaluators/*"' TESTS='"tests/test_evaluators.py", "tests/test_autoattack_checks.py"' \
 #     bash benchmarks/mutation/run_methods.sh /tmp/mut_evaluators
+#
+# MUTANT_PATTERNs (mutmut's names, fnmatch) restrict the run to some functions of the mutated files,
+# e.g. 'saat_jax.train.x_make_optimizer__mutmut_*'; PYTEST_ARGS adds pytest arguments to every test
+# run (e.g. '"-k", "not resume"'); TIMEOUT_S is the seconds a mutant may take beyond its tests' clean
+# time (default 300: a mutant that changes a jitted function recompiles it, which is not a hang).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${1:-$(mktemp -d /tmp/saat_mutation_methods.XXXXXX)}
+shift || true
 mkdir -p "$work"
 # tracked and untracked-but-not-ignored files, as they are in the working tree
 (cd "$repo" && { git ls-files; git ls-files --others --exclude-standard; } | sort -u |
    while read -r f; do [ -f "$f" ] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -xf - -C "$work"
 export MUTATE=${MUTATE:-'"saat_jax/methods/*"'}
 export TESTS=${TESTS:-'"tests/test_methods.py", "tests/test_mutation_killers.py"'}
+export PYTEST_ARGS=${PYTEST_ARGS:-} TIMEOUT_S=${TIMEOUT_S:-300}
 python - "$work/pyproject.toml" <<'PY'
 import os
 import sys
@@ -28,9 +35,10 @@ open(path, "w").write(head + f'''[tool.mutmut]
 source_paths = ["saat_jax"]
 only_mutate = [{os.environ["MUTATE"]}]
 pytest_add_cli_args_test_selection = [{os.environ["TESTS"]}]
-pytest_add_cli_args = ["-p", "no:cacheprovider"]
+pytest_add_cli_args = ["-p", "no:cacheprovider"{", " + os.environ["PYTEST_ARGS"] if os.environ["PYTEST_ARGS"] else ""}]
 also_copy = ["configs"]
 process_isolation = "forkserver"
+timeout_constant = {int(os.environ["TIMEOUT_S"])}
 ''')
 PY
 # A persistent compilation cache: every mutant recompiles only what its mutation changed.
@@ -39,5 +47,5 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENT
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 cd "$work"
 echo "mutating $MUTATE in $work"
-mutmut run --max-children "${MUTMUT_CHILDREN:-2}"
+mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "$@"
 mutmut results
