@@ -6,6 +6,8 @@ pointer to the cause; here each fails by name, in a second. Mutation testing of 
 (docs/mutation.md) found them untested.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,3 +70,117 @@ def test_ema_starts_as_a_copy_in_its_own_buffers():
   for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(copied)):
     np.testing.assert_array_equal(a, b)
     assert a.unsafe_buffer_pointer() != b.unsafe_buffer_pointer()
+
+
+# ---- validate_config: every rule at its boundary -------------------------------------------------
+
+
+def digits(**overrides):
+  from configs import saat_digits
+
+  c = saat_digits.get_config()
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+E = 14 / 255
+
+REFUSED = [
+    ({"saat.start": "bogus"}, "saat.start='bogus' is unknown; use 'zero' (Algorithm 1) or 'pgd' (released code)"),
+    ({"saat.start": "pgd", "saat.eps_max": E, "saat.start_eps": E + 1e-6},
+     f"saat.start_eps={E + 1e-6} exceeds saat.eps_max={E}"),
+    ({"saat.start": "pgd", "saat.start_eps": -1.0}, "saat.eps_init must be finite and >= 0, got -1.0"),
+    ({"method": "sa_trades", "saat.tau": 0.0}, "saat.tau (the budget step) must be > 0"),
+    ({"method": "trades", "trades.beta": -0.5},
+     "trades.beta must be >= 0, got -0.5 (TRADES uses 6; 0 is natural training)"),
+    ({"method": "sa_trades", "trades.beta": -0.5}, "trades.beta must be >= 0"),
+    ({"method": "trades", "trades.eps": -0.1}, "trades: need eps >= 0, alpha > 0, steps >= 0, got eps=-0.1"),
+    ({"method": "trades", "trades.alpha": 0.0}, "trades: need eps >= 0, alpha > 0, steps >= 0"),
+    ({"method": "trades", "trades.steps": -1}, "steps=-1 (TRADES: 0.031, 0.007, 10)"),
+    ({"method": "sa_trades", "attack_bn": "train_update"}, "TRADES attacks with BatchNorm in eval mode"),
+    ({"method": "sa_trades", "sa_trades.stop_loss": "dlr"}, "sa_trades.stop_loss='dlr' is unknown"),
+    ({"awp.gamma": float("inf")}, "awp.gamma must be finite and >= 0, got inf"),
+    ({"awp.gamma": -0.01}, "awp.gamma must be finite and >= 0, got -0.01"),
+    ({"awp.proxy_lr": 0.0}, "awp.proxy_lr must be > 0, got 0.0"),
+    ({"awp.warmup": -1}, "awp.warmup must be >= 0 epochs, got -1"),
+    ({"ema.decay": 1.0}, "ema.decay must be in [0, 1), got 1.0"),
+    ({"ema.decay": -0.01}, "ema.decay must be in [0, 1), got -0.01"),
+    ({"eval.best_weights": "avg"}, "eval.best_weights='avg'; use 'raw' or 'ema'"),
+    ({"eval.best_weights": "ema"}, "eval.best_weights='ema' needs an EMA: set ema.decay"),
+    ({"model.dtype": "float16"}, "model.dtype='float16' is unknown"),
+    ({"data.pad_mode": "edge"}, "data.pad_mode='edge' is unknown"),
+    ({"method": "at", "at.eps": -0.1}, "at.eps must be >= 0, got -0.1"),
+    ({"method": "at", "at.alpha": 0.0}, "at.alpha must be > 0, got 0.0"),
+    ({"method": "at", "at.steps": 0}, "at.steps must be >= 1, got 0"),
+    ({"attack_bn": "frozen"}, "attack_bn='frozen'; use 'train' (batch statistics), 'train_update'"),
+    ({"num_epochs": 0}, "num_epochs must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"eval.batch_size": 0}, "eval.batch_size must be >= 1, got 0"),
+    ({"steps_per_dispatch": 0}, "steps_per_dispatch must be an integer >= 1 (steps per jitted dispatch), got 0"),
+    ({"optim.lr": float("inf")}, "optim.lr must be finite and > 0, got inf"),
+    ({"optim.lr": 0.0}, "optim.lr must be finite and > 0, got 0.0"),
+    ({"optim.momentum": 1.0}, "optim.momentum must be in [0, 1), got 1.0"),
+    ({"optim.momentum": -0.1}, "optim.momentum must be in [0, 1), got -0.1"),
+    ({"optim.weight_decay": -1e-4}, "optim.weight_decay must be >= 0, got -0.0001"),
+    ({"optim.lr_milestones": (13, 10)}, "optim.lr_milestones must be increasing epochs >= 0, got (13, 10)"),
+    ({"optim.lr_milestones": (-1, 10)}, "optim.lr_milestones must be increasing epochs >= 0, got (-1, 10)"),
+    ({"eval.eps": -0.1}, "eval.eps must be >= 0, got -0.1"),
+    ({"eval.select_best_on": "train"}, "eval.select_best_on='train'; use 'test' or 'val'"),
+    ({"eval.select_best_on": "val", "data.val_size": 0}, "eval.select_best_on='val' needs data.val_size > 0"),
+    ({"eval.every": 0}, "eval.every must be an integer >= 1 (evaluate every N epochs and at the last), got 0"),
+]
+
+ACCEPTED = [
+    {},
+    {"saat.start": "pgd", "saat.eps_max": E, "saat.start_eps": E},  # the released code's warm start
+    {"saat.start": "zero", "saat.eps_max": E, "saat.start_eps": 1.0},  # ignored without a warm start
+    {"saat.start": "zero", "saat.start_eps": -1.0},
+    {"method": "trades", "trades.beta": 0.0, "trades.eps": 0.0, "trades.steps": 0},
+    {"method": "sa_trades", "trades.beta": 0.0},
+    {"method": "sa_trades", "sa_trades.stop_loss": "kl"},
+    {"method": "at", "at.eps": 0.0, "at.steps": 1, "attack_bn": "train_update"},
+    {"method": "saat", "attack_bn": "train_update"},
+    {"method": "natural", "saat.tau": 0.0, "trades.beta": -1.0},  # other methods' settings are not read
+    {"method": "at", "saat.start": "bogus", "sa_trades.stop_loss": "dlr"},
+    {"awp.gamma": 0.0, "awp.warmup": 0},
+    {"ema.decay": 0.0, "eval.best_weights": "raw"},
+    {"ema.decay": 0.999, "eval.best_weights": "ema"},
+    {"optim.momentum": 0.0, "optim.weight_decay": 0.0, "optim.lr_milestones": (0, 10, 10)},
+    {"eval.eps": 0.0, "eval.every": 1, "num_epochs": 1},
+    {"eval.select_best_on": "val", "data.val_size": 1},
+    {"model.dtype": "bfloat16", "data.pad_mode": "zero", "attack_bn": "eval"},
+]
+
+
+@pytest.mark.parametrize("overrides,message", REFUSED)
+def test_validate_config_refuses_each_impossible_value_with_its_message(overrides, message):
+  with pytest.raises(ValueError) as e:
+    train.validate_config(digits(**overrides))
+  text = str(e.value)
+  assert text.startswith("invalid config:\n  - ")
+  assert message in text, text
+  assert len(text.splitlines()) == 2, text  # that problem alone
+
+
+@pytest.mark.parametrize("overrides", ACCEPTED)
+def test_validate_config_accepts_the_boundary_values(overrides):
+  train.validate_config(digits(**overrides))
+
+
+def test_validate_config_names_every_problem_at_once_and_types_are_checked():
+  with pytest.raises(ValueError) as e:
+    train.validate_config(digits(**{"num_epochs": 0, "optim.lr": -1.0, "method": "mart"}))
+  lines = str(e.value).splitlines()[1:]
+  assert len(lines) == 3
+  assert any("method='mart' is unknown; use one of" in line for line in lines)
+  for where, key, bad, message in [(None, "steps_per_dispatch", True, "steps_per_dispatch must be an integer >= 1"),
+                                   (None, "steps_per_dispatch", 1.5, "steps_per_dispatch must be an integer >= 1"),
+                                   (None, "data_on_device", 1, "data_on_device must be True or False"),
+                                   ("eval", "every", True, "eval.every must be an integer >= 1")]:
+    c = digits()
+    d = c if where is None else c[where]
+    with c.unlocked():  # a ConfigDict field keeps its type: replace the field to give it another one
+      del d[key]
+      d[key] = bad
+    with pytest.raises(ValueError, match=re.escape(message) + f".*got {bad!r}"):
+      train.validate_config(c)
