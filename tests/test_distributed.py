@@ -331,7 +331,7 @@ def test_a_process_that_dies_stops_the_other_at_once_with_a_message(tmp_path, cl
   lock is released and the checkpoint of epoch 1 is kept for the restart."""
   workdir = tmp_path / "run"
   procs = launch_pair(workdir, tmp_path / "logs", "--config.num_epochs=100", "--config.check_every=1",
-                      "--distributed_heartbeat=60")
+                      "--distributed_heartbeat=10")
   cleanup(procs)
   wait_for_epoch_1(procs)
   procs.procs[1].send_signal(signal.SIGKILL)
