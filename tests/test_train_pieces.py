@@ -24,12 +24,17 @@ def step_metrics(loss, acc, eps, steps, sat, unpert):
 
 def test_epoch_summary_is_the_hand_computed_record():
   # Float32 losses whose float32 mean (0: 1e8 + 1 rounds to 1e8) differs from the float64 one (1/3).
-  ms = [step_metrics(1e8, 0.5, [2 / 255, 4 / 255], [1, 3], [1, 0], [0, 0]),
-        step_metrics(1.0, 1.0, [6 / 255, 8 / 255], [5, 7], [1, 1], [1, 0]),
-        step_metrics(-1e8, 0.25, [10 / 255, 12 / 255], [9, 11], [0, 0], [0, 0])]
+  # Accuracies whose float32 mean rounds differently from their float64 one.
+  accs = np.array([0.1, 0.7, 0.3], np.float32)
+  ms = [step_metrics(1e8, accs[0], [2 / 255, 4 / 255], [1, 3], [1, 0], [0, 0]),
+        step_metrics(1.0, accs[1], [6 / 255, 8 / 255], [5, 7], [1, 1], [1, 0]),
+        step_metrics(-1e8, accs[2], [10 / 255, 12 / 255], [9, 11], [0, 0], [0, 0])]
   got = train._epoch_summary(ms)
+  acc64 = float(np.mean(accs.astype(np.float64)))
+  assert acc64 != float(np.mean(accs))  # (the float32 mean)
+  assert got["train_accuracy"] == acc64 and got["train_loss"] == 1 / 3
   eps = np.array([2, 4, 6, 8, 10, 12], np.float64) / 255
-  want = {"train_loss": 1 / 3, "train_accuracy": 1.75 / 3, "attack_eps_mean": 7.0, "attack_steps_mean": 6.0,
+  want = {"train_loss": 1 / 3, "train_accuracy": acc64, "attack_eps_mean": 7.0, "attack_steps_mean": 6.0,
           "attack_frac_satisfied": 0.5, "attack_frac_unperturbed": 1 / 6}
   for q in train.EPS_QUANTILES:
     want[f"attack_eps_q{int(q * 100)}"] = float(np.quantile(eps, q)) * 255
@@ -50,6 +55,8 @@ def test_stack_unstack_per_step_and_dispatches():
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
   assert train._stack([]) == {} and train._unstack({}) == []
+  one = train._stack(ms[:1])  # a dispatch of one step
+  assert one["loss"].shape == (1,) and one["eps"].shape == (1, 3)
 
   # one step's scalar metrics, then a dispatch of 3 stacked steps: global steps 5, then 6, 7, 8
   per = train._per_step([5, 6], [ms[0], train._stack(ms[1:])])
@@ -149,6 +156,8 @@ ACCEPTED = [
     {"eval.eps": 0.0, "eval.every": 1, "num_epochs": 1},
     {"eval.select_best_on": "val", "data.val_size": 1},
     {"model.dtype": "bfloat16", "data.pad_mode": "zero", "attack_bn": "eval"},
+    "smallest batches",  # batch_size = eval.batch_size = the device count (built in the test)
+    "no steps_per_dispatch and no eval.every",  # configs written before these existed: 1 each
 ]
 
 
@@ -164,7 +173,28 @@ def test_validate_config_refuses_each_impossible_value_with_its_message(override
 
 @pytest.mark.parametrize("overrides", ACCEPTED)
 def test_validate_config_accepts_the_boundary_values(overrides):
-  train.validate_config(digits(**overrides))
+  if overrides == "smallest batches":
+    n = jax.device_count()
+    c = digits(batch_size=n, **{"eval.batch_size": n})
+  elif isinstance(overrides, str):
+    c = digits()
+    with c.unlocked():
+      del c["steps_per_dispatch"]
+      del c.eval["every"]
+  else:
+    c = digits(**overrides)
+  train.validate_config(c)
+
+
+def test_validate_config_batch_sizes_the_devices_cannot_split(monkeypatch):
+  monkeypatch.setattr(train.jax, "device_count", lambda: 4)
+  with pytest.raises(ValueError) as e:
+    train.validate_config(digits(batch_size=30, **{"eval.batch_size": 2}))
+  lines = str(e.value).splitlines()[1:]
+  assert lines == ["  - batch_size=30 is not divisible by the 4 devices",
+                   "  - eval.batch_size=2 is not divisible by the 4 devices",
+                   "  - batch_size=30: use 28 or 32 (the nearest multiples of the 4 devices)",
+                   "  - eval.batch_size=2: use 4 (the smallest multiple of the 4 devices)"]
 
 
 def test_validate_config_names_every_problem_at_once_and_types_are_checked():
