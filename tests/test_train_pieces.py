@@ -214,3 +214,49 @@ def test_validate_config_names_every_problem_at_once_and_types_are_checked():
       d[key] = bad
     with pytest.raises(ValueError, match=re.escape(message) + f".*got {bad!r}"):
       train.validate_config(c)
+
+
+# ---- the state and the dispatch ------------------------------------------------------------------
+
+
+def test_initial_state_counts_steps_in_int32_and_has_an_ema_only_when_asked():
+  import optax
+
+  from saat_jax.models import create_model
+
+  model = create_model("small_cnn", num_classes=3)
+  tx = optax.sgd(0.1)
+  st = train.initial_state(model, tx, jax.random.key(0), (8, 8, 1))
+  assert st.step.dtype == jnp.int32 and int(st.step) == 0 and st.step.shape == ()
+  assert st.ema is None
+  with_ema = train.initial_state(model, tx, jax.random.key(0), (8, 8, 1), ema=True)
+  for a, b in zip(jax.tree.leaves(with_ema.ema["params"]), jax.tree.leaves(with_ema.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_dispatch_runs_each_of_its_steps_on_its_rows_with_its_key(k):
+  """``make_dispatch`` with a stand-in training step that adds up its batch: every one of the k
+  steps (also with batches of one example, where k and the batch size could be confused) runs on
+  the rows ``idx[j]`` with the key ``fold_in(train_key, steps[j])``, metrics stacked in order."""
+  from saat_jax import parallel
+
+  mesh = parallel.make_mesh()
+  batch = jax.device_count()  # one example per device: the smallest batch
+  images = np.arange(40, dtype=np.float32).reshape(20, 2)
+  labels = np.arange(100, 120, dtype=np.int32)
+
+  def step(st, x, y, key):
+    return st + jnp.sum(x), {"loss": jnp.sum(y).astype(jnp.float32), "key": jax.random.key_data(key)}
+
+  train_key = jax.random.key(5)
+  repl = parallel.replicated(mesh)
+  dispatch = jax.jit(train.make_dispatch(step, mesh, train_key), out_shardings=(repl, repl))
+  rng = np.random.default_rng(k)
+  idx = rng.integers(0, 20, size=(k, batch)).astype(np.int32)
+  steps = np.arange(7, 7 + k, dtype=np.int32)
+  st, m = dispatch(jnp.float32(0), jax.device_put(images, repl), jax.device_put(labels, repl), idx, steps)
+  assert float(st) == float(images[idx.reshape(-1)].sum())
+  np.testing.assert_array_equal(np.asarray(m["loss"]), labels[idx].sum(axis=1).astype(np.float32))
+  want_keys = np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(train_key, int(s)))) for s in steps])
+  np.testing.assert_array_equal(np.asarray(m["key"]), want_keys)
