@@ -193,6 +193,49 @@ def test_awp_before_its_warmup_is_exactly_the_method_without_awp(batch):
                             np.asarray(jax.tree_util.tree_leaves(without.params)[0]))
 
 
+def test_awp_warmup_counts_epochs_of_steps_and_gamma_zero_is_the_plain_program(batch):
+  """awp.warmup is in epochs of ``steps_per_epoch`` steps: with 4 steps an epoch and a warm-up of 1,
+  global step 3 is the plain step and step 4 the perturbed one. With gamma = 0 the step is the plain
+  method's program (no weight perturbation computed and thrown away)."""
+  images, labels = jnp.asarray(batch[0]), jnp.asarray(batch[1])
+  c_awp, c_plain = _config("awp_trades", **{"awp.warmup": 1}), _config("trades")
+  model = create_model(c_plain.model.name, 10, normalization=c_plain.model.normalization, **c_plain.model.kwargs)
+  tx, _ = train.make_optimizer(c_plain, 4)
+  state = train.initial_state(model, tx, jax.random.key(0), (8, 8, 1))
+  awp_step = jax.jit(train.make_train_step(c_awp, model.apply, tx, 4))
+  plain_step = jax.jit(train.make_train_step(c_plain, model.apply, tx, 4))
+  key = jax.random.key(3)
+  for step, same in ((3, True), (4, False)):
+    s = state.replace(step=jnp.asarray(step, jnp.int32))
+    a = jax.tree_util.tree_leaves(awp_step(s, images, labels, key)[0].params)
+    b = jax.tree_util.tree_leaves(plain_step(s, images, labels, key)[0].params)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) == same, step
+  no_awp = _config("awp_trades", **{"awp.gamma": 0.0, "awp.warmup": 0})
+  jaxpr = lambda cfg: str(jax.make_jaxpr(train.make_train_step(cfg, model.apply, tx, 4))(state, images, labels, key))
+  assert jaxpr(no_awp) == jaxpr(c_plain)
+
+
+@pytest.mark.parametrize("method", ["natural", "at"])
+def test_step_metrics_per_example_and_accuracy(batch, method):
+  """``unperturbed`` is per example (natural: every x' is x; AT at 8/255 from a random start: none),
+  ``accuracy`` the fraction of the step's train-mode predictions on x' that are right."""
+  images = batch[0]
+  c = _config(method)
+  model = create_model(c.model.name, 10, normalization=c.model.normalization, **c.model.kwargs)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]  # as _fast_step's state
+  pred = np.argmax(np.asarray(model.apply({"params": params}, jnp.asarray(images, jnp.float32) / 255)), 1)
+  # labels the initial model gets right on examples 0, 3, 6, ... only: natural accuracy 6/16
+  labels = np.where(np.arange(B) % 3 == 0, pred, (pred + 1) % 10).astype(np.int32)
+  _, state, _, m = _fast_step(c, images, labels, jax.random.key(2), model=model)
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, state.params, params))
+  assert m["unperturbed"].shape == (B,) and m["unperturbed"].dtype == bool
+  assert m["unperturbed"].all() == (method == "natural") and (~m["unperturbed"]).all() == (method == "at")
+  if method == "natural":  # x' = x: the accuracy of the model before the step on the clean batch
+    assert float(m["accuracy"]) == pytest.approx(6 / 16, abs=1e-6)
+  else:
+    assert 0 <= float(m["accuracy"]) <= 6 / 16  # the attack only takes right answers away here
+
+
 def test_ema_is_the_exponential_average_of_the_weights(batch):
   c = _config("at", **{"ema.decay": 0.9})
   _, state, new, _ = _fast_step(c, *batch, jax.random.key(1))
@@ -362,11 +405,13 @@ def test_resume_equals_uninterrupted(tmp_path, method, extra):
          [{k: v for k, v in r.items() if k not in drop} for r in resumed]
 
 
-def test_step_augments_with_reflect_padded_crops_and_flips(batch):
+@pytest.mark.parametrize("pad_mode,flip", [("reflect", True), ("zero", False)])
+def test_step_augments_with_reflect_padded_crops_and_flips(batch, pad_mode, flip):
   """The training step crops after reflect padding and flips, as Rice et al.: replayed by hand with
-  the same random draws (a step that never flips, or pads with zeros, fails here)."""
+  the same random draws (a step that never flips, or pads with zeros, fails here); and the config's
+  other choice, zero padding without flips, reaches the step too."""
   images, labels = batch
-  c = _config("natural", **{"data.augment": True, "data.pad": 2})
+  c = _config("natural", **{"data.augment": True, "data.pad": 2, "data.pad_mode": pad_mode, "data.flip": flip})
   key = jax.random.key(11)
   model, state, new, _ = _fast_step(c, images, labels, key)
   aug_key, _ = jax.random.split(key)
@@ -374,9 +419,11 @@ def test_step_augments_with_reflect_padded_crops_and_flips(batch):
   offsets = np.asarray(jax.random.randint(crop_key, (B, 2), 0, 5))
   flips = np.asarray(jax.random.bernoulli(flip_key, 0.5, (B,)))
   assert flips.any() and (~flips).any() and len({tuple(o) for o in offsets}) > 3
-  padded = np.pad(np.asarray(images, np.float32) / 255, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+  padded = np.pad(np.asarray(images, np.float32) / 255, ((0, 0), (2, 2), (2, 2), (0, 0)),
+                  mode="reflect" if pad_mode == "reflect" else "constant")
   x = np.stack([padded[i, dy:dy + 8, dx:dx + 8] for i, (dy, dx) in enumerate(offsets)])
-  x = np.where(flips[:, None, None, None], x[:, :, ::-1], x)
+  if flip:
+    x = np.where(flips[:, None, None, None], x[:, :, ::-1], x)
   y = jnp.asarray(labels)
   loss = lambda p: jnp.mean(_ce(model.apply({"params": p}, x), y))
   ref = _sgd(state.params, jax.grad(loss)(state.params), c)
