@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -101,7 +102,8 @@ def test_an_unreadable_newest_is_named_set_aside_and_the_one_before_used(ck, tmp
   got, meta = ck.restore("last", state(0))
   err = capsys.readouterr().err
   assert meta["epoch"] == 1 and float(got["w"][0]) == 2.0
-  assert f"warning: the 'last' checkpoint {last / '2'} is unreadable" in err
+  assert f"warning: the 'last' checkpoint {last / '2'} is unreadable (" in err
+  assert re.search(r"is unreadable \([A-Za-z]+Error: [^)]", err), err
   assert "using the one before it, step 1" in err
   aside = [n for n in os.listdir(last) if n.startswith("2.unreadable-")]
   assert len(aside) == 1 and int(aside[0].split("-")[1]) <= time.time()
@@ -117,15 +119,36 @@ def test_none_readable_stops_with_every_step_named(ck, tmp_path):
   for s in ("0", "1"):
     damage(tmp_path / "checkpoints" / "last" / s)
   with pytest.raises(CheckpointError, match=r"no 'last' checkpoint in .* can be read for this config: .*"
-                                            r"\(step 1: .*; step 0: .*\)\. Nothing was started over"):
+                                            r"\(step 1: [A-Za-z]+Error: .+; step 0: [A-Za-z]+Error: .+\)\. Nothing was "
+                                            r"started over"):
     ck.restore("last", state(0))
   assert steps(tmp_path, "last") == ["0", "1"]  # nothing moved or deleted when none is readable
 
 
 def test_a_checkpoint_of_another_shape_does_not_restore(ck):
   ck.save("last", 0, state(1, n=3), {"epoch": 0})
-  with pytest.raises(CheckpointError, match="does not fit the model of this config"):
+  with pytest.raises(CheckpointError, match=r"does not fit the model of this config, or it is damaged \(step 0: "
+                                            r"ValueError: \['w'\] has shape \(3,\) in the checkpoint, \(5,\) in this "
+                                            r"config's state\)"):
     ck.restore("last", state(0, n=5))
+
+
+def test_restore_follows_the_target_dtype_and_sharding(ck):
+  """The target gives each array its dtype and placement (a multi-host restore goes straight into
+  the replicated sharding this way), not the saved file."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  from saat_jax import parallel
+
+  ck.save("last", 0, {"w": np.arange(4, dtype=np.float32)}, {"epoch": 0})
+  repl = NamedSharding(parallel.make_mesh(), PartitionSpec())
+  target = {"w": jax.device_put(jnp.zeros(4, jnp.bfloat16), repl)}
+  got, _ = ck.restore("last", target)
+  assert isinstance(got["w"], jax.Array) and got["w"].dtype == jnp.bfloat16
+  assert got["w"].sharding == repl
+  np.testing.assert_array_equal(np.asarray(got["w"], np.float32), np.arange(4, dtype=np.float32))
 
 
 def test_partial_positions(ck, tmp_path):
@@ -150,7 +173,9 @@ def test_an_unreadable_partial_position_falls_back_to_the_epoch_end(ck, tmp_path
   damage(tmp_path / "checkpoints" / "partial" / "7")
   capsys.readouterr()
   assert ck.restore_partial(state(0), after_step=3) is None
-  assert "resuming from the end of the last epoch instead" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert f"no 'partial' checkpoint in {tmp_path / 'checkpoints' / 'partial'} can be read" in err
+  assert "resuming from the end of the last epoch instead" in err
 
 
 def test_a_failed_save_removes_its_temporary_directory_only_and_names_the_previous(ck, tmp_path, monkeypatch):
@@ -174,9 +199,12 @@ def test_a_failed_save_removes_its_temporary_directory_only_and_names_the_previo
   assert sorted(os.listdir(where)) == ["0", "11.orbax-checkpoint-tmp-5"]
   with pytest.raises(CheckpointSaveError, match=r"'best' checkpoint of epoch 1 .*\(none yet\)"):
     ck.save("best", 0, state(2), {"epoch": 0})
-  with pytest.raises(CheckpointSaveError, match=r"could not save the position at step 5 in .*partial: OSError: .*"
-                                                r"The 'last' checkpoint is intact"):
+  partial = tmp_path / "checkpoints" / "partial"
+  (partial / "5.orbax-checkpoint-tmp-7").mkdir()
+  with pytest.raises(CheckpointSaveError, match=r"could not save the position at step 5 in .*partial: OSError: "
+                                                r".*No space left on device\. The 'last' checkpoint is intact"):
     ck.save_partial(5, state(2), {}, {"loss": np.zeros(1)})
+  assert os.listdir(partial) == []
   monkeypatch.undo()
   assert ck.restore("last", state(0))[1]["epoch"] == 0
 
@@ -195,16 +223,58 @@ def test_read_meta_writes_nothing_and_reads_the_newest_readable(tmp_path, capsys
   assert checkpointing.read_meta(workdir, "best") == {"epoch": 0, "best": True}
   (tmp_path / "run" / "checkpoints" / "last" / "1" / "meta" / "metadata").write_text("{not json")
   assert checkpointing.read_meta(workdir) == {"epoch": 0}
-  assert "is unreadable" in capsys.readouterr().err
+  assert "the 'last' checkpoint" in capsys.readouterr().err
 
 
 def test_an_unwritable_work_dir_is_a_clear_error(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")
-  with pytest.raises(WorkdirError, match=f"cannot create the checkpoint directories of {blocker}"):
+  with pytest.raises(WorkdirError, match=f"cannot create the checkpoint directories of {blocker} "
+                                         r"\((NotADirectoryError|FileExistsError): .+\); check its permissions"):
     RunCheckpoints(str(blocker))
-  with pytest.raises(WorkdirError, match=f"cannot create the work dir {blocker}"):
+  with pytest.raises(WorkdirError, match=f"cannot create the work dir {blocker}: FileExistsError: "):
     RunLock(str(blocker)).acquire()
+
+
+@pytest.mark.parametrize("fail", ["open", "write"])
+def test_a_lock_that_cannot_be_written_is_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch, fail):
+  import errno
+
+  workdir = str(tmp_path / "w")
+
+  def denied(*a, **kw):
+    raise OSError(errno.EACCES, "Permission denied")
+
+  monkeypatch.setattr(checkpointing.os, "open" if fail == "open" else "fdopen", denied)
+  with pytest.raises(WorkdirError, match=f"cannot write to the work dir {workdir} \\(PermissionError: .*Permission denied\\); "
+                                         "check its permissions and free space"):
+    RunLock(workdir).acquire()
+  monkeypatch.undo()
+  assert os.listdir(workdir) == []
+
+
+def test_a_lock_released_while_looking_is_taken_and_one_never_readable_refused(tmp_path, monkeypatch):
+  workdir = str(tmp_path / "w")
+  os.makedirs(workdir)
+  path = os.path.join(workdir, ".lock")
+  open(path, "w").close()
+  real_read = RunLock._read
+
+  def released_meanwhile(self):  # the holder finished between our open and our read
+    os.remove(path)
+    return None
+
+  monkeypatch.setattr(RunLock, "_read", released_meanwhile)
+  lock = RunLock(workdir).acquire()
+  monkeypatch.setattr(RunLock, "_read", real_read)
+  assert lock.held and json.loads(open(path).read())["token"] == lock.token
+  lock.release()
+
+  open(path, "w").close()
+  monkeypatch.setattr(RunLock, "_read", lambda self: None)  # always gone when read, always back when opened
+  with pytest.raises(WorkdirLocked, match=f"work dir {workdir}: could not take its lock {path}; another run is "
+                                          "starting there"):
+    RunLock(workdir).acquire()
 
 
 def test_check_same_model_names_both_models():
@@ -225,32 +295,51 @@ def dead_pid() -> int:
   return proc.pid  # exited and reaped
 
 
-def test_pid_alive():
-  assert checkpointing._pid_alive(os.getpid())
-  assert checkpointing._pid_alive(1)  # init: alive, and (unless root) another user's
+def test_pid_alive_only_asks_and_counts_another_users_process_as_alive(monkeypatch):
+  # a live process that a real signal would end (SIGHUP restored to its default): asking leaves it running
+  child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+                                                  "time.sleep(60)"])
+  try:
+    time.sleep(0.5)
+    assert checkpointing._pid_alive(child.pid)
+    time.sleep(0.2)
+    assert child.poll() is None
+  finally:
+    child.kill()
+    child.wait()
   assert not checkpointing._pid_alive(dead_pid())
+  for error in (PermissionError, OSError):  # EPERM: another user's process, alive
+    def kill(pid, sig, error=error):
+      raise error("no")
+    monkeypatch.setattr(checkpointing.os, "kill", kill)
+    assert checkpointing._pid_alive(12345)
 
 
 def test_lock_records_its_holder_and_only_the_holder_removes_it(tmp_path):
   workdir = str(tmp_path / "w")
+  assert RunLock(workdir).held is False
   lock = RunLock(workdir).acquire()
   holder = json.loads((tmp_path / "w" / ".lock").read_text())
   assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
-  assert holder["token"] == lock.token and lock.held
+  assert holder["token"] == lock.token and lock.held is True and re.fullmatch("[0-9a-f]{32}", lock.token)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(os.stat(tmp_path / "w" / ".lock").st_mode) == 0o644 & ~umask
   assert time.strptime(holder["started"], "%Y-%m-%dT%H:%M:%S%z")
   with pytest.raises(WorkdirLocked, match=rf"work dir {workdir} is in use by pid {os.getpid()} on host "
                                           rf"{socket.gethostname()} \(since {re.escape(holder['started'])}\)"):
     RunLock(workdir).acquire()  # the same process: its own lock is not stale
-  # a lock that was taken over meanwhile (another token) is not removed by the old holder
-  other = dict(holder, token="someone-else")
+  # a lock that another run took over meanwhile (its token) is not removed by the old holder
+  other = dict(holder, token=RunLock(workdir).token)
   (tmp_path / "w" / ".lock").write_text(json.dumps(other))
   lock.release()
   assert json.loads((tmp_path / "w" / ".lock").read_text()) == other
   os.remove(tmp_path / "w" / ".lock")
   lock.release()  # not held any more: nothing to do, no error
+  assert lock.held is False
   with RunLock(workdir) as again:
     assert again.held
-  assert not again.held and os.listdir(workdir) == []
+  assert again.held is False and os.listdir(workdir) == []
 
 
 def test_stale_locks_are_taken_over_and_live_or_foreign_ones_refused(tmp_path, capsys):
@@ -269,7 +358,7 @@ def test_stale_locks_are_taken_over_and_live_or_foreign_ones_refused(tmp_path, c
     assert json.loads(open(path).read())["pid"] == os.getpid()
   assert f"taking over the stale lock {path} (pid" in capsys.readouterr().err
 
-  for holder, why in [({"pid": os.getppid(), "host": host}, f"pid {os.getppid()} on host {host}"),
+  for holder, why in [({"pid": os.getppid(), "host": host}, f"pid {os.getppid()} on host {host} \\(since \\?\\)"),
                       ({"pid": dead_pid(), "host": host + "-other"}, "pid [0-9]+ on host " + host + "-other"),
                       ({"pid": "12", "host": host}, "pid 12 on host"),
                       ("{torn", "a run \\(the lock file is unreadable\\)"),  # young: perhaps being written
