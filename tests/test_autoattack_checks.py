@@ -3,6 +3,8 @@ model built to have the flagged property and stays quiet on a plain one, the re-
 adversarial examples raises on corrupted ones, and the accuracy-order check reports PGD above
 natural. Tiny models (SmallCNN of saat_jax.models, width 4, on 8x8 grey images): a few seconds."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,12 +17,19 @@ N = 24
 EPS = 0.1
 
 MODEL = SmallCNN(num_classes=10, width=4, use_bn=False)
-VARIABLES = MODEL.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+
+
+@functools.lru_cache(maxsize=1)
+def variables():
+  """Built on first use, not at import: mutation testing forks workers from a process that has
+  imported this module, and XLA's threads do not survive a fork (docs/mutation.md)."""
+  with jax.ensure_compile_time_eval():  # concrete arrays even when first called inside a jit trace
+    return MODEL.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
 
 
 @jax.jit
 def logits_fn(x):
-  return MODEL.apply(VARIABLES, x, train=False)
+  return MODEL.apply(variables(), x, train=False)
 
 
 @pytest.fixture(scope="module")
