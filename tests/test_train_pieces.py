@@ -189,12 +189,12 @@ def test_validate_config_accepts_the_boundary_values(overrides):
 def test_validate_config_batch_sizes_the_devices_cannot_split(monkeypatch):
   monkeypatch.setattr(train.jax, "device_count", lambda: 4)
   with pytest.raises(ValueError) as e:
-    train.validate_config(digits(batch_size=30, **{"eval.batch_size": 2}))
+    train.validate_config(digits(batch_size=30, **{"eval.batch_size": 1}))
   lines = str(e.value).splitlines()[1:]
   assert lines == ["  - batch_size=30 is not divisible by the 4 devices",
-                   "  - eval.batch_size=2 is not divisible by the 4 devices",
+                   "  - eval.batch_size=1 is not divisible by the 4 devices",
                    "  - batch_size=30: use 28 or 32 (the nearest multiples of the 4 devices)",
-                   "  - eval.batch_size=2: use 4 (the smallest multiple of the 4 devices)"]
+                   "  - eval.batch_size=1: use 4 (the smallest multiple of the 4 devices)"]
 
 
 def test_validate_config_names_every_problem_at_once_and_types_are_checked():
