@@ -105,13 +105,57 @@ def test_rd_matches_hand_computation():
   assert robustness_disparity(eps, acc) == pytest.approx((0.05 + 0.075 + 0.075) / 3)
   # a model whose accuracy does not drop has RD 0; order of budgets does not matter
   assert robustness_disparity([4, 0, 2], [0.7, 0.7, 0.7]) == 0.0
-  with pytest.raises(ValueError, match="eps = 0"):
+  # budgets below 1/255 count too
+  assert robustness_disparity([0, 0.5], [0.9, 0.8]) == pytest.approx(0.2)
+  # float32 inputs are summed in float64
+  e32, a32 = np.float32([0, 1, 3, 7]), np.float32([0.93, 0.71, 0.52, 0.37])
+  e64, a64 = e32.astype(np.float64), a32.astype(np.float64)
+  assert robustness_disparity(e32, a32) == float(np.mean((a64[0] - a64[1:]) / e64[1:]))
+  with pytest.raises(ValueError, match=r"^robustness_disparity needs the accuracy at eps = 0 \(A_0\)$"):
     robustness_disparity([2, 4], [0.5, 0.4])
-  with pytest.raises(ValueError, match="> 0"):
+  with pytest.raises(ValueError, match=r"^robustness_disparity needs at least one budget eps_i > 0$"):
     robustness_disparity([0], [0.5])
+  for e, a in (([0, 2], [0.5]), ([[0, 2]], [[0.5, 0.4]])):  # unequal lengths; 2-D
+    with pytest.raises(ValueError, match="^robustness_disparity: eps_list and accuracies must be 1-D and of equal "
+                                         "length$"):
+      robustness_disparity(e, a)
+
+
+def test_autoattack_evaluation_passes_its_settings_and_reads_the_result(monkeypatch):
+  """``autoattack_evaluation`` is a thin layer over ``saat_jax.autoattack.autoattack``: the settings
+  reach it (AutoAttack's defaults: standard version, seed 0, the project's warnings), the uint8
+  images arrive in [0, 1], and the accuracy is the mean of its per-point verdicts."""
+  import saat_jax.autoattack as aa
+  from saat_jax.evaluators import autoattack_evaluation
+  from saat_jax.log import warn as project_warn
+
+  calls = []
+
+  class Result:
+    robust = jnp.array([True, False, True, True])
+    checks = ({"check": "randomized", "status": "ok"},)
+
+  def fake(logits_fn, x, y, **kw):
+    calls.append((logits_fn, np.asarray(x), np.asarray(y), kw))
+    return Result()
+
+  monkeypatch.setattr(aa, "autoattack", fake)
+  images = np.array([0, 51, 102, 255], np.uint8).reshape(4, 1, 1, 1)
+  labels = np.array([1, 2, 3, 4])
+  f = lambda x: x
+  got = autoattack_evaluation(f, images, labels, eps=8 / 255)
+  assert got == {"accuracy": 0.75, "checks": [{"check": "randomized", "status": "ok"}]}
+  fn, x, y, kw = calls[0]
+  assert fn is f and np.allclose(x.reshape(-1), [0, 0.2, 0.4, 1]) and y.tolist() == [1, 2, 3, 4]
+  assert kw == {"eps": 8 / 255, "version": "standard", "seed": 0, "batch_size": None, "progress": True,
+                "warn": project_warn}
+  mine = lambda msg: None
+  autoattack_evaluation(f, images, labels, eps=0.5, version="rand", seed=3, batch_size=8, progress=False, warn=mine)
+  assert calls[1][3] == {"eps": 0.5, "version": "rand", "seed": 3, "batch_size": 8, "progress": False, "warn": mine}
 
 
 def test_sweep_pgd_schedule_follows_released_code():
   assert sweep_pgd_schedule(8) == (2 / 255, 20)
   assert sweep_pgd_schedule(2) == (2 / 255, 5)
   assert sweep_pgd_schedule(16) == (2 / 255, 40)
+  assert sweep_pgd_schedule(0.25) == (2 / 255, 1)  # at least one step
