@@ -159,3 +159,24 @@ def test_sweep_pgd_schedule_follows_released_code():
   assert sweep_pgd_schedule(2) == (2 / 255, 5)
   assert sweep_pgd_schedule(16) == (2 / 255, 40)
   assert sweep_pgd_schedule(0.25) == (2 / 255, 1)  # at least one step
+
+
+def test_pgd_of_the_evaluation_is_one_restart_unless_asked(monkeypatch):
+  """Rice et al.'s PGD-20 evaluation has one random start; more restarts only when asked."""
+  from saat_jax.evaluators import robustness
+
+  seen = []
+
+  def recording_pgd(loss_fn, x, y, **kw):
+    seen.append(kw)
+    return x
+
+  monkeypatch.setattr(robustness, "pgd", recording_pgd)
+  model = Linear(2)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)))
+  images, labels = np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32)
+  for kwargs, restarts in (({}, 1), ({"restarts": 3}, 3)):
+    RobustnessEvaluator(model.apply, eps=EPS, alpha=ALPHA, steps=2, batch_size=4, **kwargs).run(
+        variables, images, labels, jax.random.key(1))
+    assert seen[-1]["restarts"] == restarts and seen[-1]["steps"] == 2
+    assert seen[-1]["eps"] == pytest.approx(EPS) and seen[-1]["alpha"] == pytest.approx(ALPHA)
