@@ -180,3 +180,25 @@ def test_pgd_of_the_evaluation_is_one_restart_unless_asked(monkeypatch):
         variables, images, labels, jax.random.key(1))
     assert seen[-1]["restarts"] == restarts and seen[-1]["steps"] == 2
     assert seen[-1]["eps"] == pytest.approx(EPS) and seen[-1]["alpha"] == pytest.approx(ALPHA)
+
+
+def test_an_empty_split_has_no_accuracy_and_one_example_has_one():
+  from saat_jax.evaluators import natural_and_pgd_accuracy
+
+  model = Linear(2)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)))
+  step = jax.jit(robustness_step(model))
+  nat, rob = natural_and_pgd_accuracy(step, variables, np.zeros((0, 2, 2, 1), np.uint8), np.zeros(0, np.int32),
+                                      batch_size=4, key=jax.random.key(1))
+  assert np.isnan(nat) and np.isnan(rob)
+  images = np.full((1, 2, 2, 1), 128, np.uint8)
+  pred = int(np.argmax(model.apply(variables, jnp.asarray(images, jnp.float32) / 255)))
+  nat, rob = natural_and_pgd_accuracy(step, variables, images, np.full(1, pred, np.int32), batch_size=4,
+                                      key=jax.random.key(1))
+  assert nat == 1.0 and rob in (0.0, 1.0)
+
+
+def robustness_step(model):
+  from saat_jax.evaluators import make_eval_step
+
+  return make_eval_step(model.apply, eps=EPS, alpha=ALPHA, steps=2)
