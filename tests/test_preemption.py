@@ -57,14 +57,15 @@ def uninterrupted(tmp_path_factory):
 
 
 def on_batch(monkeypatch, n, action):
-  """Run ``action()`` when the n-th training batch (1-based) is put on the devices (the training loop
-  passes ``index=``; the evaluator's batches do not count)."""
+  """Run ``action()`` when the n-th training batch (1-based) is put on the devices: the calls from
+  the training loop (``saat_jax.train``) count, the evaluator's batches do not."""
   real, calls = parallel.shard_batch, [0]
 
   def shard_batch(*args, **kwargs):
-    calls[0] += "index" in kwargs
-    if calls[0] == n and "index" in kwargs:
-      action()
+    if sys._getframe(1).f_globals.get("__name__") == "saat_jax.train":
+      calls[0] += 1
+      if calls[0] == n:
+        action()
     return real(*args, **kwargs)
 
   monkeypatch.setattr(train.parallel, "shard_batch", shard_batch)

@@ -58,7 +58,7 @@ def natural_and_pgd_accuracy(eval_step, variables, images: np.ndarray, labels: n
     mask[:len(idx)] = True
     pad_idx = np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)])
     imgs, labs = parallel.shard_batch(mesh, images, labels, index=pad_idx)
-    m = parallel.shard_batch(mesh, mask)
+    m = jax.make_array_from_callback(mask.shape, parallel.data_sharded(mesh), lambda i: mask[i])
     totals.append(eval_step(variables, imgs, labs, m, jax.random.fold_in(key, b)))
   for nat, rob in jax.device_get(totals):
     nat_sum += int(nat)
