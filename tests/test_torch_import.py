@@ -1,6 +1,6 @@
 """Importing PyTorch state_dicts: same logits as the PyTorch reference modules, wrappers, errors.
 
-The PyTorch reference architectures (``saat_jax.testing.torch_reference``) have the reference
+The PyTorch reference architectures (``saat_jax.models.torch_nets``) have the reference
 code's structure and parameter names: the AutoAttack examples' ResNet-18, Rice et al.'s PreAct
 ResNet-18 and the TRADES / Rice / RobustBench Wide ResNet (with its unused ``sub_block1``). Their BatchNorm running
 statistics are set to non-trivial values, so eval mode (``train=False``) is really compared.
@@ -31,8 +31,8 @@ TOL = 1e-4
 
 
 if torch is not None:
-  from saat_jax.testing.torch_reference import (Normalized, TorchPreActResNet18, TorchResNet18,
-                                               TorchWideResNet, build_torch_model)
+  from saat_jax.models.torch_nets import (Normalized, TorchPreActResNet18, TorchResNet18, TorchSmallCNN,
+                                          TorchWideResNet, build_torch_model)
 
 
 # The Wide ResNets of these tests: one in TRADES' layout with its unused ``sub_block1``, one without.
@@ -155,31 +155,41 @@ def test_other_wrappers_numpy_values_and_normalization(torch_nets, tmp_path):
 @requires_torch
 @pytest.mark.torch
 def test_build_torch_model_normalized_round_trip(tmp_path):
-  """A normalised torch model saved whole loads into the Flax model with the same normalisation."""
+  """A normalised torch model saved whole loads into the Flax model with the same normalisation:
+  build_torch_model's (normalising inside, bare keys) and a Normalized wrapper's (``model.`` keys)."""
+  from saat_jax.models.layers import CIFAR10_MEAN, CIFAR10_STD
+
   torch.manual_seed(3)
   net = build_torch_model("preact_resnet18", normalization="cifar10")
-  assert isinstance(net, Normalized) and isinstance(net.model, TorchPreActResNet18)
+  assert isinstance(net, TorchPreActResNet18)
   with torch.no_grad():  # leave the trivial running statistics, so eval mode is a real check
     for m in net.modules():
       if isinstance(m, nn.BatchNorm2d):
         m.running_mean.uniform_(-0.2, 0.2)
         m.running_var.uniform_(0.5, 2.0)
   net.eval()
-  assert all(k.startswith("model.") for k in net.state_dict())  # mean/std are not saved
-  path = tmp_path / "normed.pt"
-  torch.save(net.state_dict(), path)
-  model, variables = load_torch_checkpoint(str(path), "preact_resnet18", normalization="cifar10")
-  diff, ref = max_logit_diff(net, model, variables, images(4, 2))
-  assert diff < TOL and np.abs(ref).max() > 0.01  # default init: logits of order 0.1
-  # without the normalisation the logits differ: the wrapper really normalises
+  bare = TorchPreActResNet18()
+  bare.load_state_dict(net.state_dict(), strict=True)  # mean/std are not saved
+  wrapped = Normalized(bare, CIFAR10_MEAN, CIFAR10_STD).eval()
+  assert all(k.startswith("model.") for k in wrapped.state_dict())
+  x = images(4, 2)
+  np.testing.assert_allclose(torch_logits(wrapped, x), torch_logits(net, x), atol=1e-6)
+  for i, module in enumerate((net, wrapped)):
+    path = tmp_path / f"normed{i}.pt"
+    torch.save(module.state_dict(), path)
+    model, variables = load_torch_checkpoint(str(path), "preact_resnet18", normalization="cifar10")
+    diff, ref = max_logit_diff(module, model, variables, x)
+    assert diff < TOL and np.abs(ref).max() > 0.01  # default init: logits of order 0.1
+  # without the normalisation the logits differ: the module really normalises
   plain, plain_vars = load_torch_checkpoint(str(path), "preact_resnet18")
-  assert max_logit_diff(net, plain, plain_vars, images(4, 2))[0] > 10 * TOL
+  assert max_logit_diff(net, plain, plain_vars, x)[0] > 10 * TOL
   assert isinstance(build_torch_model("WRN-16-2", 100, sub_block1=True), TorchWideResNet)
   assert build_torch_model("wrn16_2", 100).fc.out_features == 100
   with pytest.raises(ValueError, match="normalization"):
     build_torch_model("resnet18", normalization="imagenet")
-  with pytest.raises(ValueError, match="no PyTorch import"):
-    build_torch_model("small_cnn")
+  assert isinstance(build_torch_model("small_cnn", width=4), TorchSmallCNN)  # exports only: no import of it
+  with pytest.raises(ValueError, match="cannot export model 'vgg16' to PyTorch; supported: resnet18"):
+    build_torch_model("vgg16")
 
 
 @requires_torch

@@ -35,25 +35,37 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")
 _MAX_LISTED = 5
 _SUPPORTED = ("resnet18", "preact_resnet18", "wrn<depth>_<width> (e.g. wrn34_10)")
+# Exported (``saat_jax.export``) to the modules of ``saat_jax.models.torch_nets``: the above and the small CNN,
+# which has no PyTorch original to import from.
+_EXPORTABLE = _SUPPORTED + ("small_cnn",)
 
 
-def _family(model_name: str) -> tuple[str, str]:
-  """``(family, canonical name)`` of a model name; ``ValueError`` when it has no torch reference."""
+def _family(model_name: str, action: str = "import") -> tuple[str, str]:
+  """``(family, canonical name)`` of a model name; ``ValueError`` when it cannot be imported
+  (``action='import'``) or exported (``'export'``), naming the models that can."""
+  if action == "import":
+    fail, supported = f"no PyTorch import for model {model_name!r}", _SUPPORTED
+  else:
+    fail, supported = f"cannot export model {model_name!r} to PyTorch", _EXPORTABLE
   if not isinstance(model_name, str):
-    raise ValueError(f"model_name must be a string, got {model_name!r}")
+    raise ValueError(f"{fail}: the model name must be a string")
   key = model_name.lower().replace("-", "_")
   if key in ("resnet18", "preact_resnet18"):
+    return key, key
+  if key == "small_cnn" and action == "export":
     return key, key
   m = re.fullmatch(r"(?:wrn|wide_resnet)_?(\d+)_(\d+)", key)
   if m:
     depth, width = int(m.group(1)), int(m.group(2))
     if depth < 10 or (depth - 4) % 6:
-      raise ValueError(f"Wide ResNet depth must be 6n+4 (e.g. 16, 28, 34), got {model_name!r}")
+      raise ValueError(f"{fail}: a Wide ResNet's depth must be 6n+4 (e.g. 16, 28, 34), got {model_name!r}")
     if width < 1:
-      raise ValueError(f"Wide ResNet width must be positive, got {model_name!r}")
+      raise ValueError(f"{fail}: a Wide ResNet's width must be positive, got {model_name!r}")
     return "wrn", f"wrn{depth}_{width}"
-  raise ValueError(f"no PyTorch import for model {model_name!r}; supported: "
-                   f"{', '.join(_SUPPORTED)}")
+  if key == "small_cnn":
+    raise ValueError(f"{fail}: the small CNN has no PyTorch original (it can be exported, see "
+                     f"saat_jax.export); supported: {', '.join(supported)}")
+  raise ValueError(f"{fail}; supported: {', '.join(supported)}")
 
 
 def _to_numpy(value: Any, key: str) -> np.ndarray:
@@ -192,17 +204,20 @@ def _guess_architecture(state_dict: Mapping[str, Any]) -> Optional[str]:
   return name
 
 
-def torch_key_map(model_name: str, num_classes: int) -> dict[str, tuple[tuple, tuple[int, ...]]]:
-  """``{torch state_dict key: (Flax variable path, torch shape)}`` of a model with a reference.
+def torch_key_map(model_name: str, num_classes: int, *, image_shape=(32, 32, 3),
+                  **model_kwargs) -> dict[str, tuple[tuple, tuple[int, ...]]]:
+  """``{torch state_dict key: (Flax variable path, torch shape)}`` of an exportable model.
 
   The one correspondence between the two layouts, used to import (:func:`convert_state_dict`) and
-  to export (:mod:`saat_jax.models.torch_export`).
+  to export (:mod:`saat_jax.models.torch_export`). The model is ``create_model(model_name,
+  num_classes, **model_kwargs)`` on ``image_shape`` (H, W, C) images: the input channels fix the
+  first conv's shape, and the small CNN's ``fc1`` depends on H and W too.
   """
   from saat_jax.models import create_model
 
-  family, canonical = _family(model_name)
-  model = create_model(canonical, num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+  family, canonical = _family(model_name, "export")
+  model = create_model(canonical, num_classes, **model_kwargs)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)),
                                              train=False))
   expected: dict[str, tuple[tuple, tuple[int, ...]]] = {}
   for path, leaf_shape in traverse_util.flatten_dict(dict(shapes)).items():
@@ -216,7 +231,7 @@ def torch_key_map(model_name: str, num_classes: int) -> dict[str, tuple[tuple, t
 
 
 def _final_layer_key(family: str) -> str:
-  return "fc" if family == "wrn" else "linear"
+  return {"wrn": "fc", "small_cnn": "fc2"}.get(family, "linear")
 
 
 def _first(items: list[str]) -> str:
