@@ -17,8 +17,7 @@ from saat_jax.data import ARCHIVES, DataError, archives, download, load_dataset,
 from test_data_readers import (ROOT, make_cifar10_python, make_cifar100_python, make_tar,
                                random_split)
 
-sys.path.insert(0, str(ROOT))
-from configs.paper import CIFAR10_DATA  # noqa: E402 - this checkout's offline CIFAR-10 copy
+CIFAR10_DATA = "../shared/data/cifar10-jpeg.tar.gz"  # this checkout's offline CIFAR-10 copy, relative
 
 MAKERS = {"cifar10": make_cifar10_python, "cifar100": make_cifar100_python}
 FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
