@@ -358,7 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   validate_config(config)
   data = load_dataset(config.data.name, config.data.data_dir, val_size=int(config.data.val_size),
                       seed=int(config.seed), cache_dir=config.data.get("cache_dir"),
-                      source=config.data.source, download_url=config.data.get("download_url"))
+                      source=config.data.source, download_url=config.data.get("download_url"),
+                      download_md5=config.data.get("download_md5"))
   if data.name == "digits" and config.data.data_dir:
     log.info(f"note: data.data_dir={config.data.data_dir!r} is ignored: digits come with scikit-learn")
   spec = model_spec(config, data.num_classes)

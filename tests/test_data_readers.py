@@ -19,10 +19,9 @@ from PIL import Image
 import saat_jax.data.cache as data_cache  # not `cache`: that name is the fixture below
 from saat_jax import config_base
 from saat_jax.data import CIFAR10_CLASSES, CIFAR100_CLASSES, DataError, archives, core, load_dataset
+from saat_jax.testing import cifar_archive
 
 ROOT = Path(__file__).resolve().parents[1]
-
-REAL_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 N_TRAIN, N_TEST = 20, 10
 
 
@@ -37,32 +36,9 @@ def random_split(seed, n, num_classes=10):
   return images, labels
 
 
-def planar(images):
-  """NHWC uint8 -> CIFAR's (N, 3072) rows: the R plane, then G, then B."""
-  return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-
-
-def write_pickle(path, obj):
-  path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def make_cifar10_python(root, train, test):
-  """cifar-10-batches-py with bytes keys, as the Python 2 pickles of the original archive."""
-  root.mkdir(parents=True)
-  (tx, ty), (sx, sy) = train, test
-  per = len(tx) // 5
-  for i in range(5):
-    sl = slice(i * per, (i + 1) * per)
-    write_pickle(root / f"data_batch_{i + 1}", {b"batch_label": f"training batch {i + 1} of 5".encode(),
-                                                  b"labels": [int(v) for v in ty[sl]],
-                                                  b"data": planar(tx[sl]),
-                                                  b"filenames": [b"x.png"] * per})
-  write_pickle(root / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in sy],
-                                     b"data": planar(sx), b"filenames": [b"x.png"] * len(sx)})
-  write_pickle(root / "batches.meta", {b"label_names": [c.encode() for c in CIFAR10_CLASSES],
-                                       b"num_cases_per_batch": per, b"num_vis": 3072})
-  (root / "readme.html").write_text("<html></html>")
-  return root
+make_cifar10_python = cifar_archive.write_cifar10_python  # the official layouts, as folders
+make_cifar100_python = cifar_archive.write_cifar100_python
+planar = cifar_archive.planar
 
 
 def make_cifar10_binary(root, train, test):
@@ -78,18 +54,6 @@ def make_cifar10_binary(root, train, test):
     (root / f"data_batch_{i + 1}.bin").write_bytes(records(tx[sl], ty[sl]))
   (root / "test_batch.bin").write_bytes(records(sx, sy))
   (root / "batches.meta.txt").write_text("\n".join(CIFAR10_CLASSES) + "\n\n")
-  return root
-
-
-def make_cifar100_python(root, train, test):
-  root.mkdir(parents=True)
-  (tx, ty), (sx, sy) = train, test
-  for fname, x, y in (("train", tx, ty), ("test", sx, sy)):
-    write_pickle(root / fname, {b"filenames": [b"x.png"] * len(x), b"batch_label": fname.encode(),
-                                b"fine_labels": [int(v) for v in y],
-                                b"coarse_labels": [int(v) // 5 for v in y], b"data": planar(x)})
-  write_pickle(root / "meta", {b"fine_label_names": [c.encode() for c in CIFAR100_CLASSES],
-                               b"coarse_label_names": [b"c%d" % i for i in range(20)]})
   return root
 
 
@@ -259,37 +223,34 @@ def test_parent_folder_holding_one_layout_is_accepted(tmp_path, tiny, cache):
   np.testing.assert_array_equal(d.train_images, tx)
 
 
-def test_relative_path_resolves_from_project_root(tmp_path, monkeypatch, tiny, cache):
-  """The CIFAR configs' data.data_dir '../shared/data/...' is relative to the project root, not the
-  cwd; the library's own default names no location.
+def test_relative_path_is_from_the_working_directory(tmp_path, monkeypatch, tiny, cache):
+  """A relative data_dir is relative to the working directory, and only to it: the library knows
+  no project root or data location (configs name none either).
 
-  Needs no shared data: the archive is written beside a stand-in project root under tmp_path.
+  Needs no shared data: the archive is written under tmp_path.
   """
-  assert archives._PROJECT_ROOT == Path(__file__).resolve().parents[1]
   assert config_base.base_config().data.data_dir is None
-
-  # tmp/project is the project root; tmp/shared/data/cifar10-tiny.tar.gz its "../shared" archive.
+  assert not hasattr(archives, "_PROJECT_ROOT")
   (tx, ty), (sx, sy) = tiny
   src = make_cifar10_python(tmp_path / "src" / "cifar-10-batches-py", (tx, ty), (sx, sy))
   (tmp_path / "shared" / "data").mkdir(parents=True)
   archive = make_tar(src, tmp_path / "shared" / "data" / "cifar10-tiny.tar.gz")
-  (tmp_path / "project").mkdir()
-  monkeypatch.setattr(archives, "_PROJECT_ROOT", tmp_path / "project")
-  cwd = tmp_path / "elsewhere" / "cwd"
-  cwd.mkdir(parents=True)
-  monkeypatch.chdir(cwd)
   rel = os.path.join("..", "shared", "data", "cifar10-tiny.tar.gz")
-  assert not Path(rel).exists()  # not from the working directory ...
-  assert archives._resolve_path(rel).samefile(archive)  # ... but from the project root
+  (tmp_path / "project").mkdir()
+  monkeypatch.chdir(tmp_path / "project")
+  assert archives._resolve_path(rel).samefile(archive)
   d = load_dataset("cifar10", rel, cache_dir=cache)
   np.testing.assert_array_equal(d.train_images, tx)
   np.testing.assert_array_equal(d.test_labels, sy)
-  # Missing from both: the error names both places it looked.
-  import re
-
-  looked = [re.escape(os.path.abspath(root / ".." / "shared")) for root in (Path.cwd(), tmp_path / "project")]
-  with pytest.raises(DataError, match="(?s)" + ".*".join(looked)):
-    load_dataset("cifar10", os.path.join("..", "shared", "data", "nope.tar.gz"))
+  # From elsewhere the same string names another place: an error that says which, and only it.
+  cwd = tmp_path / "elsewhere" / "cwd"
+  cwd.mkdir(parents=True)
+  monkeypatch.chdir(cwd)
+  with pytest.raises(DataError) as err:
+    load_dataset("cifar10", rel, cache_dir=cache)
+  msg = str(err.value)
+  assert f"data.data_dir {rel!r} (looked for {os.path.abspath(cwd / rel)}) does not exist" in msg, msg
+  assert str(tmp_path / "shared") not in msg and str(ROOT) not in msg, msg
 
 
 # ------------------------------------------------------------------------------------------------
@@ -298,13 +259,10 @@ def test_relative_path_resolves_from_project_root(tmp_path, monkeypatch, tiny, c
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_real_cifar10_jpeg_archive(tmp_path):
-  if not REAL_ARCHIVE.is_file():
-    pytest.skip(f"needs the real CIFAR-10 archive {REAL_ARCHIVE} (../shared/data/cifar10-jpeg.tar.gz "
-                "relative to the project root), absent here")
+def test_real_cifar10_jpeg_archive(tmp_path, cifar10_jpeg):
   cache = str(tmp_path / "cache")
   t0 = time.time()
-  d = load_dataset("cifar10", str(REAL_ARCHIVE), cache_dir=cache)
+  d = load_dataset("cifar10", str(cifar10_jpeg), cache_dir=cache)
   t_decode = time.time() - t0
   assert d.train_images.shape == (50000, 32, 32, 3) and d.train_images.dtype == np.uint8
   assert d.test_images.shape == (10000, 32, 32, 3) and d.test_images.dtype == np.uint8
@@ -314,7 +272,7 @@ def test_real_cifar10_jpeg_archive(tmp_path):
   # A prefix is class-mixed (evaluate.py's num_test and train.py's num_train slice prefixes).
   assert len(np.unique(d.test_labels[:100])) == 10
   # Known files land with their class's canonical label.
-  with tarfile.open(REAL_ARCHIVE) as tf:
+  with tarfile.open(cifar10_jpeg) as tf:
     names = [n for n in tf.getnames() if n.endswith("cat/0000.jpg") or n.endswith("truck/0007.jpg")]
     assert len(names) == 4, names
     for n in names:
@@ -325,7 +283,7 @@ def test_real_cifar10_jpeg_archive(tmp_path):
       assert set(split_y[hits]) == {CIFAR10_CLASSES.index(n.split("/")[-2])}, n
   # The second load comes from the cache: identical arrays, much faster.
   t0 = time.time()
-  d2 = load_dataset("cifar10", str(REAL_ARCHIVE), cache_dir=cache)
+  d2 = load_dataset("cifar10", str(cifar10_jpeg), cache_dir=cache)
   t_cached = time.time() - t0
   np.testing.assert_array_equal(d2.train_images, d.train_images)
   np.testing.assert_array_equal(d2.test_labels, d.test_labels)
@@ -529,7 +487,7 @@ def test_two_processes_filling_the_cache_at_once_leave_one_valid_file(tmp_path, 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
   outs = [p.communicate(timeout=120) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs
-  assert {o.strip() for o, _ in outs} == {str(int(tx.sum()))}
+  assert {o.strip().splitlines()[-1] for o, _ in outs} == {str(int(tx.sum()))}  # after the data's log lines
   files = os.listdir(cache)
   assert len(files) == 1 and files[0].endswith(".npz"), files  # no temporary file left
   d = load_dataset("cifar10", str(src), cache_dir=cache)
@@ -558,9 +516,10 @@ def test_missing_path_names_it_and_the_other_sources(tmp_path):
   assert "shared" not in str(err.value)  # the library names no location of this checkout
 
 
-def test_no_data_dir():
-  with pytest.raises(DataError, match=r"(?s)no data.data_dir.*--config.data.source=download.*--config.data.source=tfds"):
-    load_dataset("cifar10")
+def test_no_data_dir_with_the_local_source():
+  with pytest.raises(DataError, match=r"(?s)no data.data_dir given for cifar10 with --config\.data\.source=local.*"
+                                      r"--config.data.source=download.*--config.data.source=tfds"):
+    load_dataset("cifar10", source="local")
 
 
 def test_zip_archive_is_refused(tmp_path, tiny, cache):

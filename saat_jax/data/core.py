@@ -15,7 +15,7 @@ SOURCES = ("auto", "local", "download", "tfds")
 
 # The ends of the errors of a missing local copy: the sources that need none, in flag wording.
 DOWNLOAD_ADVICE = (
-    "--config.data.source=download to fetch the official archive (from "
+    "--config.data.source=download (the default without a data.data_dir) to fetch the official archive (from "
     "https://www.cs.toronto.edu/~kriz/cifar.html, checksum-verified) once into the data cache "
     "(needs internet, not TensorFlow)")
 OTHER_SOURCES_ADVICE = (
