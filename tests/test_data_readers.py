@@ -254,6 +254,113 @@ def test_relative_path_is_from_the_working_directory(tmp_path, monkeypatch, tiny
 
 
 # ------------------------------------------------------------------------------------------------
+# What the data was read from: Dataset.data_format, kept by the cache; the JPEG copy is labelled.
+
+
+def _png_or_jpeg_tree(root, tiny, jpeg_files):
+  """A CIFAR-10 tree of PNG files, with the first ``jpeg_files`` training images saved as JPEG."""
+  (tx, ty), (sx, sy) = tiny
+  written = make_image_tree(root, {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES)
+  for p in written["train"][:jpeg_files]:
+    Image.open(p).convert("RGB").save(p.with_suffix(".jpg"), quality=75)
+    p.unlink()
+  return root
+
+
+@pytest.mark.parametrize("layout,want", [
+    ("cifar10-python", "cifar10-python"), ("cifar10-python.tar.gz", "cifar10-python"),
+    ("cifar10-binary", "cifar10-binary"), ("cifar100-python.tar.gz", "cifar100-python"),
+    ("png-tree", "image-folder-png"), ("jpeg-tree.tar.gz", "image-folder-jpeg"),
+    ("png-tree-with-one-jpeg", "image-folder-jpeg")])
+def test_data_format_names_what_was_read_and_survives_the_cache(tmp_path, tiny, cache, monkeypatch, layout, want):
+  (tx, ty), (sx, sy) = tiny
+  name = "cifar100" if layout.startswith("cifar100") else "cifar10"
+  if layout.startswith("cifar10-python"):
+    src = make_cifar10_python(tmp_path / "cifar-10-batches-py", (tx, ty), (sx, sy))
+  elif layout == "cifar10-binary":
+    src = make_cifar10_binary(tmp_path / "cifar-10-batches-bin", (tx, ty), (sx, sy))
+  elif layout.startswith("cifar100"):
+    src = make_cifar100_python(tmp_path / "cifar-100-python", random_split(3, N_TRAIN, 100), random_split(4, N_TEST, 100))
+  else:
+    src = _png_or_jpeg_tree(tmp_path / "tree", tiny, {"png-tree": 0, "png-tree-with-one-jpeg": 1}.get(layout, N_TRAIN))
+    if layout.startswith("jpeg"):
+      for p in src.rglob("*.png"):
+        Image.open(p).save(p.with_suffix(".jpg"), quality=75)
+        p.unlink()
+  if layout.endswith(".tar.gz"):
+    src = make_tar(src, tmp_path / "packed.tar.gz")
+  calls = count_decodes(monkeypatch)
+  d = load_dataset(name, str(src), cache_dir=cache)
+  again = load_dataset(name, str(src), cache_dir=cache)  # from the cache
+  assert calls == [name]
+  assert d.data_format == again.data_format == want and want in core.DATA_FORMATS
+  assert repr(d).endswith(f"data_format={want!r})")
+  if want == "image-folder-jpeg":
+    assert d.data_note == "JPEG re-encoded, not the official CIFAR-10"
+  else:
+    assert d.data_note == ""
+
+
+def test_data_format_of_digits_tfds_and_a_cifar100_jpeg_copy(tmp_path, cache):
+  import tensorflow_datasets as tfds  # a dependency; TensorFlow is not needed
+
+  assert load_dataset("digits").data_format == "digits"
+  with tfds.testing.mock_data(num_examples=4):
+    assert load_dataset("cifar10", source="tfds").data_format == "tfds"
+  (tx, ty), (sx, sy) = random_split(5, 100, 100), random_split(6, 10, 100)
+  ty = np.arange(100, dtype=np.int32)
+  make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR100_CLASSES, "jpg")
+  d = load_dataset("cifar100", str(tmp_path / "tree"), cache_dir=cache)
+  assert (d.data_format, d.data_note) == ("image-folder-jpeg", "JPEG re-encoded, not the official CIFAR-100")
+  assert core.Dataset("cifar10", tx, ty, tx[:0], ty[:0], sx, sy, 10, CIFAR10_CLASSES).data_format == "unknown"
+
+
+def test_training_on_a_jpeg_copy_says_so_in_the_log_and_every_epoch(tmp_path, tiny, capsys):
+  """train.py records data_format in each epoch of metrics.jsonl (the report marks such rows) and
+  notes the lossy copy once at the start. One tiny epoch of a small CNN (~10 s, most of it
+  compilation): the end-to-end check that the label reaches metrics.jsonl."""
+  import json
+
+  from saat_jax.train import train_and_evaluate
+
+  (tx, ty), (sx, sy) = tiny
+  make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES, "jpg")
+  c = config_base.saat_digits_config()
+  c.update_from_flattened_dict({
+      "data.name": "cifar10", "data.data_dir": str(tmp_path / "tree"), "data.cache_dir": str(tmp_path / "cache"),
+      "model.normalization": "cifar10", "method": "natural", "num_epochs": 1, "batch_size": 10,
+      "eval.steps": 1, "eval.batch_size": 10, "eval.train_subset": 10, "progress": False})
+  records = train_and_evaluate(c, str(tmp_path / "run"))
+  lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["data_format"] for r in records] == [r["data_format"] for r in lines] == ["image-folder-jpeg"]
+  out = capsys.readouterr().out
+  assert out.count("note: this cifar10 is JPEG re-encoded, not the official CIFAR-10") == 1, out
+
+
+def test_training_passes_the_data_settings_to_load_dataset(monkeypatch):
+  """data.download_url / download_md5 / cache_dir / source reach load_dataset (checked before any work)."""
+  from saat_jax import train
+
+  seen = {}
+
+  class Stop(Exception):
+    pass
+
+  def spy(name, data_dir=None, **kwargs):
+    seen.update(name=name, data_dir=data_dir, **kwargs)
+    raise Stop
+
+  monkeypatch.setattr(train, "load_dataset", spy)
+  c = config_base.paper_config("at")
+  c.update_from_flattened_dict({"data.download_url": "http://mirror/c.tar.gz", "data.download_md5": "0" * 32,
+                                "data.cache_dir": "/cache", "data.source": "download"})
+  with pytest.raises(Stop):
+    train.train_and_evaluate(c, "/nonexistent/workdir")
+  assert seen == dict(name="cifar10", data_dir=None, val_size=0, seed=0, cache_dir="/cache", source="download",
+                      download_url="http://mirror/c.tar.gz", download_md5="0" * 32)
+
+
+# ------------------------------------------------------------------------------------------------
 # The real CIFAR-10 JPEG archive.
 
 
@@ -267,6 +374,7 @@ def test_real_cifar10_jpeg_archive(tmp_path, cifar10_jpeg):
   assert d.train_images.shape == (50000, 32, 32, 3) and d.train_images.dtype == np.uint8
   assert d.test_images.shape == (10000, 32, 32, 3) and d.test_images.dtype == np.uint8
   assert d.train_labels.dtype == np.int32 and d.class_names == CIFAR10_CLASSES
+  assert (d.data_format, d.data_note) == ("image-folder-jpeg", "JPEG re-encoded, not the official CIFAR-10")
   np.testing.assert_array_equal(np.bincount(d.train_labels, minlength=10), [5000] * 10)
   np.testing.assert_array_equal(np.bincount(d.test_labels, minlength=10), [1000] * 10)
   # A prefix is class-mixed (evaluate.py's num_test and train.py's num_train slice prefixes).
@@ -432,7 +540,7 @@ def test_cache_dir_defaults_to_env(tmp_path, tiny, monkeypatch):
   assert len(list((tmp_path / "envcache").glob("cifar10-*.npz"))) == 1
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-arrays"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-arrays", "old-format-name"])
 def test_corrupt_cache_is_rebuilt(tmp_path, tiny, cache, monkeypatch, damage):
   (tx, ty), (sx, sy) = tiny
   src = make_tar(make_cifar10_python(tmp_path / "py", (tx, ty), (sx, sy)), tmp_path / "py.tar.gz")
@@ -443,8 +551,12 @@ def test_corrupt_cache_is_rebuilt(tmp_path, tiny, cache, monkeypatch, damage):
     file.write_bytes(b"not an npz at all")
   elif damage == "truncated":
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
-  else:
+  elif damage == "wrong-arrays":
     np.savez(file, train_images=np.zeros(3), train_labels=np.zeros(3))
+  else:  # as version 1 wrote it: the layout, not the data format
+    with np.load(file) as z:
+      arrays = dict(z)
+    np.savez(file, **{**arrays, "format": np.asarray("image-folder")})
   d = load_dataset("cifar10", str(src), cache_dir=cache)
   assert calls == ["cifar10", "cifar10"]
   np.testing.assert_array_equal(d.train_images, tx)

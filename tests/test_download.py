@@ -138,11 +138,12 @@ def test_no_data_dir_downloads_the_archive_once_and_says_where_it_comes_from(tmp
   for got, want in zip((d.train_images, d.train_labels, d.test_images, d.test_labels), (*s.train, *s.test)):
     np.testing.assert_array_equal(got, want)
   assert server.requests == ["/cifar-10-python.tar.gz"]
+  assert (d.data_format, d.data_note) == ("cifar10-python", "")  # the official layout, lossless
   kept = download.download_dir(cache) / f"cifar-10-python-{s.md5}.tar.gz"  # not the official file's name
   assert downloads(cache) == [kept.name] and kept.read_bytes() == s.path.read_bytes()
   out = capsys.readouterr().out
   assert f"downloading cifar-10-python.tar.gz from {s.url}" in out, out
-  assert f"data: cifar10 from {s.url}, kept in {kept} (no data.data_dir given)" in out, out
+  assert f"data: cifar10 (cifar10-python) from {s.url}, kept in {kept} (no data.data_dir given)" in out, out
   # The second load reads the cached archive (and decoded arrays): no request.
   again = load_dataset("cifar10", cache_dir=cache, download_url=s.url, download_md5=s.md5)
   np.testing.assert_array_equal(again.train_images, s.train[0])

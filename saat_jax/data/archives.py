@@ -46,6 +46,7 @@ FORMATS = {
 _FORMAT_DATASETS = {"cifar10-python": ("cifar10",), "cifar10-binary": ("cifar10",),
                     "cifar100-python": ("cifar100",), "image-folder": ("cifar10", "cifar100")}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
 _BIN_RECORD = 1 + 32 * 32 * 3
 # Fixed order of image-folder examples (not the run's seed); changing it means bumping
 # saat_jax.data.cache._CACHE_VERSION.
@@ -425,11 +426,26 @@ _READERS = {"cifar10-python": _read_cifar10_python, "cifar10-binary": _read_cifa
             "cifar100-python": _read_cifar100_python, "image-folder": _read_image_folder}
 
 
+def _data_format(tree: _Tree, fmt: str, root: str) -> str:
+  """The :data:`~saat_jax.data.core.DATA_FORMATS` name of layout ``fmt`` at ``root``: an image
+  folder is 'image-folder-jpeg' if any of its images is a JPEG file (lossy), else '-png'."""
+  if fmt != "image-folder":
+    return fmt
+  prefix = f"{root}/" if root else ""
+  for rel in tree.names:
+    parts = rel[len(prefix):].split("/") if rel.startswith(prefix) else []
+    if (len(parts) == 3 and parts[0] in ("train", "test")
+        and PurePosixPath(rel).suffix.lower() in _JPEG_SUFFIXES):
+      return "image-folder-jpeg"
+  return "image-folder-png"
+
+
 def _decode_local(name: str, tree: _Tree, fmt: str, root: str):
-  """Decodes a local source; the slow step that the cache saves."""
+  """Decodes a local source; the slow step that the cache saves. Returns the arrays, the class
+  names and the data format (:func:`_data_format`)."""
   train_x, train_y, test_x, test_y, class_names = _READERS[fmt](tree, root, name)
   canonical = CANONICAL_CLASSES[name]
   if len(class_names) != len(canonical):
     raise DataError(f"{tree.where(root or '.')} lists {len(class_names)} classes; {name} has "
                     f"{len(canonical)}. Point data_dir at {name} data.")
-  return train_x, train_y, test_x, test_y, tuple(class_names)
+  return train_x, train_y, test_x, test_y, tuple(class_names), _data_format(tree, fmt, root)

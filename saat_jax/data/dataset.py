@@ -69,15 +69,18 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
 
   if key == "digits":
     train_x, train_y, test_x, test_y, class_names = _load_digits()
+    data_format = "digits"
   elif src == "tfds":
     train_x, train_y, test_x, test_y, class_names = _load_tfds(key)
+    data_format = "tfds"
     import tensorflow_datasets as tfds  # _load_tfds imported it
     logger.info("data: %s from tensorflow-datasets, in %s", key, _tfds_data_dir(tfds))
   elif src == "download" or (src == "auto" and not has_dir):
     archive = download_archive(key, url=download_url, md5=download_md5, cache_dir=cache_dir)
-    train_x, train_y, test_x, test_y, class_names = _load_local_cached(key, archive, cache_dir)
+    train_x, train_y, test_x, test_y, class_names, data_format = _load_local_cached(key, archive, cache_dir)
     why = " (no data.data_dir given)" if src == "auto" else ""
-    logger.info("data: %s from %s, kept in %s%s", key, download_url or ARCHIVES[key].url, archive, why)
+    logger.info("data: %s (%s) from %s, kept in %s%s", key, data_format, download_url or ARCHIVES[key].url,
+                archive, why)
   else:
     if not has_dir:
       raise DataError(
@@ -85,8 +88,8 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
           f"to a CIFAR archive or folder (the python, binary or image-folder layouts, or a .tar.gz "
           f"of one), or {OTHER_SOURCES_ADVICE}")
     path = _resolve_path(data_dir)
-    train_x, train_y, test_x, test_y, class_names = _load_local_cached(key, path, cache_dir)
-    logger.info("data: %s from %s", key, path)
+    train_x, train_y, test_x, test_y, class_names, data_format = _load_local_cached(key, path, cache_dir)
+    logger.info("data: %s (%s) from %s", key, data_format, path)
 
   num_classes = len(class_names)
   for split, labels in (("train", train_y), ("test", test_y)):
@@ -105,7 +108,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
     train_x, train_y = train_x[train_idx], train_y[train_idx]
   return Dataset(name=key, train_images=train_x, train_labels=train_y, val_images=val_x,
                  val_labels=val_y, test_images=test_x, test_labels=test_y,
-                 num_classes=num_classes, class_names=tuple(class_names))
+                 num_classes=num_classes, class_names=tuple(class_names), data_format=data_format)
 
 
 def _check_val_size(val_size) -> None:
