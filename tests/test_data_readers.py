@@ -2,9 +2,11 @@
 the cache and bad input (saat_jax.data.archives, .cache, .sources, .dataset)."""
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
@@ -676,6 +678,135 @@ def test_broken_archives(tmp_path, tiny, cache, kind):
   with pytest.raises(DataError, match=match):
     load_dataset("cifar10", str(bad), cache_dir=cache)
   assert not os.path.exists(cache) or os.listdir(cache) == []
+
+
+# A damaged archive of the right layout (issue 18): a corrupt-archive error naming where reading
+# stopped, never "no cifar10 data in a known layout" or silently wrong pixels.
+
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"  # cifar-10-python.tar.gz, as published
+
+
+def official_tar(tmp_path, tiny):
+  """The uncompressed tar of a tiny cifar-10-batches-py and its members (in archive order)."""
+  src = make_cifar10_python(tmp_path / "src" / "cifar-10-batches-py", *tiny)
+  tar = make_tar(src, tmp_path / "official.tar", mode="w")
+  with tarfile.open(tar) as tf:
+    return tar.read_bytes(), tf.getmembers()
+
+
+def load_corrupt(path, cache):
+  with pytest.raises(core.CorruptArchiveError) as err:
+    load_dataset("cifar10", str(path), cache_dir=cache)
+  msg = str(err.value)
+  assert "known layout" not in msg and "\n" not in msg, msg  # one line: the CLI prints it as one
+  assert not os.path.exists(cache) or os.listdir(cache) == []  # nothing cached
+  return msg
+
+
+def md5_advice(path):
+  return f"download it again: cifar-10-python.tar.gz should have MD5 {OFFICIAL_MD5}, this file has " \
+         f"{hashlib.md5(path.read_bytes()).hexdigest()}."
+
+
+def test_a_garbled_tar_header_names_the_member_before_it(tmp_path, tiny, cache):
+  data, members = official_tar(tmp_path, tiny)
+  victim = next(m for m in members if m.name.endswith("data_batch_3"))
+  garbled = bytearray(data)
+  garbled[victim.offset:victim.offset + 256] = np.random.default_rng(0).integers(0, 256, 256, np.uint8).tobytes()
+  before = members[members.index(victim) - 1].name
+  for packed in ("tar", "gz"):  # the header checks do not depend on the compression
+    path = tmp_path / packed / "cifar-10-python.tar.gz"
+    path.parent.mkdir()
+    path.write_bytes(gzip.compress(bytes(garbled)) if packed == "gz" else bytes(garbled))
+    msg = load_corrupt(path, cache)
+    assert f"{path} is truncated or corrupt: a tar header is garbled (" in msg, msg
+    assert f"reading stopped at byte {victim.offset} of the unpacked tar, after member {before!r}" in msg, msg
+    assert msg.endswith(md5_advice(path)), msg
+
+
+def test_one_flipped_byte_fails_the_gzip_crc(tmp_path, tiny, cache):
+  """Before, the listing stopped at tar's end marker, so gzip's CRC was never checked: a flipped
+  pixel byte loaded without an error."""
+  data, members = official_tar(tmp_path, tiny)
+  packed = bytearray(gzip.compress(data, compresslevel=0, mtime=0))  # stored blocks: byte i of the tar
+  victim = next(m for m in members if m.name.endswith("data_batch_2"))  # sits at 10 + 5 + i in the file
+  assert victim.offset_data + 1000 < 65535
+  packed[10 + 5 + victim.offset_data + 1000] ^= 0x01
+  path = tmp_path / "cifar-10-python.tar.gz"
+  path.write_bytes(bytes(packed))
+  msg = load_corrupt(path, cache)
+  assert "its data fails gzip's CRC check: some bytes are damaged (BadGzipFile: CRC check failed" in msg, msg
+  assert f"reading stopped at the end of the gzip stream, after all {len(members)} members" in msg, msg
+  assert msg.endswith(md5_advice(path)), msg
+
+
+@pytest.mark.parametrize("packed", ["tar.gz", "tar"])
+def test_a_truncated_archive_names_where_it_ends(tmp_path, tiny, cache, packed):
+  data, members = official_tar(tmp_path, tiny)
+  victim = next(m for m in members if m.name.endswith("data_batch_4"))
+  cut = victim.offset_data + victim.size // 2  # in the middle of data_batch_4
+  path = tmp_path / "cifar-10-python.tar.gz"
+  path.write_bytes(gzip.compress(data[:cut]) if packed == "tar.gz" else data[:cut])
+  msg = load_corrupt(path, cache)
+  assert "its data ends early: the file is cut off or garbled" in msg, msg
+  assert f"after member {victim.name!r}" in msg and msg.endswith(md5_advice(path)), msg
+
+
+def test_a_tar_without_its_end_marker_is_cut_off(tmp_path, tiny, cache):
+  """Cut exactly between two members: tarfile alone would list the first ones as the whole archive."""
+  data, members = official_tar(tmp_path, tiny)
+  victim = next(m for m in members if m.name.endswith("data_batch_5"))
+  path = tmp_path / "batches.tar"  # not an official name: no MD5 to compare
+  path.write_bytes(data[:victim.offset])
+  msg = load_corrupt(path, cache)
+  assert "its tar data ends without tar's end-of-archive marker: the file is cut off" in msg, msg
+  assert f"reading stopped at byte {victim.offset} of the unpacked tar" in msg, msg
+  assert msg.endswith("download it again (or pass the unpacked folder)."), msg
+
+
+def test_garbled_compressed_bytes_in_the_middle(tmp_path, tiny, cache):
+  """As issue 18 found it: 256 bytes of the official-format .tar.gz overwritten in the middle."""
+  (tx, ty), (sx, sy) = tiny
+  archive = cifar_archive.official_archive(tmp_path / "good" / "cifar-10-python.tar.gz", "cifar10",
+                                           (tx // 32 * 32, ty), (sx // 32 * 32, sy))  # compressible pixels
+  data = bytearray(archive.read_bytes())
+  mid = len(data) // 2
+  data[mid:mid + 256] = np.random.default_rng(1).integers(0, 256, 256, np.uint8).tobytes()
+  path = tmp_path / "cifar-10-python.tar.gz"
+  path.write_bytes(bytes(data))
+  msg = load_corrupt(path, cache)
+  assert f"{path} is truncated or corrupt: " in msg and "reading stopped at" in msg, msg
+  assert msg.endswith(md5_advice(path)), msg
+
+
+def test_a_damaged_cached_download_says_to_delete_it(tmp_path, cifar_server):
+  server, served = cifar_server
+  s = served["cifar10"]
+  cache = str(tmp_path / "cache")
+  load_dataset("cifar10", cache_dir=cache, download_url=s.url, download_md5=s.md5)
+  for f in Path(cache).glob("*.npz"):
+    f.unlink()  # the decoded arrays gone: the archive is read again
+  kept = next((Path(cache) / "downloads").iterdir())
+  kept.write_bytes(kept.read_bytes()[:-100])
+  with pytest.raises(core.CorruptArchiveError) as err:
+    load_dataset("cifar10", cache_dir=cache, download_url=s.url, download_md5=s.md5)
+  msg = str(err.value)
+  assert f"should have MD5 {s.md5}, this file has {hashlib.md5(kept.read_bytes()).hexdigest()}" in msg, msg
+  assert msg.endswith(f"It is the cached download: delete {kept} and run again to download it again."), msg
+  assert server.requests == ["/cifar-10-python.tar.gz"]
+
+
+@pytest.mark.data
+def test_a_garbled_copy_of_the_real_archive(tmp_path, cifar10_jpeg, cache):
+  data = bytearray(cifar10_jpeg.read_bytes())
+  mid = len(data) // 2
+  data[mid:mid + 256] = np.random.default_rng(2).integers(0, 256, 256, np.uint8).tobytes()
+  path = tmp_path / cifar10_jpeg.name
+  path.write_bytes(bytes(data))
+  msg = load_corrupt(path, cache)
+  assert re.search(r"reading stopped at byte \d+ of the unpacked tar, after member '(train|test)/\w+/\d{4}\.jpg'", msg) \
+      or "reading stopped at the end of the gzip stream" in msg, msg
+  assert msg.endswith("download it again (or pass the unpacked folder)."), msg
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar.gz"])

@@ -29,12 +29,13 @@ from saat_jax import log as _log  # noqa: F401 - the saat_jax logger's handler p
 from saat_jax.data.augmentation import PAD_MODES, augment, epoch_batches, to_float
 from saat_jax.data.cache import default_cache_dir
 from saat_jax.data.core import (CANONICAL_CLASSES, CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_SHAPE,
-                                DATA_FORMATS, KNOWN_DATASETS, SOURCES, DataError, Dataset)
+                                DATA_FORMATS, KNOWN_DATASETS, SOURCES, CorruptArchiveError, DataError,
+                                Dataset)
 from saat_jax.data.dataset import load_dataset
 from saat_jax.data.download import ARCHIVES, download_archive
 
 __all__ = [
     "ARCHIVES", "CANONICAL_CLASSES", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR_SHAPE", "DATA_FORMATS",
-    "KNOWN_DATASETS", "PAD_MODES", "SOURCES", "DataError", "Dataset", "augment", "default_cache_dir",
+    "KNOWN_DATASETS", "PAD_MODES", "SOURCES", "CorruptArchiveError", "DataError", "Dataset", "augment", "default_cache_dir",
     "download_archive", "epoch_batches", "load_dataset", "to_float",
 ]

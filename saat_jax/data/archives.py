@@ -19,20 +19,26 @@ Path rule (:func:`_resolve_path`): a relative ``data_dir`` is relative to the cu
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import hashlib
 import importlib
 import io
 import logging
+import lzma
 import os
 import pickle
+import re
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from saat_jax.data.core import (CANONICAL_CLASSES, CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_SHAPE,
-                                OTHER_SOURCES_ADVICE, DataError)
+                                OTHER_SOURCES_ADVICE, CorruptArchiveError, DataError)
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +89,91 @@ def _normalize_member(name: str) -> Optional[str]:
   return "/".join(parts)
 
 
+class _BrokenHeader(Exception):
+  """A tar header after the first that is garbled or cut off, where tarfile would end the listing
+  silently (and a damaged archive would look like an archive with fewer files)."""
+
+  def __init__(self, offset: int, error: tarfile.HeaderError):
+    super().__init__(str(error))
+    self.offset, self.error = offset, error
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+  """Reads tar headers as :class:`tarfile.TarInfo`, but raises :class:`_BrokenHeader` for a bad
+  header after the first; only a block of zeros (tar's end-of-archive marker) ends the archive."""
+
+  @classmethod
+  def fromtarfile(cls, tf):
+    offset = tf.fileobj.tell()
+    try:
+      return super().fromtarfile(tf)
+    except tarfile.EOFHeaderError:
+      raise
+    except tarfile.HeaderError as e:
+      if offset == 0:
+        raise  # not a tar archive at all: tarfile's own error
+      raise _BrokenHeader(offset, e) from None
+
+
+# What reading an archive raises when its bytes are damaged (gzip, bzip2, xz or tar level).
+_ARCHIVE_ERRORS = (_BrokenHeader, tarfile.TarError, EOFError, OSError, ValueError, zlib.error,
+                   lzma.LZMAError)
+_COMPRESSED_FILES = (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)
+_MAGIC = ((b"\x1f\x8b", "gz", "gzip"), (b"BZh", "bz2", "bzip2"), (b"\xfd7zXZ\x00", "xz", "xz"))
+
+
+def _damage(e: BaseException) -> str:
+  """What an error of :data:`_ARCHIVE_ERRORS` says about the archive, in words."""
+  text = f"{type(e).__name__}: {e}"
+  if isinstance(e, _BrokenHeader):
+    if isinstance(e.error, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
+      return "its tar data ends without tar's end-of-archive marker: the file is cut off"
+    return f"a tar header is garbled ({e.error})"
+  if isinstance(e, EOFError) or "unexpected end of data" in str(e):
+    return f"its data ends early: the file is cut off or garbled ({text})"
+  if isinstance(e, gzip.BadGzipFile) and "CRC" in str(e) or "incorrect length" in str(e):
+    return f"its data fails gzip's CRC check: some bytes are damaged ({text})"
+  if isinstance(e, (zlib.error, lzma.LZMAError)) or "zlib error" in str(e) or "Invalid data stream" in str(e):
+    return f"its compressed data is garbled ({text})"
+  return text
+
+
+def _official_md5(path: Path) -> Optional[str]:
+  """The MD5 ``path`` should have if it is named like an official CIFAR archive (or a download kept
+  under ``<official name>-<md5>.tar.gz``), else None."""
+  from saat_jax.data.download import ARCHIVES  # not at the top: download imports this module
+
+  for archive in ARCHIVES.values():
+    if path.name == archive.filename:
+      return archive.md5
+    stem = archive.filename[:-len(".tar.gz")]
+    m = re.fullmatch(re.escape(stem) + r"-([0-9a-f]{32})\.tar\.gz", path.name)
+    if m:
+      return m.group(1)
+  return None
+
+
+def _redownload_advice(path: Path) -> str:
+  """The end of a damaged-archive error: download it again; for a file named like an official
+  archive, the MD5 it should have and the one it has."""
+  expected = _official_md5(path)
+  if expected is None:
+    return "download it again (or pass the unpacked folder)."
+  digest = hashlib.md5()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return (f"download it again: {path.name} should have MD5 {expected}, this file has "
+          f"{digest.hexdigest()}.")
+
+
 class _Tree:
-  """The regular files of a folder or of a tar archive, by relative POSIX path."""
+  """The regular files of a folder or of a tar archive, by relative POSIX path.
+
+  An archive is read whole when opened: every header is checked (:class:`_StrictTarInfo`) and a
+  compressed archive is decompressed to its end, so that its checksum (gzip's CRC-32, xz's check)
+  is verified; a damaged archive raises :class:`CorruptArchiveError` naming where reading stopped.
+  """
 
   def __init__(self, path: Path):
     self.path = path
@@ -99,25 +188,51 @@ class _Tree:
   def _open_archive(self) -> list[str]:
     path = self.path
     try:
-      self._tar = tarfile.open(path, "r:*")
-      members = self._tar.getmembers()
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+      with open(path, "rb") as f:
+        head = f.read(6)
+    except OSError as e:
+      raise DataError(f"cannot read {path} ({e}); check its permissions.") from e
+    method, kind = next(((m, k) for magic, m, k in _MAGIC if head.startswith(magic)), ("", "tar"))
+    try:
+      self._tar = tarfile.open(path, f"r:{method}", tarinfo=_StrictTarInfo)
+    except _ARCHIVE_ERRORS as e:
       self.close()
       if zipfile.is_zipfile(path):
         raise DataError(f"{path} is a zip archive; the data must be a tar archive (.tar.gz, .tgz, "
                         f".tar) or a folder holding {self._expected()}. Unzip it and pass the "
                         f"folder.") from e
-      with open(path, "rb") as f:
-        head = f.read(6)
-      if head[:2] == b"\x1f\x8b":
-        what = "a gzip file that is truncated or corrupt, or not a tar archive inside"
-      elif head[:3] == b"BZh" or head == b"\xfd7zXZ\x00":
-        what = "a compressed file that is truncated or corrupt, or not a tar archive inside"
+      if method and isinstance(e, tarfile.ReadError) and "invalid header" in str(e):
+        raise DataError(f"cannot read {path}: it is a {kind} file, but there is not a tar archive "
+                        f"inside ({type(e).__name__}: {e}). Expected a .tar.gz/.tgz/.tar holding "
+                        f"{self._expected()}; {_redownload_advice(path)}") from e
+      if method:
+        raise CorruptArchiveError(
+            f"cannot read {path}: the {kind} file is truncated or corrupt at its start: "
+            f"{_damage(e)}; {_redownload_advice(path)}") from e
+      raise DataError(f"cannot read {path}: it is not a tar archive (it starts with bytes {head!r}; "
+                      f"{type(e).__name__}: {e}). Expected a .tar.gz/.tgz/.tar holding "
+                      f"{self._expected()}; {_redownload_advice(path)}") from e
+    stage = "list"
+    try:
+      members = self._tar.getmembers()
+      stage = "check"
+      if isinstance(self._tar.fileobj, _COMPRESSED_FILES):
+        while self._tar.fileobj.read(1 << 20):  # to the end of the stream: checks its CRC
+          pass
+    except _ARCHIVE_ERRORS as e:
+      listed = self._tar.members
+      offset = e.offset if isinstance(e, _BrokenHeader) else self._tar.offset
+      if stage == "check":
+        where = (f"at the end of the {kind} stream, after all {len(listed)} members (which one is damaged "
+                 f"{kind} cannot tell)")
+      elif listed:
+        where = (f"at byte {offset} of the unpacked tar, after member {listed[-1].name!r} ({len(listed)} "
+                 f"members read)")
       else:
-        what = f"not a tar archive (it starts with bytes {head!r})"
-      raise DataError(f"cannot read {path}: it is {what} ({type(e).__name__}: {e}). Expected a "
-                      f"complete .tar.gz/.tgz/.tar holding {self._expected()}; download it again or "
-                      f"pass the unpacked folder.") from e
+        where = f"at byte {offset} of the unpacked tar"
+      self.close()
+      raise CorruptArchiveError(f"{path} is truncated or corrupt: {_damage(e)}; reading stopped {where}; "
+                                f"{_redownload_advice(path)}") from e
     names = []
     for m in members:
       rel = _normalize_member(m.name) if m.isfile() else None
@@ -171,9 +286,9 @@ class _Tree:
     for rel in sorted(names, key=lambda r: self._members[r].offset_data):
       try:
         data = self._tar.extractfile(self._members[rel]).read()
-      except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise DataError(f"cannot read {self.where(rel)}: the archive is truncated or corrupt "
-                        f"({type(e).__name__}: {e}); download it again.") from e
+      except _ARCHIVE_ERRORS as e:
+        raise CorruptArchiveError(f"cannot read {self.where(rel)}: the archive is truncated or corrupt "
+                                  f"({_damage(e)}); {_redownload_advice(self.path)}") from e
       yield rel, data
 
   def read(self, name: str) -> bytes:

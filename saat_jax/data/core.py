@@ -54,6 +54,11 @@ class DataError(ValueError):
   """A data set that cannot be read as asked; the message names the problem and the fix."""
 
 
+class CorruptArchiveError(DataError):
+  """A damaged (garbled or truncated) archive: the message names the member or the offset where
+  reading stopped and says to download it again (with the official MD5 for an official archive)."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
   """A data set in host memory: uint8 NHWC images and int32 labels.

@@ -19,7 +19,8 @@ import numpy as np
 
 from saat_jax.data.archives import _resolve_path
 from saat_jax.data.cache import _load_local_cached
-from saat_jax.data.core import KNOWN_DATASETS, OTHER_SOURCES_ADVICE, SOURCES, DataError, Dataset
+from saat_jax.data.core import (KNOWN_DATASETS, OTHER_SOURCES_ADVICE, SOURCES, CorruptArchiveError, DataError,
+                                Dataset)
 from saat_jax.data.download import ARCHIVES, download_archive
 from saat_jax.data.sources import _load_digits, _load_tfds, _tfds_data_dir
 
@@ -77,7 +78,11 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
     logger.info("data: %s from tensorflow-datasets, in %s", key, _tfds_data_dir(tfds))
   elif src == "download" or (src == "auto" and not has_dir):
     archive = download_archive(key, url=download_url, md5=download_md5, cache_dir=cache_dir)
-    train_x, train_y, test_x, test_y, class_names, data_format = _load_local_cached(key, archive, cache_dir)
+    try:
+      train_x, train_y, test_x, test_y, class_names, data_format = _load_local_cached(key, archive, cache_dir)
+    except CorruptArchiveError as e:  # verified when it arrived: damaged on disk since
+      raise CorruptArchiveError(f"{e} It is the cached download: delete {archive} and run again to "
+                                f"download it again.") from e
     why = " (no data.data_dir given)" if src == "auto" else ""
     logger.info("data: %s (%s) from %s, kept in %s%s", key, data_format, download_url or ARCHIVES[key].url,
                 archive, why)
