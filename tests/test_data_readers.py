@@ -779,6 +779,15 @@ def test_garbled_compressed_bytes_in_the_middle(tmp_path, tiny, cache):
   assert msg.endswith(md5_advice(path)), msg
 
 
+def test_bytes_after_a_whole_gzip_stream_are_ignored_as_gzip_does(tmp_path, tiny, cache):
+  """Padding after the last gzip member (``gzip -d``: "trailing garbage ignored") is no damage."""
+  data, _ = official_tar(tmp_path, tiny)
+  path = tmp_path / "cifar-10-python.tar.gz"
+  path.write_bytes(gzip.compress(data) + b"\0" * 300 + b"trailing bytes of a padded copy")
+  d = load_dataset("cifar10", str(path), cache_dir=cache)
+  np.testing.assert_array_equal(d.train_images, tiny[0][0])
+
+
 def test_a_damaged_cached_download_says_to_delete_it(tmp_path, cifar_server):
   server, served = cifar_server
   s = served["cifar10"]

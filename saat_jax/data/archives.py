@@ -131,7 +131,7 @@ def _damage(e: BaseException) -> str:
     return f"a tar header is garbled ({e.error})"
   if isinstance(e, EOFError) or "unexpected end of data" in str(e):
     return f"its data ends early: the file is cut off or garbled ({text})"
-  if isinstance(e, gzip.BadGzipFile) and "CRC" in str(e) or "incorrect length" in str(e):
+  if isinstance(e, gzip.BadGzipFile) and ("CRC" in str(e) or "incorrect length" in str(e)):
     return f"its data fails gzip's CRC check: some bytes are damaged ({text})"
   if isinstance(e, (zlib.error, lzma.LZMAError)) or "zlib error" in str(e) or "Invalid data stream" in str(e):
     return f"its compressed data is garbled ({text})"
@@ -165,6 +165,18 @@ def _redownload_advice(path: Path) -> str:
       digest.update(chunk)
   return (f"download it again: {path.name} should have MD5 {expected}, this file has "
           f"{digest.hexdigest()}.")
+
+
+def _read_to_the_end(stream) -> None:
+  """Decompresses ``stream`` to its end, so that its checksum (gzip's CRC-32 and length, xz's
+  check) is verified; bytes after the last complete gzip member that start no new member (padding,
+  which ``gzip -d`` also ignores) are not an error."""
+  try:
+    while stream.read(1 << 20):
+      pass
+  except gzip.BadGzipFile as e:
+    if "Not a gzipped file" not in str(e):
+      raise
 
 
 class _Tree:
@@ -217,8 +229,7 @@ class _Tree:
       members = self._tar.getmembers()
       stage = "check"
       if isinstance(self._tar.fileobj, _COMPRESSED_FILES):
-        while self._tar.fileobj.read(1 << 20):  # to the end of the stream: checks its CRC
-          pass
+        _read_to_the_end(self._tar.fileobj)
     except _ARCHIVE_ERRORS as e:
       listed = self._tar.members
       offset = e.offset if isinstance(e, _BrokenHeader) else self._tar.offset
