@@ -282,7 +282,8 @@ def test_data_format_names_what_was_read_and_survives_the_cache(tmp_path, tiny, 
   elif layout == "cifar10-binary":
     src = make_cifar10_binary(tmp_path / "cifar-10-batches-bin", (tx, ty), (sx, sy))
   elif layout.startswith("cifar100"):
-    src = make_cifar100_python(tmp_path / "cifar-100-python", random_split(3, N_TRAIN, 100), random_split(4, N_TEST, 100))
+    src = make_cifar100_python(tmp_path / "cifar-100-python", random_split(3, N_TRAIN, 100),
+                               random_split(4, N_TEST, 100))
   else:
     src = _png_or_jpeg_tree(tmp_path / "tree", tiny, {"png-tree": 0, "png-tree-with-one-jpeg": 1}.get(layout, N_TRAIN))
     if layout.startswith("jpeg"):
@@ -813,8 +814,8 @@ def test_a_garbled_copy_of_the_real_archive(tmp_path, cifar10_jpeg, cache):
   path = tmp_path / cifar10_jpeg.name
   path.write_bytes(bytes(data))
   msg = load_corrupt(path, cache)
-  assert re.search(r"reading stopped at byte \d+ of the unpacked tar, after member '(train|test)/\w+/\d{4}\.jpg'", msg) \
-      or "reading stopped at the end of the gzip stream" in msg, msg
+  stopped_after_a_jpeg = r"reading stopped at byte \d+ of the unpacked tar, after member '(train|test)/\w+/\d{4}\.jpg'"
+  assert re.search(stopped_after_a_jpeg, msg) or "reading stopped at the end of the gzip stream" in msg, msg
   assert msg.endswith("download it again (or pass the unpacked folder)."), msg
 
 

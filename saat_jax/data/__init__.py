@@ -36,6 +36,6 @@ from saat_jax.data.download import ARCHIVES, download_archive
 
 __all__ = [
     "ARCHIVES", "CANONICAL_CLASSES", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR_SHAPE", "DATA_FORMATS",
-    "KNOWN_DATASETS", "PAD_MODES", "SOURCES", "CorruptArchiveError", "DataError", "Dataset", "augment", "default_cache_dir",
-    "download_archive", "epoch_batches", "load_dataset", "to_float",
+    "KNOWN_DATASETS", "PAD_MODES", "SOURCES", "CorruptArchiveError", "DataError", "Dataset", "augment",
+    "default_cache_dir", "download_archive", "epoch_batches", "load_dataset", "to_float",
 ]

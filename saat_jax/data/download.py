@@ -143,7 +143,7 @@ def _fetch(url: str, out, filename: str, progress: bool) -> tuple[str, int]:
         f"file:// URL), or download it yourself and pass --config.data.source=local "
         f"--config.data.data_dir=<the .tar.gz>.") from e
   # http.client ends a body that stops short of its Content-Length without an error: check it here.
-  if total is not None and size != total:
+  if total is not None and size < total:
     raise DataError(
         f"the download of {filename} from {url} was cut off after {size} of {total} bytes; nothing "
         f"was kept. Run again to download it again, or set --config.data.download_url to a working "
