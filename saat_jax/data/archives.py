@@ -1,4 +1,4 @@
-"""Local sources: where a relative ``data_dir`` is looked for, folders and tar archives, the readers.
+"""Local sources (a ``data_dir``): folders and tar archives, the layouts they hold, the readers.
 
 Layouts read (each in a folder or a tar archive, also somewhere below the folder given):
 
@@ -6,41 +6,41 @@ Layouts read (each in a folder or a tar archive, also somewhere below the folder
   downloaded ``.tar.gz``: ``cifar-10-batches-py`` (pickled batches), ``cifar-10-batches-bin``
   (3073-byte records: label, then the R, G and B planes) and ``cifar-100-python`` (fine labels).
 * An image-folder tree ``root/{train,test}/<class>/*.{png,jpg,jpeg}``, unpacked or as a tar
-  archive (with or without one top-level folder). This is how the offline copy
-  (a config's ``data.data_dir``) is read. Class indices are CIFAR-10's / CIFAR-100's
-  canonical order when the folder names are those classes, else the sorted folder names. Folders
-  group the files by class, so the examples of a tree are put in a fixed pseudo-random order
-  (independent of ``seed``, like the order of the original batches) so that a prefix of the arrays
-  is a class-mixed sample.
+  archive (with or without one top-level folder), e.g. a JPEG copy of CIFAR-10. Class indices are
+  CIFAR-10's / CIFAR-100's canonical order when the folder names are those classes, else the
+  sorted folder names. Folders group the files by class, so the examples of a tree are put in a
+  fixed pseudo-random order (independent of ``seed``, like the order of the original batches) so
+  that a prefix of the arrays is a class-mixed sample.
 
-Path rule (:func:`_resolve_path`): a relative ``data_dir`` is looked for from the current
-directory, then from the project root, the folder that holds ``saat_jax/`` (:data:`_PROJECT_ROOT`).
-So a config's relative default works from any working directory.
+Path rule (:func:`_resolve_path`): a relative ``data_dir`` is relative to the current directory.
 
 :func:`_decode_local` is the slow step that :mod:`saat_jax.data.cache` saves.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import hashlib
 import importlib
 import io
 import logging
+import lzma
 import os
 import pickle
+import re
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from saat_jax.data.core import (CANONICAL_CLASSES, CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_SHAPE,
-                                OTHER_SOURCES_ADVICE, DataError)
+                                OTHER_SOURCES_ADVICE, CorruptArchiveError, DataError)
 
 logger = logging.getLogger(__name__)
-
-# The folder holding saat_jax/: the second place a relative data_dir is looked for.
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Layouts of a local source, and the data sets each can hold.
 FORMATS = {
@@ -52,6 +52,7 @@ FORMATS = {
 _FORMAT_DATASETS = {"cifar10-python": ("cifar10",), "cifar10-binary": ("cifar10",),
                     "cifar100-python": ("cifar100",), "image-folder": ("cifar10", "cifar100")}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
 _BIN_RECORD = 1 + 32 * 32 * 3
 # Fixed order of image-folder examples (not the run's seed); changing it means bumping
 # saat_jax.data.cache._CACHE_VERSION.
@@ -64,21 +65,15 @@ _MAX_WALK_DEPTH = 6  # how deep below data_dir a folder is searched for a layout
 
 
 def _resolve_path(data_dir) -> Path:
-  """``data_dir`` as an absolute path: as given if absolute, else from the cwd, else the project root.
+  """``data_dir`` as an absolute path: as given if absolute, else from the current directory.
 
-  The project root (:data:`_PROJECT_ROOT`) is the folder holding ``saat_jax/``, so a relative
-  default in a config (``configs/paper.py``) names the same file from any working directory.
-  Raises :class:`DataError`, naming every place looked at, when none exists.
+  Raises :class:`DataError` naming the place looked at and the other sources when it does not exist.
   """
   given = str(data_dir)
-  path = Path(os.path.expandvars(os.path.expanduser(given)))
-  candidates = [path] if path.is_absolute() else [Path.cwd() / path, _PROJECT_ROOT / path]
-  candidates = list(dict.fromkeys(Path(os.path.abspath(p)) for p in candidates))
-  for p in candidates:
-    if p.exists():
-      return p
-  tried = " or ".join(str(p) for p in candidates)
-  where = "" if path.is_absolute() else f" (looked for {tried})"
+  path = Path(os.path.abspath(os.path.expandvars(os.path.expanduser(given))))
+  if path.exists():
+    return path
+  where = "" if given == str(path) else f" (looked for {path})"
   what = "no such file or folder. Set --config.data.data_dir to a CIFAR archive or folder"
   raise DataError(f"data.data_dir {given!r}{where} does not exist: {what}, or use "
                   f"{OTHER_SOURCES_ADVICE}")
@@ -94,8 +89,103 @@ def _normalize_member(name: str) -> Optional[str]:
   return "/".join(parts)
 
 
+class _BrokenHeader(Exception):
+  """A tar header after the first that is garbled or cut off, where tarfile would end the listing
+  silently (and a damaged archive would look like an archive with fewer files)."""
+
+  def __init__(self, offset: int, error: tarfile.HeaderError):
+    super().__init__(str(error))
+    self.offset, self.error = offset, error
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+  """Reads tar headers as :class:`tarfile.TarInfo`, but raises :class:`_BrokenHeader` for a bad
+  header after the first; only a block of zeros (tar's end-of-archive marker) ends the archive."""
+
+  @classmethod
+  def fromtarfile(cls, tf):
+    offset = tf.fileobj.tell()
+    try:
+      return super().fromtarfile(tf)
+    except tarfile.EOFHeaderError:
+      raise
+    except tarfile.HeaderError as e:
+      if offset == 0:
+        raise  # not a tar archive at all: tarfile's own error
+      raise _BrokenHeader(offset, e) from None
+
+
+# What reading an archive raises when its bytes are damaged (gzip, bzip2, xz or tar level).
+_ARCHIVE_ERRORS = (_BrokenHeader, tarfile.TarError, EOFError, OSError, ValueError, zlib.error,
+                   lzma.LZMAError)
+_COMPRESSED_FILES = (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)
+_MAGIC = ((b"\x1f\x8b", "gz", "gzip"), (b"BZh", "bz2", "bzip2"), (b"\xfd7zXZ\x00", "xz", "xz"))
+
+
+def _damage(e: BaseException) -> str:
+  """What an error of :data:`_ARCHIVE_ERRORS` says about the archive, in words."""
+  text = f"{type(e).__name__}: {e}"
+  if isinstance(e, _BrokenHeader):
+    if isinstance(e.error, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
+      return "its tar data ends without tar's end-of-archive marker: the file is cut off"
+    return f"a tar header is garbled ({e.error})"
+  if isinstance(e, EOFError) or "unexpected end of data" in str(e):
+    return f"its data ends early: the file is cut off or garbled ({text})"
+  if isinstance(e, gzip.BadGzipFile) and ("CRC" in str(e) or "incorrect length" in str(e)):
+    return f"its data fails gzip's CRC check: some bytes are damaged ({text})"
+  if isinstance(e, (zlib.error, lzma.LZMAError)) or "zlib error" in str(e) or "Invalid data stream" in str(e):
+    return f"its compressed data is garbled ({text})"
+  return text
+
+
+def _official_md5(path: Path) -> Optional[str]:
+  """The MD5 ``path`` should have if it is named like an official CIFAR archive (or a download kept
+  under ``<official name>-<md5>.tar.gz``), else None."""
+  from saat_jax.data.download import ARCHIVES  # not at the top: download imports this module
+
+  for archive in ARCHIVES.values():
+    if path.name == archive.filename:
+      return archive.md5
+    stem = archive.filename[:-len(".tar.gz")]
+    m = re.fullmatch(re.escape(stem) + r"-([0-9a-f]{32})\.tar\.gz", path.name)
+    if m:
+      return m.group(1)
+  return None
+
+
+def _redownload_advice(path: Path) -> str:
+  """The end of a damaged-archive error: download it again; for a file named like an official
+  archive, the MD5 it should have and the one it has."""
+  expected = _official_md5(path)
+  if expected is None:
+    return "download it again (or pass the unpacked folder)."
+  digest = hashlib.md5()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return (f"download it again: {path.name} should have MD5 {expected}, this file has "
+          f"{digest.hexdigest()}.")
+
+
+def _read_to_the_end(stream) -> None:
+  """Decompresses ``stream`` to its end, so that its checksum (gzip's CRC-32 and length, xz's
+  check) is verified; bytes after the last complete gzip member that start no new member (padding,
+  which ``gzip -d`` also ignores) are not an error."""
+  try:
+    while stream.read(1 << 20):
+      pass
+  except gzip.BadGzipFile as e:
+    if "Not a gzipped file" not in str(e):
+      raise
+
+
 class _Tree:
-  """The regular files of a folder or of a tar archive, by relative POSIX path."""
+  """The regular files of a folder or of a tar archive, by relative POSIX path.
+
+  An archive is read whole when opened: every header is checked (:class:`_StrictTarInfo`) and a
+  compressed archive is decompressed to its end, so that its checksum (gzip's CRC-32, xz's check)
+  is verified; a damaged archive raises :class:`CorruptArchiveError` naming where reading stopped.
+  """
 
   def __init__(self, path: Path):
     self.path = path
@@ -110,25 +200,50 @@ class _Tree:
   def _open_archive(self) -> list[str]:
     path = self.path
     try:
-      self._tar = tarfile.open(path, "r:*")
-      members = self._tar.getmembers()
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+      with open(path, "rb") as f:
+        head = f.read(6)
+    except OSError as e:
+      raise DataError(f"cannot read {path} ({e}); check its permissions.") from e
+    method, kind = next(((m, k) for magic, m, k in _MAGIC if head.startswith(magic)), ("", "tar"))
+    try:
+      self._tar = tarfile.open(path, f"r:{method}", tarinfo=_StrictTarInfo)
+    except _ARCHIVE_ERRORS as e:
       self.close()
       if zipfile.is_zipfile(path):
         raise DataError(f"{path} is a zip archive; the data must be a tar archive (.tar.gz, .tgz, "
                         f".tar) or a folder holding {self._expected()}. Unzip it and pass the "
                         f"folder.") from e
-      with open(path, "rb") as f:
-        head = f.read(6)
-      if head[:2] == b"\x1f\x8b":
-        what = "a gzip file that is truncated or corrupt, or not a tar archive inside"
-      elif head[:3] == b"BZh" or head == b"\xfd7zXZ\x00":
-        what = "a compressed file that is truncated or corrupt, or not a tar archive inside"
+      if method and isinstance(e, tarfile.ReadError) and "invalid header" in str(e):
+        raise DataError(f"cannot read {path}: it is a {kind} file, but there is not a tar archive "
+                        f"inside ({type(e).__name__}: {e}). Expected a .tar.gz/.tgz/.tar holding "
+                        f"{self._expected()}; {_redownload_advice(path)}") from e
+      if method:
+        raise CorruptArchiveError(
+            f"cannot read {path}: the {kind} file is truncated or corrupt at its start: "
+            f"{_damage(e)}; {_redownload_advice(path)}") from e
+      raise DataError(f"cannot read {path}: it is not a tar archive (it starts with bytes {head!r}; "
+                      f"{type(e).__name__}: {e}). Expected a .tar.gz/.tgz/.tar holding "
+                      f"{self._expected()}; {_redownload_advice(path)}") from e
+    stage = "list"
+    try:
+      members = self._tar.getmembers()
+      stage = "check"
+      if isinstance(self._tar.fileobj, _COMPRESSED_FILES):
+        _read_to_the_end(self._tar.fileobj)
+    except _ARCHIVE_ERRORS as e:
+      listed = self._tar.members
+      offset = e.offset if isinstance(e, _BrokenHeader) else self._tar.offset
+      if stage == "check":
+        where = (f"at the end of the {kind} stream, after all {len(listed)} members (which one is damaged "
+                 f"{kind} cannot tell)")
+      elif listed:
+        where = (f"at byte {offset} of the unpacked tar, after member {listed[-1].name!r} ({len(listed)} "
+                 f"members read)")
       else:
-        what = f"not a tar archive (it starts with bytes {head!r})"
-      raise DataError(f"cannot read {path}: it is {what} ({type(e).__name__}: {e}). Expected a "
-                      f"complete .tar.gz/.tgz/.tar holding {self._expected()}; download it again or "
-                      f"pass the unpacked folder.") from e
+        where = f"at byte {offset} of the unpacked tar"
+      self.close()
+      raise CorruptArchiveError(f"{path} is truncated or corrupt: {_damage(e)}; reading stopped {where}; "
+                                f"{_redownload_advice(path)}") from e
     names = []
     for m in members:
       rel = _normalize_member(m.name) if m.isfile() else None
@@ -182,9 +297,9 @@ class _Tree:
     for rel in sorted(names, key=lambda r: self._members[r].offset_data):
       try:
         data = self._tar.extractfile(self._members[rel]).read()
-      except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise DataError(f"cannot read {self.where(rel)}: the archive is truncated or corrupt "
-                        f"({type(e).__name__}: {e}); download it again.") from e
+      except _ARCHIVE_ERRORS as e:
+        raise CorruptArchiveError(f"cannot read {self.where(rel)}: the archive is truncated or corrupt "
+                                  f"({_damage(e)}); {_redownload_advice(self.path)}") from e
       yield rel, data
 
   def read(self, name: str) -> bytes:
@@ -437,11 +552,26 @@ _READERS = {"cifar10-python": _read_cifar10_python, "cifar10-binary": _read_cifa
             "cifar100-python": _read_cifar100_python, "image-folder": _read_image_folder}
 
 
+def _data_format(tree: _Tree, fmt: str, root: str) -> str:
+  """The :data:`~saat_jax.data.core.DATA_FORMATS` name of layout ``fmt`` at ``root``: an image
+  folder is 'image-folder-jpeg' if any of its images is a JPEG file (lossy), else '-png'."""
+  if fmt != "image-folder":
+    return fmt
+  prefix = f"{root}/" if root else ""
+  for rel in tree.names:
+    parts = rel[len(prefix):].split("/") if rel.startswith(prefix) else []
+    if (len(parts) == 3 and parts[0] in ("train", "test")
+        and PurePosixPath(rel).suffix.lower() in _JPEG_SUFFIXES):
+      return "image-folder-jpeg"
+  return "image-folder-png"
+
+
 def _decode_local(name: str, tree: _Tree, fmt: str, root: str):
-  """Decodes a local source; the slow step that the cache saves."""
+  """Decodes a local source; the slow step that the cache saves. Returns the arrays, the class
+  names and the data format (:func:`_data_format`)."""
   train_x, train_y, test_x, test_y, class_names = _READERS[fmt](tree, root, name)
   canonical = CANONICAL_CLASSES[name]
   if len(class_names) != len(canonical):
     raise DataError(f"{tree.where(root or '.')} lists {len(class_names)} classes; {name} has "
                     f"{len(canonical)}. Point data_dir at {name} data.")
-  return train_x, train_y, test_x, test_y, tuple(class_names)
+  return train_x, train_y, test_x, test_y, tuple(class_names), _data_format(tree, fmt, root)
