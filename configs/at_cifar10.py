@@ -5,8 +5,8 @@ Same as ``configs/paper.py:at``. Paper: best 82.02 / 52.59 / 48.23, last 83.89 /
   python launch.py --config configs/at_cifar10.py --workdir runs/at
 """
 
-from configs import paper
+from saat_jax.config_base import paper_config
 
 
 def get_config():
-  return paper.get_config("at")
+  return paper_config("at")

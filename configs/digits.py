@@ -13,32 +13,10 @@ by 8/255 to 56/255 (CIFAR's 14/255) with rho 1.7. AWP uses the paper's gammas (0
 5e-3 for TRADES, with a 2-epoch warm-up for the latter, scaled from 10 of 200). No augmentation.
 """
 
-from configs import saat_digits
+from saat_jax.config_base import DIGITS_METHODS, digits_config
 
-METHODS = ("natural", "at", "saat_down", "saat_up", "trades", "sa_trades_up")
+METHODS = DIGITS_METHODS
 
 
 def get_config(method: str = "saat_up"):
-  base = method[len("awp_"):] if method.startswith("awp_") else method
-  known = METHODS + tuple(f"awp_{m}" for m in METHODS[1:])
-  if base not in METHODS or method == "awp_natural":
-    raise ValueError(f"configs/digits.py: unknown method {method!r}; use one of {', '.join(known)}")
-  c = saat_digits.get_config()
-  c.experiment.label = f"digits {method}"
-  c.at.eps, c.at.alpha = 32 / 255, 8 / 255
-  c.trades.eps, c.trades.alpha, c.trades.steps = 32 / 255, 8 / 255, 10
-  c.saat.tau = c.saat.alpha = c.saat.start_alpha = 8 / 255
-  c.saat.start_eps = 32 / 255
-  c.method = {"saat_down": "saat", "saat_up": "saat", "sa_trades_up": "sa_trades"}.get(base, base)
-  if base == "saat_down":
-    c.saat.eps_max, c.saat.rho, c.saat.start = 32 / 255, 1.5, "zero"
-  elif base in ("saat_up", "sa_trades_up"):
-    c.saat.eps_max, c.saat.rho, c.saat.start = 56 / 255, 1.7, "pgd"
-  if c.method in ("trades", "sa_trades"):
-    c.attack_bn = "eval"
-  if method.startswith("awp_"):
-    if c.method in ("trades", "sa_trades"):
-      c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 5e-3, c.optim.lr, 2
-    else:
-      c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 0.01, 0.01, 0
-  return c
+  return digits_config(method)

@@ -24,44 +24,15 @@ Rows are those of ``saat_jax.paper.ROWS`` (Tables 1-3 and the sweeps of Figures 
 * WRN-34-x: the paper gives no WRN-specific hyper-parameters; we use the same recipe, as Rice et
   al. and the AWP code do for WRN-34-10.
 * Figure 1(b) AT at training eps N/255: PGD-10 with step N/4 /255 (8 -> 2/255, as AT).
-* CIFAR-100: its normalisation inside the model; data from ``data.data_dir`` (a
-  ``cifar-100-python`` folder or .tar.gz) or ``--config.data.source=tfds``.
+* CIFAR-100: its normalisation inside the model.
+
+Data (every row): the official CIFAR-10/100 python archive, downloaded once into the data cache and
+checksum-verified (``saat_jax.data``); ``--config.data.data_dir=<archive or folder>`` reads a local
+copy instead, ``--config.data.source=tfds`` TensorFlow Datasets.
 """
 
-from saat_jax.config_base import base_config
-from saat_jax.paper import get_row
-
-# Where this checkout keeps its data, relative to the project root (saat_jax.data also looks for a
-# relative data_dir there, so these work from any working directory): the offline CIFAR-10 copy
-# (JPEG image folders in a tar.gz), and where to put the official CIFAR-100 archive.
-CIFAR10_DATA = "../shared/data/cifar10-jpeg.tar.gz"
-CIFAR100_DATA = "../shared/data/cifar-100-python.tar.gz"
+from saat_jax.config_base import paper_config
 
 
 def get_config(row: str = "saat_up_e14_r1.7"):
-  r = get_row(row)
-  c = base_config()
-  c.experiment.row = r.id
-  c.experiment.label = r.label
-  c.method = r.method
-  c.model.name = r.model
-  c.data.name = r.dataset
-  c.model.normalization = r.dataset
-  c.data.data_dir = CIFAR100_DATA if r.dataset == "cifar100" else CIFAR10_DATA
-  if r.method == "at":
-    eps = (r.train_eps_255 or 8.0) / 255
-    c.at.eps, c.at.alpha = eps, eps / 4
-  if r.method in ("saat", "sa_trades"):
-    c.saat.eps_max = r.eps_max_255 / 255
-    c.saat.rho = r.rho
-    c.saat.start = "pgd" if "_up" in r.id else "zero"
-  if r.method in ("trades", "sa_trades"):
-    c.attack_bn = "eval"
-    if r.awp:
-      c.trades.eps, c.trades.alpha = 8 / 255, 2 / 255
-  if r.awp:
-    if r.method in ("trades", "sa_trades"):
-      c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 5e-3, c.optim.lr, 10
-    else:
-      c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 0.01, 0.01, 0
-  return c
+  return paper_config(row)

@@ -20,8 +20,8 @@ x' = x, eps = 0), see ``configs/saat_cifar10_algorithm1.py``.
   python launch.py --config configs/saat_cifar10.py --workdir runs/saat
 """
 
-from configs import paper
+from saat_jax.config_base import paper_config
 
 
 def get_config():
-  return paper.get_config("saat_up_e14_r1.7")
+  return paper_config("saat_up_e14_r1.7")

@@ -7,11 +7,11 @@ come from the released code's variant, ``configs/saat_cifar10.py`` (PGD-10 warm 
   python launch.py --config configs/saat_cifar10_algorithm1.py --workdir runs/saat_alg1
 """
 
-from configs import paper
+from saat_jax.config_base import paper_config
 
 
 def get_config():
-  c = paper.get_config("saat_up_e14_r1.7")
+  c = paper_config("saat_up_e14_r1.7")
   c.experiment.row = ""  # not the paper's run: the report lists it on its own
   c.experiment.label = "SAAT_up (eps_max=14, rho=1.7), Algorithm 1 start"
   c.saat.start = "zero"

@@ -9,34 +9,8 @@ No crop/flip augmentation (flipping digits changes their class).
   python launch.py --config configs/saat_digits.py --config.method=natural --workdir runs/digits_nat
 """
 
-from ml_collections import config_dict
-
-from saat_jax.config_base import base_config
+from saat_jax.config_base import saat_digits_config
 
 
 def get_config():
-  config = base_config()
-  config.method = "saat"
-  config.data.name = "digits"
-  # Digits come with scikit-learn: no data_dir. A str placeholder (None), so that
-  # --config.data.data_dir=... still parses (training then says it is ignored).
-  config.data.data_dir = config_dict.placeholder(str)
-  config.data.augment = False
-  config.model.name = "small_cnn"
-  config.model.normalization = "none"
-  config.saat.rho = 1.0
-  config.saat.eps_max = 64 / 255
-  config.saat.tau = 8 / 255
-  config.saat.k = 3
-  config.saat.alpha = 8 / 255
-  config.at.eps = 32 / 255
-  config.at.alpha = 8 / 255
-  config.num_epochs = 15
-  config.batch_size = 64
-  config.optim.lr = 0.05
-  config.optim.lr_milestones = (10, 13)
-  config.eval.eps = 32 / 255
-  config.eval.alpha = 8 / 255
-  config.eval.steps = 20
-  config.eval.batch_size = 400
-  return config
+  return saat_digits_config()

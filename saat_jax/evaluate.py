@@ -244,7 +244,8 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
       report["eps_255"], report["alpha_255"] = eps * 255, alpha * 255
       key = jax.random.fold_in(run_keys(int(cfg.seed))[2], 0) if seed is None else jax.random.key(seed)
       data = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, source=cfg.data.source,
-                          cache_dir=cfg.data.get("cache_dir"), download_url=cfg.data.get("download_url"))
+                          cache_dir=cfg.data.get("cache_dir"), download_url=cfg.data.get("download_url"),
+                          download_md5=cfg.data.get("download_md5"))
       n = num_test or len(data.test_labels)
       images, labels = data.test_images[:n], data.test_labels[:n]
       report["num_test"] = int(len(labels))

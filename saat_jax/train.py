@@ -358,9 +358,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   validate_config(config)
   data = load_dataset(config.data.name, config.data.data_dir, val_size=int(config.data.val_size),
                       seed=int(config.seed), cache_dir=config.data.get("cache_dir"),
-                      source=config.data.source, download_url=config.data.get("download_url"))
+                      source=config.data.source, download_url=config.data.get("download_url"),
+                      download_md5=config.data.get("download_md5"))
   if data.name == "digits" and config.data.data_dir:
     log.info(f"note: data.data_dir={config.data.data_dir!r} is ignored: digits come with scikit-learn")
+  if data.data_note:
+    log.info(f"note: this {data.name} is {data.data_note}: accuracies on it are close to, not the same as, "
+             f"the official data's (every epoch records data_format={data.data_format!r})")
   spec = model_spec(config, data.num_classes)
   model = model_from_spec(spec, run_dtype(config))
   mesh = parallel.make_mesh()
@@ -618,7 +622,8 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
       t1 = time.time()
       evaluated = (epoch + 1) % every == 0 or epoch == num_epochs - 1
       record = {"epoch": epoch, "step": int(state.step), "lr": float(schedule(int(state.step) - 1)),
-                **_epoch_summary(step_metrics), "train_time_s": train_time, "evaluated": evaluated}
+                **_epoch_summary(step_metrics), "train_time_s": train_time, "evaluated": evaluated,
+                "data_format": data.data_format}
       if evaluated:
         record.update(_evaluate(evaluator, state, splits, eval_key))
       record["eval_time_s"] = time.time() - t1

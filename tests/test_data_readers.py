@@ -19,10 +19,9 @@ from PIL import Image
 import saat_jax.data.cache as data_cache  # not `cache`: that name is the fixture below
 from saat_jax import config_base
 from saat_jax.data import CIFAR10_CLASSES, CIFAR100_CLASSES, DataError, archives, core, load_dataset
+from saat_jax.testing import cifar_archive
 
 ROOT = Path(__file__).resolve().parents[1]
-
-REAL_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 N_TRAIN, N_TEST = 20, 10
 
 
@@ -37,32 +36,9 @@ def random_split(seed, n, num_classes=10):
   return images, labels
 
 
-def planar(images):
-  """NHWC uint8 -> CIFAR's (N, 3072) rows: the R plane, then G, then B."""
-  return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-
-
-def write_pickle(path, obj):
-  path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def make_cifar10_python(root, train, test):
-  """cifar-10-batches-py with bytes keys, as the Python 2 pickles of the original archive."""
-  root.mkdir(parents=True)
-  (tx, ty), (sx, sy) = train, test
-  per = len(tx) // 5
-  for i in range(5):
-    sl = slice(i * per, (i + 1) * per)
-    write_pickle(root / f"data_batch_{i + 1}", {b"batch_label": f"training batch {i + 1} of 5".encode(),
-                                                  b"labels": [int(v) for v in ty[sl]],
-                                                  b"data": planar(tx[sl]),
-                                                  b"filenames": [b"x.png"] * per})
-  write_pickle(root / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in sy],
-                                     b"data": planar(sx), b"filenames": [b"x.png"] * len(sx)})
-  write_pickle(root / "batches.meta", {b"label_names": [c.encode() for c in CIFAR10_CLASSES],
-                                       b"num_cases_per_batch": per, b"num_vis": 3072})
-  (root / "readme.html").write_text("<html></html>")
-  return root
+make_cifar10_python = cifar_archive.write_cifar10_python  # the official layouts, as folders
+make_cifar100_python = cifar_archive.write_cifar100_python
+planar = cifar_archive.planar
 
 
 def make_cifar10_binary(root, train, test):
@@ -78,18 +54,6 @@ def make_cifar10_binary(root, train, test):
     (root / f"data_batch_{i + 1}.bin").write_bytes(records(tx[sl], ty[sl]))
   (root / "test_batch.bin").write_bytes(records(sx, sy))
   (root / "batches.meta.txt").write_text("\n".join(CIFAR10_CLASSES) + "\n\n")
-  return root
-
-
-def make_cifar100_python(root, train, test):
-  root.mkdir(parents=True)
-  (tx, ty), (sx, sy) = train, test
-  for fname, x, y in (("train", tx, ty), ("test", sx, sy)):
-    write_pickle(root / fname, {b"filenames": [b"x.png"] * len(x), b"batch_label": fname.encode(),
-                                b"fine_labels": [int(v) for v in y],
-                                b"coarse_labels": [int(v) // 5 for v in y], b"data": planar(x)})
-  write_pickle(root / "meta", {b"fine_label_names": [c.encode() for c in CIFAR100_CLASSES],
-                               b"coarse_label_names": [b"c%d" % i for i in range(20)]})
   return root
 
 
@@ -259,43 +223,141 @@ def test_parent_folder_holding_one_layout_is_accepted(tmp_path, tiny, cache):
   np.testing.assert_array_equal(d.train_images, tx)
 
 
-def test_relative_path_resolves_from_project_root(tmp_path, monkeypatch, tiny, cache):
-  """The CIFAR configs' data.data_dir '../shared/data/...' is relative to the project root, not the
-  cwd; the library's own default names no location.
+def test_relative_path_is_from_the_working_directory(tmp_path, monkeypatch, tiny, cache):
+  """A relative data_dir is relative to the working directory, and only to it: the library knows
+  no project root or data location (configs name none either).
 
-  Needs no shared data: the archive is written beside a stand-in project root under tmp_path.
+  Needs no shared data: the archive is written under tmp_path.
   """
-  sys.path.insert(0, str(ROOT))
-  from configs import paper
-
-  # The configs point at REAL_ARCHIVE from the real project root (whether or not it exists).
-  assert archives._PROJECT_ROOT == Path(__file__).resolve().parents[1]
   assert config_base.base_config().data.data_dir is None
-  assert paper.get_config().data.data_dir == paper.CIFAR10_DATA == "../shared/data/cifar10-jpeg.tar.gz"
-  assert (archives._PROJECT_ROOT / paper.CIFAR10_DATA).resolve() == REAL_ARCHIVE.resolve()
-
-  # tmp/project is the project root; tmp/shared/data/cifar10-tiny.tar.gz its "../shared" archive.
+  assert not hasattr(archives, "_PROJECT_ROOT")
   (tx, ty), (sx, sy) = tiny
   src = make_cifar10_python(tmp_path / "src" / "cifar-10-batches-py", (tx, ty), (sx, sy))
   (tmp_path / "shared" / "data").mkdir(parents=True)
   archive = make_tar(src, tmp_path / "shared" / "data" / "cifar10-tiny.tar.gz")
-  (tmp_path / "project").mkdir()
-  monkeypatch.setattr(archives, "_PROJECT_ROOT", tmp_path / "project")
-  cwd = tmp_path / "elsewhere" / "cwd"
-  cwd.mkdir(parents=True)
-  monkeypatch.chdir(cwd)
   rel = os.path.join("..", "shared", "data", "cifar10-tiny.tar.gz")
-  assert not Path(rel).exists()  # not from the working directory ...
-  assert archives._resolve_path(rel).samefile(archive)  # ... but from the project root
+  (tmp_path / "project").mkdir()
+  monkeypatch.chdir(tmp_path / "project")
+  assert archives._resolve_path(rel).samefile(archive)
   d = load_dataset("cifar10", rel, cache_dir=cache)
   np.testing.assert_array_equal(d.train_images, tx)
   np.testing.assert_array_equal(d.test_labels, sy)
-  # Missing from both: the error names both places it looked.
-  import re
+  # From elsewhere the same string names another place: an error that says which, and only it.
+  cwd = tmp_path / "elsewhere" / "cwd"
+  cwd.mkdir(parents=True)
+  monkeypatch.chdir(cwd)
+  with pytest.raises(DataError) as err:
+    load_dataset("cifar10", rel, cache_dir=cache)
+  msg = str(err.value)
+  assert f"data.data_dir {rel!r} (looked for {os.path.abspath(cwd / rel)}) does not exist" in msg, msg
+  assert str(tmp_path / "shared") not in msg and str(ROOT) not in msg, msg
 
-  looked = [re.escape(os.path.abspath(root / ".." / "shared")) for root in (Path.cwd(), tmp_path / "project")]
-  with pytest.raises(DataError, match="(?s)" + ".*".join(looked)):
-    load_dataset("cifar10", os.path.join("..", "shared", "data", "nope.tar.gz"))
+
+# ------------------------------------------------------------------------------------------------
+# What the data was read from: Dataset.data_format, kept by the cache; the JPEG copy is labelled.
+
+
+def _png_or_jpeg_tree(root, tiny, jpeg_files):
+  """A CIFAR-10 tree of PNG files, with the first ``jpeg_files`` training images saved as JPEG."""
+  (tx, ty), (sx, sy) = tiny
+  written = make_image_tree(root, {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES)
+  for p in written["train"][:jpeg_files]:
+    Image.open(p).convert("RGB").save(p.with_suffix(".jpg"), quality=75)
+    p.unlink()
+  return root
+
+
+@pytest.mark.parametrize("layout,want", [
+    ("cifar10-python", "cifar10-python"), ("cifar10-python.tar.gz", "cifar10-python"),
+    ("cifar10-binary", "cifar10-binary"), ("cifar100-python.tar.gz", "cifar100-python"),
+    ("png-tree", "image-folder-png"), ("jpeg-tree.tar.gz", "image-folder-jpeg"),
+    ("png-tree-with-one-jpeg", "image-folder-jpeg")])
+def test_data_format_names_what_was_read_and_survives_the_cache(tmp_path, tiny, cache, monkeypatch, layout, want):
+  (tx, ty), (sx, sy) = tiny
+  name = "cifar100" if layout.startswith("cifar100") else "cifar10"
+  if layout.startswith("cifar10-python"):
+    src = make_cifar10_python(tmp_path / "cifar-10-batches-py", (tx, ty), (sx, sy))
+  elif layout == "cifar10-binary":
+    src = make_cifar10_binary(tmp_path / "cifar-10-batches-bin", (tx, ty), (sx, sy))
+  elif layout.startswith("cifar100"):
+    src = make_cifar100_python(tmp_path / "cifar-100-python", random_split(3, N_TRAIN, 100), random_split(4, N_TEST, 100))
+  else:
+    src = _png_or_jpeg_tree(tmp_path / "tree", tiny, {"png-tree": 0, "png-tree-with-one-jpeg": 1}.get(layout, N_TRAIN))
+    if layout.startswith("jpeg"):
+      for p in src.rglob("*.png"):
+        Image.open(p).save(p.with_suffix(".jpg"), quality=75)
+        p.unlink()
+  if layout.endswith(".tar.gz"):
+    src = make_tar(src, tmp_path / "packed.tar.gz")
+  calls = count_decodes(monkeypatch)
+  d = load_dataset(name, str(src), cache_dir=cache)
+  again = load_dataset(name, str(src), cache_dir=cache)  # from the cache
+  assert calls == [name]
+  assert d.data_format == again.data_format == want and want in core.DATA_FORMATS
+  assert repr(d).endswith(f"data_format={want!r})")
+  if want == "image-folder-jpeg":
+    assert d.data_note == "JPEG re-encoded, not the official CIFAR-10"
+  else:
+    assert d.data_note == ""
+
+
+def test_data_format_of_digits_tfds_and_a_cifar100_jpeg_copy(tmp_path, cache):
+  import tensorflow_datasets as tfds  # a dependency; TensorFlow is not needed
+
+  assert load_dataset("digits").data_format == "digits"
+  with tfds.testing.mock_data(num_examples=4):
+    assert load_dataset("cifar10", source="tfds").data_format == "tfds"
+  (tx, ty), (sx, sy) = random_split(5, 100, 100), random_split(6, 10, 100)
+  ty = np.arange(100, dtype=np.int32)
+  make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR100_CLASSES, "jpg")
+  d = load_dataset("cifar100", str(tmp_path / "tree"), cache_dir=cache)
+  assert (d.data_format, d.data_note) == ("image-folder-jpeg", "JPEG re-encoded, not the official CIFAR-100")
+  assert core.Dataset("cifar10", tx, ty, tx[:0], ty[:0], sx, sy, 10, CIFAR10_CLASSES).data_format == "unknown"
+
+
+def test_training_on_a_jpeg_copy_says_so_in_the_log_and_every_epoch(tmp_path, tiny, capsys):
+  """train.py records data_format in each epoch of metrics.jsonl (the report marks such rows) and
+  notes the lossy copy once at the start. One tiny epoch of a small CNN (~10 s, most of it
+  compilation): the end-to-end check that the label reaches metrics.jsonl."""
+  import json
+
+  from saat_jax.train import train_and_evaluate
+
+  (tx, ty), (sx, sy) = tiny
+  make_image_tree(tmp_path / "tree", {"train": (tx, ty), "test": (sx, sy)}, CIFAR10_CLASSES, "jpg")
+  c = config_base.saat_digits_config()
+  c.update_from_flattened_dict({
+      "data.name": "cifar10", "data.data_dir": str(tmp_path / "tree"), "data.cache_dir": str(tmp_path / "cache"),
+      "model.normalization": "cifar10", "method": "natural", "num_epochs": 1, "batch_size": 10,
+      "eval.steps": 1, "eval.batch_size": 10, "eval.train_subset": 10, "progress": False})
+  records = train_and_evaluate(c, str(tmp_path / "run"))
+  lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["data_format"] for r in records] == [r["data_format"] for r in lines] == ["image-folder-jpeg"]
+  out = capsys.readouterr().out
+  assert out.count("note: this cifar10 is JPEG re-encoded, not the official CIFAR-10") == 1, out
+
+
+def test_training_passes_the_data_settings_to_load_dataset(monkeypatch):
+  """data.download_url / download_md5 / cache_dir / source reach load_dataset (checked before any work)."""
+  from saat_jax import train
+
+  seen = {}
+
+  class Stop(Exception):
+    pass
+
+  def spy(name, data_dir=None, **kwargs):
+    seen.update(name=name, data_dir=data_dir, **kwargs)
+    raise Stop
+
+  monkeypatch.setattr(train, "load_dataset", spy)
+  c = config_base.paper_config("at")
+  c.update_from_flattened_dict({"data.download_url": "http://mirror/c.tar.gz", "data.download_md5": "0" * 32,
+                                "data.cache_dir": "/cache", "data.source": "download"})
+  with pytest.raises(Stop):
+    train.train_and_evaluate(c, "/nonexistent/workdir")
+  assert seen == dict(name="cifar10", data_dir=None, val_size=0, seed=0, cache_dir="/cache", source="download",
+                      download_url="http://mirror/c.tar.gz", download_md5="0" * 32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,23 +366,21 @@ def test_relative_path_resolves_from_project_root(tmp_path, monkeypatch, tiny, c
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_real_cifar10_jpeg_archive(tmp_path):
-  if not REAL_ARCHIVE.is_file():
-    pytest.skip(f"needs the real CIFAR-10 archive {REAL_ARCHIVE} (../shared/data/cifar10-jpeg.tar.gz "
-                "relative to the project root), absent here")
+def test_real_cifar10_jpeg_archive(tmp_path, cifar10_jpeg):
   cache = str(tmp_path / "cache")
   t0 = time.time()
-  d = load_dataset("cifar10", str(REAL_ARCHIVE), cache_dir=cache)
+  d = load_dataset("cifar10", str(cifar10_jpeg), cache_dir=cache)
   t_decode = time.time() - t0
   assert d.train_images.shape == (50000, 32, 32, 3) and d.train_images.dtype == np.uint8
   assert d.test_images.shape == (10000, 32, 32, 3) and d.test_images.dtype == np.uint8
   assert d.train_labels.dtype == np.int32 and d.class_names == CIFAR10_CLASSES
+  assert (d.data_format, d.data_note) == ("image-folder-jpeg", "JPEG re-encoded, not the official CIFAR-10")
   np.testing.assert_array_equal(np.bincount(d.train_labels, minlength=10), [5000] * 10)
   np.testing.assert_array_equal(np.bincount(d.test_labels, minlength=10), [1000] * 10)
   # A prefix is class-mixed (evaluate.py's num_test and train.py's num_train slice prefixes).
   assert len(np.unique(d.test_labels[:100])) == 10
   # Known files land with their class's canonical label.
-  with tarfile.open(REAL_ARCHIVE) as tf:
+  with tarfile.open(cifar10_jpeg) as tf:
     names = [n for n in tf.getnames() if n.endswith("cat/0000.jpg") or n.endswith("truck/0007.jpg")]
     assert len(names) == 4, names
     for n in names:
@@ -331,7 +391,7 @@ def test_real_cifar10_jpeg_archive(tmp_path):
       assert set(split_y[hits]) == {CIFAR10_CLASSES.index(n.split("/")[-2])}, n
   # The second load comes from the cache: identical arrays, much faster.
   t0 = time.time()
-  d2 = load_dataset("cifar10", str(REAL_ARCHIVE), cache_dir=cache)
+  d2 = load_dataset("cifar10", str(cifar10_jpeg), cache_dir=cache)
   t_cached = time.time() - t0
   np.testing.assert_array_equal(d2.train_images, d.train_images)
   np.testing.assert_array_equal(d2.test_labels, d.test_labels)
@@ -480,7 +540,7 @@ def test_cache_dir_defaults_to_env(tmp_path, tiny, monkeypatch):
   assert len(list((tmp_path / "envcache").glob("cifar10-*.npz"))) == 1
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-arrays"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-arrays", "old-format-name"])
 def test_corrupt_cache_is_rebuilt(tmp_path, tiny, cache, monkeypatch, damage):
   (tx, ty), (sx, sy) = tiny
   src = make_tar(make_cifar10_python(tmp_path / "py", (tx, ty), (sx, sy)), tmp_path / "py.tar.gz")
@@ -491,8 +551,12 @@ def test_corrupt_cache_is_rebuilt(tmp_path, tiny, cache, monkeypatch, damage):
     file.write_bytes(b"not an npz at all")
   elif damage == "truncated":
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
-  else:
+  elif damage == "wrong-arrays":
     np.savez(file, train_images=np.zeros(3), train_labels=np.zeros(3))
+  else:  # as version 1 wrote it: the layout, not the data format
+    with np.load(file) as z:
+      arrays = dict(z)
+    np.savez(file, **{**arrays, "format": np.asarray("image-folder")})
   d = load_dataset("cifar10", str(src), cache_dir=cache)
   assert calls == ["cifar10", "cifar10"]
   np.testing.assert_array_equal(d.train_images, tx)
@@ -535,7 +599,7 @@ def test_two_processes_filling_the_cache_at_once_leave_one_valid_file(tmp_path, 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
   outs = [p.communicate(timeout=120) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs
-  assert {o.strip() for o, _ in outs} == {str(int(tx.sum()))}
+  assert {o.strip().splitlines()[-1] for o, _ in outs} == {str(int(tx.sum()))}  # after the data's log lines
   files = os.listdir(cache)
   assert len(files) == 1 and files[0].endswith(".npz"), files  # no temporary file left
   d = load_dataset("cifar10", str(src), cache_dir=cache)
@@ -564,9 +628,10 @@ def test_missing_path_names_it_and_the_other_sources(tmp_path):
   assert "shared" not in str(err.value)  # the library names no location of this checkout
 
 
-def test_no_data_dir():
-  with pytest.raises(DataError, match=r"(?s)no data.data_dir.*--config.data.source=download.*--config.data.source=tfds"):
-    load_dataset("cifar10")
+def test_no_data_dir_with_the_local_source():
+  with pytest.raises(DataError, match=r"(?s)no data.data_dir given for cifar10 with --config\.data\.source=local.*"
+                                      r"--config.data.source=download.*--config.data.source=tfds"):
+    load_dataset("cifar10", source="local")
 
 
 def test_zip_archive_is_refused(tmp_path, tiny, cache):

@@ -1,39 +1,28 @@
-"""The 'download' data source (saat_jax.data.download) and the data errors' advice (issue 11 §2).
+"""The official archives: the default CIFAR source and 'download' (saat_jax.data.download), and the
+data errors' advice (issues 11 §2, 17 §2).
 
-No internet: the archives are tiny copies in the real format, served by file:// URLs, with the
-expected checksum patched in.
+No internet: the archives are tiny copies in the official format (saat_jax.testing.cifar_archive),
+served over HTTP on 127.0.0.1 (the ``cifar_server`` fixture of conftest.py) or by file:// URLs with
+the expected checksum patched in.
 """
 
-import hashlib
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 
 from saat_jax import config_base
-from saat_jax.data import ARCHIVES, DataError, archives, download, load_dataset, sources
-from test_data_readers import (ROOT, make_cifar10_python, make_cifar100_python, make_tar,
-                               random_split)
-
-sys.path.insert(0, str(ROOT))
-from configs.paper import CIFAR10_DATA  # noqa: E402 - this checkout's offline CIFAR-10 copy
-
-MAKERS = {"cifar10": make_cifar10_python, "cifar100": make_cifar100_python}
-FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-
-
-def md5_of(path):
-  return hashlib.md5(path.read_bytes()).hexdigest()
+from saat_jax.data import ARCHIVES, DataError, download, load_dataset, sources
+from saat_jax.testing import cifar_archive
+from saat_jax.testing.cifar_archive import md5_hex as md5_of
 
 
 def official_like(tmp_path, name):
   """A tiny archive with the official name and layout; returns (path, train, test)."""
   num_classes = 10 if name == "cifar10" else 100
-  train, test = random_split(1, 100 if name == "cifar100" else 20, num_classes), random_split(2, 10, num_classes)
-  src = MAKERS[name](tmp_path / "src" / FOLDERS[name], train, test)
-  return make_tar(src, tmp_path / ARCHIVES[name].filename), train, test
+  train, test = cifar_archive.random_cifar(100 if name == "cifar100" else 20, 10, num_classes, seed=1)
+  return cifar_archive.official_archive(tmp_path / ARCHIVES[name].filename, name, train, test), train, test
 
 
 @pytest.fixture
@@ -133,18 +122,123 @@ def test_config_default_is_the_official_address():
 
 
 # ------------------------------------------------------------------------------------------------
+# Over HTTP (a local server): the default source, checksums, cut-off downloads, no network, 404.
+
+
+def downloads(cache):
+  folder = download.download_dir(cache)
+  return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def test_no_data_dir_downloads_the_archive_once_and_says_where_it_comes_from(tmp_path, cifar_server, capsys):
+  server, served = cifar_server
+  s = served["cifar10"]
+  cache = str(tmp_path / "cache")
+  d = load_dataset("cifar10", cache_dir=cache, download_url=s.url, download_md5=s.md5)  # source 'auto'
+  for got, want in zip((d.train_images, d.train_labels, d.test_images, d.test_labels), (*s.train, *s.test)):
+    np.testing.assert_array_equal(got, want)
+  assert server.requests == ["/cifar-10-python.tar.gz"]
+  assert (d.data_format, d.data_note) == ("cifar10-python", "")  # the official layout, lossless
+  kept = download.download_dir(cache) / f"cifar-10-python-{s.md5}.tar.gz"  # not the official file's name
+  assert downloads(cache) == [kept.name] and kept.read_bytes() == s.path.read_bytes()
+  out = capsys.readouterr().out
+  assert f"downloading cifar-10-python.tar.gz from {s.url}" in out, out
+  assert f"data: cifar10 (cifar10-python) from {s.url}, kept in {kept} (no data.data_dir given)" in out, out
+  # The second load reads the cached archive (and decoded arrays): no request.
+  again = load_dataset("cifar10", cache_dir=cache, download_url=s.url, download_md5=s.md5)
+  np.testing.assert_array_equal(again.train_images, s.train[0])
+  assert server.requests == ["/cifar-10-python.tar.gz"]
+  assert "downloading" not in capsys.readouterr().out
+
+
+def test_download_of_cifar100_over_http(tmp_path, cifar_server):
+  server, served = cifar_server
+  s = served["cifar100"]
+  d = load_dataset("cifar100", source="download", download_url=s.url, download_md5=s.md5.upper(),
+                   cache_dir=str(tmp_path / "cache"))
+  np.testing.assert_array_equal(d.train_labels, s.train[1])
+  np.testing.assert_array_equal(d.test_images, s.test[0])
+  assert d.num_classes == 100 and server.requests == ["/cifar-100-python.tar.gz"]
+
+
+def test_a_wrong_checksum_over_http_keeps_nothing(tmp_path, cifar_server):
+  server, served = cifar_server
+  s = served["cifar10"]
+  cache = str(tmp_path / "cache")
+  wrong = "f" * 32
+  with pytest.raises(DataError) as err:
+    load_dataset("cifar10", cache_dir=cache, download_url=s.url, download_md5=wrong)
+  msg = str(err.value)
+  assert f"its MD5 is {s.md5}, expected {wrong} ({s.path.stat().st_size} bytes received)" in msg, msg
+  assert "Nothing was kept" in msg and "--config.data.download_md5" in msg
+  assert downloads(cache) == []
+  # Against the official checksum (no download_md5), the tiny archive is refused the same way.
+  with pytest.raises(DataError, match=f"expected {ARCHIVES['cifar10'].md5}"):
+    load_dataset("cifar10", cache_dir=cache, download_url=s.url)
+  assert downloads(cache) == [] and len(server.requests) == 2
+
+
+def test_a_cut_off_download_says_how_much_arrived_and_keeps_nothing(tmp_path, cifar_server):
+  server, served = cifar_server
+  s = served["cifar10"]
+  size = s.path.stat().st_size
+  server.truncate["/cifar-10-python.tar.gz"] = size // 3
+  cache = str(tmp_path / "cache")
+  with pytest.raises(DataError) as err:
+    load_dataset("cifar10", cache_dir=cache, download_url=s.url, download_md5=s.md5)
+  msg = str(err.value)
+  assert f"the download of cifar-10-python.tar.gz from {s.url} was cut off after {size // 3} of {size} bytes" in msg
+  assert "nothing was kept" in msg and "Run again" in msg
+  assert downloads(cache) == []
+  # The next attempt, with the connection whole again, succeeds.
+  del server.truncate["/cifar-10-python.tar.gz"]
+  d = load_dataset("cifar10", cache_dir=cache, download_url=s.url, download_md5=s.md5)
+  np.testing.assert_array_equal(d.test_labels, s.test[1])
+
+
+def test_no_network_names_the_url_and_the_ways_out(tmp_path):
+  url = cifar_archive.closed_port_url()
+  cache = str(tmp_path / "cache")
+  with pytest.raises(DataError) as err:
+    load_dataset("cifar10", cache_dir=cache, download_url=url)
+  msg = str(err.value)
+  assert f"could not download cifar-10-python.tar.gz from {url} (URLError: " in msg, msg
+  assert "Connection refused" in msg
+  for way_out in ("--config.data.download_url", "--config.data.source=local", "--config.data.data_dir"):
+    assert way_out in msg, (way_out, msg)
+  assert downloads(cache) == []
+
+
+def test_a_404_names_the_url(tmp_path, cifar_server):
+  server, _ = cifar_server
+  url = server.url("/elsewhere/cifar-10-python.tar.gz")
+  cache = str(tmp_path / "cache")
+  with pytest.raises(DataError, match=re.escape(f"from {url} (HTTPError: HTTP Error 404: File not found)")):
+    load_dataset("cifar10", cache_dir=cache, download_url=url)
+  assert server.requests == ["/elsewhere/cifar-10-python.tar.gz"] and downloads(cache) == []
+
+
+def test_a_malformed_md5_is_refused_before_downloading(tmp_path, cifar_server):
+  server, served = cifar_server
+  with pytest.raises(DataError, match=r"data\.download_md5 'abc' is not an MD5 checksum \(32 hex digits\)"):
+    load_dataset("cifar10", download_url=served["cifar10"].url, download_md5="abc", cache_dir=str(tmp_path))
+  assert server.requests == []
+
+
+# ------------------------------------------------------------------------------------------------
 # The errors' advice: flag wording, every path once, the download source, what TFDS needs.
 
 
-def test_missing_default_copy_is_named_once_with_flag_advice(tmp_path, monkeypatch):
-  monkeypatch.setattr(archives, "_PROJECT_ROOT", tmp_path / "project")
+def test_missing_relative_copy_is_named_once_with_flag_advice(tmp_path, monkeypatch):
+  """A relative data_dir is looked for from the working directory only (no project-root rule)."""
   monkeypatch.chdir(tmp_path)
+  rel = "../shared/data/cifar10-jpeg.tar.gz"
   with pytest.raises(DataError) as err:
-    load_dataset("cifar10", CIFAR10_DATA)
+    load_dataset("cifar10", rel)
   msg = str(err.value)
-  assert msg.count(CIFAR10_DATA) == 1, msg
-  for place in (tmp_path / "shared", tmp_path / "project" / ".." / "shared"):
-    assert msg.count(os.path.abspath(place / "data" / "cifar10-jpeg.tar.gz")) == 1, msg
+  assert msg.count(rel) == 1, msg
+  assert f"(looked for {os.path.abspath(tmp_path / rel)})" in msg, msg
+  assert msg.count("cifar10-jpeg.tar.gz") == 2, msg  # as given, and where it was looked for: nowhere else
   assert "--config.data.data_dir" in msg and "--config.data.source=download" in msg
   assert "--config.data.source=tfds" in msg and "pip install tensorflow tensorflow-datasets" in msg
   assert "source='" not in msg  # flag wording, not Python's
@@ -172,7 +266,7 @@ def test_tfds_never_gets_the_archive_path_as_its_data_dir(monkeypatch):
       return _real(*a, **k)
     monkeypatch.setattr(tfds, fn, spy)
   with tfds.testing.mock_data(num_examples=6):
-    d = load_dataset("cifar10", CIFAR10_DATA, source="tfds")
+    d = load_dataset("cifar10", "/some/local/cifar10-jpeg.tar.gz", source="tfds")
   assert d.test_images.shape == (6, 32, 32, 3)
   assert seen and all("data_dir" not in k for k in seen), seen
 

@@ -1,4 +1,4 @@
-"""Local sources: where a relative ``data_dir`` is looked for, folders and tar archives, the readers.
+"""Local sources (a ``data_dir``): folders and tar archives, the layouts they hold, the readers.
 
 Layouts read (each in a folder or a tar archive, also somewhere below the folder given):
 
@@ -6,16 +6,13 @@ Layouts read (each in a folder or a tar archive, also somewhere below the folder
   downloaded ``.tar.gz``: ``cifar-10-batches-py`` (pickled batches), ``cifar-10-batches-bin``
   (3073-byte records: label, then the R, G and B planes) and ``cifar-100-python`` (fine labels).
 * An image-folder tree ``root/{train,test}/<class>/*.{png,jpg,jpeg}``, unpacked or as a tar
-  archive (with or without one top-level folder). This is how the offline copy
-  (a config's ``data.data_dir``) is read. Class indices are CIFAR-10's / CIFAR-100's
-  canonical order when the folder names are those classes, else the sorted folder names. Folders
-  group the files by class, so the examples of a tree are put in a fixed pseudo-random order
-  (independent of ``seed``, like the order of the original batches) so that a prefix of the arrays
-  is a class-mixed sample.
+  archive (with or without one top-level folder), e.g. a JPEG copy of CIFAR-10. Class indices are
+  CIFAR-10's / CIFAR-100's canonical order when the folder names are those classes, else the
+  sorted folder names. Folders group the files by class, so the examples of a tree are put in a
+  fixed pseudo-random order (independent of ``seed``, like the order of the original batches) so
+  that a prefix of the arrays is a class-mixed sample.
 
-Path rule (:func:`_resolve_path`): a relative ``data_dir`` is looked for from the current
-directory, then from the project root, the folder that holds ``saat_jax/`` (:data:`_PROJECT_ROOT`).
-So a config's relative default works from any working directory.
+Path rule (:func:`_resolve_path`): a relative ``data_dir`` is relative to the current directory.
 
 :func:`_decode_local` is the slow step that :mod:`saat_jax.data.cache` saves.
 """
@@ -39,9 +36,6 @@ from saat_jax.data.core import (CANONICAL_CLASSES, CIFAR10_CLASSES, CIFAR100_CLA
 
 logger = logging.getLogger(__name__)
 
-# The folder holding saat_jax/: the second place a relative data_dir is looked for.
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
 # Layouts of a local source, and the data sets each can hold.
 FORMATS = {
     "cifar10-python": "cifar-10-batches-py (data_batch_1..5, test_batch, batches.meta)",
@@ -52,6 +46,7 @@ FORMATS = {
 _FORMAT_DATASETS = {"cifar10-python": ("cifar10",), "cifar10-binary": ("cifar10",),
                     "cifar100-python": ("cifar100",), "image-folder": ("cifar10", "cifar100")}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
 _BIN_RECORD = 1 + 32 * 32 * 3
 # Fixed order of image-folder examples (not the run's seed); changing it means bumping
 # saat_jax.data.cache._CACHE_VERSION.
@@ -64,21 +59,15 @@ _MAX_WALK_DEPTH = 6  # how deep below data_dir a folder is searched for a layout
 
 
 def _resolve_path(data_dir) -> Path:
-  """``data_dir`` as an absolute path: as given if absolute, else from the cwd, else the project root.
+  """``data_dir`` as an absolute path: as given if absolute, else from the current directory.
 
-  The project root (:data:`_PROJECT_ROOT`) is the folder holding ``saat_jax/``, so a relative
-  default in a config (``configs/paper.py``) names the same file from any working directory.
-  Raises :class:`DataError`, naming every place looked at, when none exists.
+  Raises :class:`DataError` naming the place looked at and the other sources when it does not exist.
   """
   given = str(data_dir)
-  path = Path(os.path.expandvars(os.path.expanduser(given)))
-  candidates = [path] if path.is_absolute() else [Path.cwd() / path, _PROJECT_ROOT / path]
-  candidates = list(dict.fromkeys(Path(os.path.abspath(p)) for p in candidates))
-  for p in candidates:
-    if p.exists():
-      return p
-  tried = " or ".join(str(p) for p in candidates)
-  where = "" if path.is_absolute() else f" (looked for {tried})"
+  path = Path(os.path.abspath(os.path.expandvars(os.path.expanduser(given))))
+  if path.exists():
+    return path
+  where = "" if given == str(path) else f" (looked for {path})"
   what = "no such file or folder. Set --config.data.data_dir to a CIFAR archive or folder"
   raise DataError(f"data.data_dir {given!r}{where} does not exist: {what}, or use "
                   f"{OTHER_SOURCES_ADVICE}")
@@ -437,11 +426,26 @@ _READERS = {"cifar10-python": _read_cifar10_python, "cifar10-binary": _read_cifa
             "cifar100-python": _read_cifar100_python, "image-folder": _read_image_folder}
 
 
+def _data_format(tree: _Tree, fmt: str, root: str) -> str:
+  """The :data:`~saat_jax.data.core.DATA_FORMATS` name of layout ``fmt`` at ``root``: an image
+  folder is 'image-folder-jpeg' if any of its images is a JPEG file (lossy), else '-png'."""
+  if fmt != "image-folder":
+    return fmt
+  prefix = f"{root}/" if root else ""
+  for rel in tree.names:
+    parts = rel[len(prefix):].split("/") if rel.startswith(prefix) else []
+    if (len(parts) == 3 and parts[0] in ("train", "test")
+        and PurePosixPath(rel).suffix.lower() in _JPEG_SUFFIXES):
+      return "image-folder-jpeg"
+  return "image-folder-png"
+
+
 def _decode_local(name: str, tree: _Tree, fmt: str, root: str):
-  """Decodes a local source; the slow step that the cache saves."""
+  """Decodes a local source; the slow step that the cache saves. Returns the arrays, the class
+  names and the data format (:func:`_data_format`)."""
   train_x, train_y, test_x, test_y, class_names = _READERS[fmt](tree, root, name)
   canonical = CANONICAL_CLASSES[name]
   if len(class_names) != len(canonical):
     raise DataError(f"{tree.where(root or '.')} lists {len(class_names)} classes; {name} has "
                     f"{len(canonical)}. Point data_dir at {name} data.")
-  return train_x, train_y, test_x, test_y, tuple(class_names)
+  return train_x, train_y, test_x, test_y, tuple(class_names), _data_format(tree, fmt, root)

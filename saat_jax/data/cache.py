@@ -21,11 +21,13 @@ from typing import Optional
 import numpy as np
 
 from saat_jax.data import archives
-from saat_jax.data.core import CANONICAL_CLASSES, DataError
+from saat_jax.data.core import CANONICAL_CLASSES, DATA_FORMATS, DataError
 
 logger = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1  # bump when what a cache file holds, or the order of examples, changes
+# Bump when what a cache file holds, or the order of examples, changes. 2: "format" holds the
+# data format (image-folder-png / image-folder-jpeg, not the layout image-folder).
+_CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -50,16 +52,18 @@ def _read_cache(file: Path, name: str):
     with np.load(file, allow_pickle=False) as z:
       arrays = {k: z[k] for k in _CACHE_KEYS}
     tx, ty, sx, sy = (arrays[k] for k in _CACHE_KEYS[:4])
+    fmt = str(arrays["format"])
     ok = (tx.dtype == np.uint8 and sx.dtype == np.uint8 and tx.ndim == 4 and sx.ndim == 4
           and ty.dtype == np.int32 and sy.dtype == np.int32 and ty.shape == (len(tx),)
-          and sy.shape == (len(sx),) and len(arrays["class_names"]) == len(CANONICAL_CLASSES[name]))
+          and sy.shape == (len(sx),) and len(arrays["class_names"]) == len(CANONICAL_CLASSES[name])
+          and fmt in DATA_FORMATS)
     if not ok:
       raise ValueError("unexpected arrays")
   except Exception as e:  # noqa: BLE001 -- a damaged cache is rebuilt, never trusted
     logger.warning("ignoring the unreadable cache file %s (%s: %s); decoding again",
                    file, type(e).__name__, e)
     return None
-  return tx, ty, sx, sy, tuple(str(c) for c in arrays["class_names"])
+  return tx, ty, sx, sy, tuple(str(c) for c in arrays["class_names"]), fmt
 
 
 @contextlib.contextmanager
@@ -86,8 +90,8 @@ def atomic_file(file: Path):
     raise
 
 
-def _write_cache(file: Path, arrays, fmt: str) -> None:
-  train_x, train_y, test_x, test_y, class_names = arrays
+def _write_cache(file: Path, arrays) -> None:
+  train_x, train_y, test_x, test_y, class_names, fmt = arrays
   try:
     with atomic_file(file) as f:
       np.savez(f, train_images=train_x, train_labels=train_y, test_images=test_x,
@@ -99,7 +103,10 @@ def _write_cache(file: Path, arrays, fmt: str) -> None:
 
 
 def _load_local_cached(name: str, path: Path, cache_dir: Optional[str]):
-  """The arrays of the archive or folder ``path``: from the cache, else decoded and then cached."""
+  """The arrays of the archive or folder ``path``: from the cache, else decoded and then cached.
+
+  Returns ``train_x, train_y, test_x, test_y, class_names, data_format``.
+  """
   if path.is_file():
     # An archive is keyed by its own size and mtime, so a cache hit never opens it.
     st = path.stat()
@@ -128,6 +135,6 @@ def _load_local_cached(name: str, path: Path, cache_dir: Optional[str]):
   else:
     raise DataError(f"data_dir {path} is neither a file nor a folder; pass a CIFAR archive or folder.")
   logger.info("decoded %s (%s) from %s in %.1fs; caching the arrays in %s",
-              name, fmt, path, time.time() - t0, file)
-  _write_cache(file, arrays, fmt)
+              name, arrays[-1], path, time.time() - t0, file)
+  _write_cache(file, arrays)
   return arrays

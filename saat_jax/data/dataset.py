@@ -1,5 +1,9 @@
 """The entry point :func:`load_dataset`: picks the source, checks the labels, holds out ``val_size``.
 
+CIFAR comes from ``data_dir`` when one is given, else from the official archive, downloaded once
+into the data cache (``source='auto'``, like torchvision's ``download=True`` and TFDS); the log
+says which (``data: cifar10 (...) from ...``).
+
 ``val_size > 0`` holds out that many training examples, chosen by a permutation drawn from
 ``seed``, as the validation set used to pick the ``best`` checkpoint, following Rice et al. (2020),
 "Overfitting in adversarially robust deep learning" (robust_overfitting's generate_validation.py
@@ -8,6 +12,7 @@ holds out 1,000 randomly permuted training images).
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import numpy as np
@@ -15,33 +20,35 @@ import numpy as np
 from saat_jax.data.archives import _resolve_path
 from saat_jax.data.cache import _load_local_cached
 from saat_jax.data.core import KNOWN_DATASETS, OTHER_SOURCES_ADVICE, SOURCES, DataError, Dataset
-from saat_jax.data.download import download_archive
-from saat_jax.data.sources import _load_digits, _load_tfds
+from saat_jax.data.download import ARCHIVES, download_archive
+from saat_jax.data.sources import _load_digits, _load_tfds, _tfds_data_dir
+
+logger = logging.getLogger(__name__)
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0, seed: int = 0,
                  cache_dir: Optional[str] = None, source: str = "auto",
-                 download_url: Optional[str] = None) -> Dataset:
+                 download_url: Optional[str] = None, download_md5: Optional[str] = None) -> Dataset:
   """Loads ``name`` ('cifar10', 'cifar100' or 'digits') as uint8 arrays; see :mod:`saat_jax.data`.
 
   Args:
     name: the data set, case-insensitive.
     data_dir: for CIFAR with source 'auto'/'local', a folder or a tar archive holding one of the
-      supported layouts. A relative path that does not exist from the working directory is also
-      tried from the project root (:func:`saat_jax.data.archives._resolve_path`), so a config's
-      relative default works from anywhere. Ignored for 'digits' and by the
-      'download' and 'tfds' sources (TFDS keeps its data in ``$TFDS_DATA_DIR``, by default
-      ``~/tensorflow_datasets``).
+      supported layouts; a relative path is relative to the working directory. Ignored for
+      'digits' and by the 'download' and 'tfds' sources (TFDS keeps its data in
+      ``$TFDS_DATA_DIR``, by default ``~/tensorflow_datasets``).
     val_size: number of training examples held out as the validation set (0: none).
     seed: chooses which training examples are held out.
-    cache_dir: where decoded arrays are cached; default ``$SAAT_JAX_CACHE`` or ``~/.cache/saat_jax``.
-    source: 'auto' / 'local': read ``data_dir`` (nothing is downloaded unless asked: a mistyped
-      path is an error, not a 170 MB download). 'download': the official CIFAR python archive,
-      fetched once into ``<cache_dir>/downloads`` and checksum-verified
+    cache_dir: the data cache (decoded arrays, downloaded archives); default ``$SAAT_JAX_CACHE``
+      or ``~/.cache/saat_jax``.
+    source: 'auto': ``data_dir`` if given (a mistyped path is an error, not a 170 MB download),
+      else as 'download'. 'local': ``data_dir``, which must be given. 'download': the official
+      CIFAR python archive, fetched once into ``<cache_dir>/downloads`` and checksum-verified
       (:mod:`saat_jax.data.download`); needs internet the first time, not TensorFlow. 'tfds':
       tensorflow-datasets (needs TensorFlow to prepare CIFAR).
-    download_url: with ``source='download'``, fetch the archive from this URL (a mirror or a
-      ``file://`` copy of the official archive) instead of the official address.
+    download_url: when downloading, fetch the archive from this URL (a mirror, a local server or a
+      ``file://`` copy) instead of the official address.
+    download_md5: when downloading, the archive's expected MD5; None for the official archive's.
 
   Raises:
     DataError: for an unknown name or source, a missing or unreadable path, an archive of another
@@ -54,25 +61,35 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
   src = str(source).strip().lower()
   if src not in SOURCES:
     raise DataError(f"unknown data source {source!r}; set --config.data.source to one of "
-                    f"{', '.join(SOURCES)} ('auto'/'local' read data.data_dir, 'download' fetches "
-                    f"the official CIFAR archive, 'tfds' loads through tensorflow-datasets).")
+                    f"{', '.join(SOURCES)} ('auto' reads data.data_dir if set, else downloads like "
+                    f"'download', which fetches the official CIFAR archive; 'local' reads "
+                    f"data.data_dir; 'tfds' loads through tensorflow-datasets).")
   _check_val_size(val_size)
+  has_dir = data_dir is not None and str(data_dir).strip() != ""
 
   if key == "digits":
     train_x, train_y, test_x, test_y, class_names = _load_digits()
+    data_format = "digits"
   elif src == "tfds":
     train_x, train_y, test_x, test_y, class_names = _load_tfds(key)
-  elif src == "download":
-    archive = download_archive(key, url=download_url, cache_dir=cache_dir)
-    train_x, train_y, test_x, test_y, class_names = _load_local_cached(key, archive, cache_dir)
+    data_format = "tfds"
+    import tensorflow_datasets as tfds  # _load_tfds imported it
+    logger.info("data: %s from tensorflow-datasets, in %s", key, _tfds_data_dir(tfds))
+  elif src == "download" or (src == "auto" and not has_dir):
+    archive = download_archive(key, url=download_url, md5=download_md5, cache_dir=cache_dir)
+    train_x, train_y, test_x, test_y, class_names, data_format = _load_local_cached(key, archive, cache_dir)
+    why = " (no data.data_dir given)" if src == "auto" else ""
+    logger.info("data: %s (%s) from %s, kept in %s%s", key, data_format, download_url or ARCHIVES[key].url,
+                archive, why)
   else:
-    if data_dir is None or str(data_dir).strip() == "":
+    if not has_dir:
       raise DataError(
-          f"no data.data_dir given for {key}: set --config.data.data_dir to a CIFAR archive or "
-          f"folder (the python, binary or image-folder layouts, or a .tar.gz of one), or "
-          f"{OTHER_SOURCES_ADVICE}")
-    train_x, train_y, test_x, test_y, class_names = _load_local_cached(
-        key, _resolve_path(data_dir), cache_dir)
+          f"no data.data_dir given for {key} with --config.data.source=local: set --config.data.data_dir "
+          f"to a CIFAR archive or folder (the python, binary or image-folder layouts, or a .tar.gz "
+          f"of one), or {OTHER_SOURCES_ADVICE}")
+    path = _resolve_path(data_dir)
+    train_x, train_y, test_x, test_y, class_names, data_format = _load_local_cached(key, path, cache_dir)
+    logger.info("data: %s (%s) from %s", key, data_format, path)
 
   num_classes = len(class_names)
   for split, labels in (("train", train_y), ("test", test_y)):
@@ -91,7 +108,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
     train_x, train_y = train_x[train_idx], train_y[train_idx]
   return Dataset(name=key, train_images=train_x, train_labels=train_y, val_images=val_x,
                  val_labels=val_y, test_images=test_x, test_labels=test_y,
-                 num_classes=num_classes, class_names=tuple(class_names))
+                 num_classes=num_classes, class_names=tuple(class_names), data_format=data_format)
 
 
 def _check_val_size(val_size) -> None:
