@@ -19,8 +19,12 @@ pass --distributed, alone where JAX reads the cluster's environment, or with --c
   saat-train --distributed --coordinator_address=localhost:1234 --num_processes=2 --process_id=1 ...
 """
 
+import difflib
 import os
+import re
+import signal
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -47,31 +51,54 @@ _DISTRIBUTED_HEARTBEAT = flags.DEFINE_integer(
     "distributed_heartbeat", 100, "With --distributed: seconds without a heartbeat after which the processes "
     "decide that one of them is gone and stop (JAX's heartbeat timeout). Lower it where machines are "
     "preempted, so that the survivors stop (and can be restarted) soon after a peer vanishes.", lower_bound=1)
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG_HELP = flags.DEFINE_bool(
+    "config_help", False, "Print every key of the --config (with the --config.<key> overrides applied), its value "
+    "and what it means, then exit; no --workdir needed. Also spelled --config-help.")
+flags.mark_flags_as_required(["config"])
+flags.register_multi_flags_validator(
+    ["workdir", "config_help"], lambda v: bool(v["workdir"]) or v["config_help"],
+    message="--workdir must have a value: the run's folder for checkpoints and metrics, e.g. --workdir runs/x")
 # ---- end of the flags ----------------------------------------------------------------------------
 
 
 EXIT_PEER_FAILED = 75  # EX_TEMPFAIL: another process of the job failed; rerunning every process resumes
 
 
+class StoppedBySignal(Exception):
+  """SIGTERM before the training loop took over the signal (while the data, the model or a
+  checkpoint were loading): raised from the handler so that the work dir's lock is released on the
+  way out. Inside the loop SIGTERM saves the position instead (:mod:`saat_jax.preemption`)."""
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+  del frame
+  raise StoppedBySignal(signal.Signals(signum).name)
+
+
 def run(config, workdir: str) -> int:
   """Train; return the exit code: 0 done, 2 an error explained on stderr, 130 interrupted (Ctrl-C),
-  143 stopped by SIGTERM after saving its position inside the epoch. With several processes, a
-  process whose collective fails because another one died exits at once with 75
-  (:func:`_peer_failed`)."""
+  143 stopped by SIGTERM (after saving its position inside the epoch, or before training started).
+  With several processes, a process whose collective fails because another one died exits at once
+  with 75 (:func:`_peer_failed`). A finished run ends with :func:`summary`."""
   import jax
 
   from saat_jax.checkpointing import CheckpointError
   from saat_jax.data import DataError
   from saat_jax.train import TrainingDiverged, TrainingInterrupted, TrainingPreempted, train_and_evaluate
 
+  t0 = time.time()
+  previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if _main_thread() else None
   try:
-    train_and_evaluate(config, workdir)
+    history = train_and_evaluate(config, workdir)
   except KeyboardInterrupt as e:
     msg = str(e) if isinstance(e, TrainingInterrupted) and str(e) else \
         "interrupted before training started: run the same command to start (or resume) the run"
     print(msg, file=sys.stderr, flush=True)
     return 130
+  except StoppedBySignal as e:
+    print(f"stopped by {e} before training started (nothing was lost; the work dir is free): run the same "
+          f"command to start (or resume) the run", file=sys.stderr, flush=True)
+    return 143
   except TrainingPreempted as e:  # SIGTERM: 128 + 15, as a process the signal had ended
     print(str(e), file=sys.stderr, flush=True)
     return 143
@@ -82,7 +109,68 @@ def run(config, workdir: str) -> int:
     if jax.process_count() == 1:
       raise
     _peer_failed(e)
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+  from saat_jax import log
+
+  log.info(summary(config, workdir, history, time.time() - t0))
   return 0
+
+
+def _main_thread() -> bool:
+  import threading
+
+  return threading.current_thread() is threading.main_thread()
+
+
+def summary(config, workdir: str, history: list, seconds: float = 0.0) -> str:
+  """What a finished run tells its user: the best and the last epoch with their accuracies, where
+  their checkpoints are, and the commands that come next (evaluate, report, plot).
+
+  Epochs are counted from 1 here, as in the progress lines; ``metrics.jsonl`` records and the
+  checkpoint folders count from 0 (the Orbax step), which the summary says once."""
+  from saat_jax.checkpointing import checkpoint_dir
+
+  if not history:
+    return f"{workdir}: no epoch recorded"
+  last = history[-1]
+  n = int(last["epoch"]) + 1
+  ev = config.eval
+  selected = f"{'EMA ' if ev.get('best_weights', 'raw') == 'ema' else ''}{ev.select_best_on} PGD-{int(ev.steps)}"
+
+  def accuracies(r: dict) -> str:
+    if not r.get("evaluated", True) or "test_pgd_accuracy" not in r:
+      return "not evaluated"
+    return (f"test natural {100 * r['test_natural_accuracy']:.2f}%, PGD-{int(ev.steps)} "
+            f"{100 * r['test_pgd_accuracy']:.2f}% (eps {255 * float(ev.eps):.3g}/255)")
+
+  by_epoch = {int(r["epoch"]): r for r in history}
+  best = int(last.get("best_epoch", -1))
+  took = f" in {seconds / 60:.1f} min" if seconds >= 1 else ""
+  lines = [f"done: {n} of {int(config.num_epochs)} epochs{took}; {workdir}"]
+  if best in by_epoch:
+    lines.append(f"  best: epoch {best + 1} by {selected}: {accuracies(by_epoch[best])}"
+                 f" -> {os.path.join(checkpoint_dir(workdir, 'best'), str(best))}")
+  lines.append(f"  last: epoch {n}: {accuracies(last)} -> {os.path.join(checkpoint_dir(workdir, 'last'), str(n - 1))}")
+  lines.append(f"  metrics: {os.path.join(workdir, 'metrics.jsonl')}; TensorBoard: tensorboard --logdir "
+               f"{_quote(os.path.join(workdir, 'tensorboard'))}")
+  lines.append(f"  (epochs count from 1 here and in the progress lines; metrics.jsonl's \"epoch\" and the checkpoint "
+               f"folders count from 0: epoch {n} is \"epoch\": {n - 1} and checkpoints/last/{n - 1})")
+  w = _quote(workdir)
+  lines += ["  next:",
+            f"    python -m saat_jax.evaluate --workdir {w}      # Natural / PGD-20 / AutoAttack of best and last",
+            f"    python -m saat_jax.report {w} --out {_quote(os.path.join(workdir, 'report'))}   # tables and figures",
+            f"    python -m saat_jax.plot --workdir {w}          # curves, loss and lr, SA-PGD budgets"]
+  if n >= int(config.num_epochs):
+    lines.append("  (to train longer, run the same command with --config.num_epochs=N: it resumes from last)")
+  return "\n".join(lines)
+
+
+def _quote(path: str) -> str:
+  import shlex
+
+  return shlex.quote(str(path))
 
 
 def _peer_failed(error: BaseException) -> None:
@@ -105,6 +193,11 @@ def _peer_failed(error: BaseException) -> None:
 def _main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  if _CONFIG_HELP.value:
+    from saat_jax.config_help import describe
+
+    print(describe(_CONFIG.value, _config_arg(sys.argv)))
+    sys.exit(0)
   from saat_jax import distributed
 
   multi = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -123,6 +216,104 @@ def _main(argv):
   sys.exit(run(_CONFIG.value, _WORKDIR.value))
 
 
+# ---- Parsing the command line: every mistake is one line on stderr and exit status 2 -----------
+
+
+def _config_arg(argv) -> str:
+  """The value of ``--config`` in ``argv`` (``path`` or ``path:arg``), or ''."""
+  for i, a in enumerate(argv):
+    if a in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1]
+    if a.startswith(("--config=", "-config=")):
+      return a.split("=", 1)[1]
+  return ""
+
+
+def _usage_error(msg: str) -> None:
+  print(f"error: {msg}\nusage: saat-train --config <config file>[:<arg>] --workdir DIR [--config.<key>=<value> ...] "
+        f"(--help lists the flags, --config_help the config's keys)", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _check_config_file(spec: str) -> None:
+  """Refuse a ``--config`` that names no Python file, suggesting the closest config beside it."""
+  path = spec.split(":", 1)[0]
+  if os.path.isfile(path):
+    if not path.endswith(".py"):
+      _usage_error(f"--config={spec}: {path} is not a Python config file (a .py with get_config())")
+    return
+  folder = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+  near = []
+  if os.path.isdir(folder):
+    py = [f for f in sorted(os.listdir(folder)) if f.endswith(".py") and not f.startswith("_")]
+    near = [] if folder == path else [os.path.join(os.path.dirname(path), f)
+                                      for f in difflib.get_close_matches(os.path.basename(path), py, n=3)]
+    listing = f"; the configs there: {', '.join(py)}" if py and not near else ""
+  else:
+    listing = f"; the folder {folder} does not exist either"
+  hint = f" (did you mean {' or '.join(near)}?)" if near else listing
+  where = "" if os.path.isabs(path) else f" (from {os.getcwd()})"
+  kind = "a folder, not a config file" if os.path.isdir(path) else "no such file"
+  _usage_error(f"--config={spec}: {path}{where}: {kind}{hint}")
+
+
+def _flat_keys(config, prefix: str = "") -> list[str]:
+  out = []
+  for k, v in config.items():
+    if hasattr(v, "items"):
+      out += _flat_keys(v, f"{prefix}{k}.")
+    out.append(f"{prefix}{k}")
+  return out
+
+
+def _unknown_override(argv, spec: str) -> str:
+  """The message for a ``--config.<key>`` that the config does not have, with the closest keys."""
+  from saat_jax.config_help import load_config
+
+  try:
+    keys = _flat_keys(load_config(spec))
+  except Exception:  # noqa: BLE001 -- the config itself fails: say that instead
+    return ""
+  for a in argv:
+    if a.startswith("--config."):
+      key = a[len("--config."):].split("=", 1)[0]
+      if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+        hint = f"; did you mean --config.{close[0]}?" if close else ""
+        return f"--config.{key}: the config {spec} has no key {key!r}{hint} (--config_help lists them)"
+  return ""
+
+
+def _parse_flags(argv):
+  """absl's flag parsing with every error as one line (``error: ...``, exit 2) instead of a
+  traceback: a config file that does not exist, a config whose ``get_config`` raises (an unknown
+  ``configs/digits.py:<method>``), an override of a key the config lacks (with the closest key), a
+  value that does not parse. ``--help`` still prints the flags."""
+  argv = ["--config_help" if a == "--config-help" else a for a in argv]
+  spec = _config_arg(argv)
+  if spec:
+    _check_config_file(spec)
+  try:
+    rest = flags.FLAGS(argv)
+    flags.FLAGS["config"].value  # loads the file (and applies the overrides) now, not in the middle of a run
+  except SystemExit:
+    raise
+  except Exception as e:  # noqa: BLE001 -- absl, ml_collections and the config's own errors
+    msg = _unknown_override(argv, spec) if isinstance(e, (AttributeError, KeyError, flags.UnrecognizedFlagError)) else ""
+    if not msg:
+      text = str(e).strip()
+      lines = [l.strip() for l in text.splitlines() if l.strip()]
+      # A config's own exception comes wrapped in ml_collections' traceback text: its last line is the message.
+      if "Traceback" in text and lines:
+        msg = f"--config={spec}: {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', lines[-1])}"
+      else:
+        msg = re.sub(r"^flags [^:]*: ", "", lines[0]) if lines else type(e).__name__
+        if "Did you mean" in text:
+          msg += " " + " ".join(l for l in lines[1:] if "Did you mean" in l)
+    _usage_error(msg)
+  return rest
+
+
 def _help_shows_these_flags() -> None:
   """absl's ``--help`` lists the main module's flags and docstring: the console script's
   generated module and launch.py define none, so they get this module's."""
@@ -136,7 +327,7 @@ def _help_shows_these_flags() -> None:
 def main():
   """The ``saat-train`` console script (and ``python launch.py``): parses the flags, then trains."""
   _help_shows_these_flags()
-  app.run(_main)
+  app.run(_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ tagged ``parameters`` (fewer epochs and evaluation points, a temporary work dir)
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -38,16 +39,21 @@ def test_notebook_parameters_cell_sets_what_the_run_overrides():
   assert nb.cells.index(params[0]) == 1  # the first code cell, right after the title
 
 
-def test_notebook_digits_run_is_configs_saat_digits(monkeypatch):
-  """The notebook spells the digits config out (configs/ is not installed): it must stay the same."""
+def test_notebook_trains_the_shipped_configs_and_suggests_only_commands_that_exist():
+  """The notebook builds its runs from the library functions that configs/saat_digits.py and
+  configs/saat_cifar10.py return (not a copy of their settings), and every flag it mentions exists."""
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  cell = [c.source for c in nb.cells if c.cell_type == "code" and "def digits_config" in c.source]
-  assert len(cell) == 1
-  scope = {}
-  exec(cell[0], scope)  # only defines digits_config
-  monkeypatch.syspath_prepend(str(ROOT))
-  from configs import saat_digits
-  assert scope["digits_config"](15).to_dict() == saat_digits.get_config().to_dict()
+  source = "\n".join(c.source for c in nb.cells)
+  assert "saat_digits_config()" in source and 'paper_config("saat_up_e14_r1.7")' in source
+  assert "return saat_digits_config()" in (ROOT / "configs" / "saat_digits.py").read_text()
+  assert 'return paper_config("saat_up_e14_r1.7")' in (ROOT / "configs" / "saat_cifar10.py").read_text()
+  assert "def digits_config" not in source  # no hand-written copy of a config
+  from saat_jax.evaluate import eval_config
+
+  for flag in re.findall(r"--eval\.(\w+)", source):
+    assert flag in eval_config(), flag
+  assert "--num-test" not in source and "--num_test" not in source
+  assert "colab.research.google.com/github/" in source
 
 
 @pytest.mark.slow

@@ -133,8 +133,24 @@ def test_finished_run_says_complete_without_recomputing(run_copy, monkeypatch, c
 
   monkeypatch.setattr(parallel, "shard_batch", no_training)
   assert launch.run(cfg(), str(run_copy)) == 0
-  assert f"{run_copy} is complete: 3 epochs done" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert f"{run_copy} is complete: 3 epochs done" in out
   assert snapshot(run_copy) == before
+  # The summary: the best and the last epoch (1-based) with their test accuracies and checkpoint folders
+  # (0-based, as metrics.jsonl), and the next commands.
+  recs = records(run_copy)
+  best = recs[-1]["best_epoch"]
+  assert recs[best]["evaluated"] and best != 1  # epoch 2 of 3 is not evaluated (eval.every=2)
+  ckpt = run_copy.resolve() / "checkpoints"
+  assert (f"best: epoch {best + 1} by test PGD-20: test natural {100 * recs[best]['test_natural_accuracy']:.2f}%, "
+          f"PGD-20 {100 * recs[best]['test_pgd_accuracy']:.2f}% (eps 32/255) -> {ckpt / 'best' / str(best)}") in out
+  assert (f"last: epoch 3: test natural {100 * recs[2]['test_natural_accuracy']:.2f}%, PGD-20 "
+          f"{100 * recs[2]['test_pgd_accuracy']:.2f}% (eps 32/255) -> {ckpt / 'last' / '2'}") in out
+  assert (ckpt / "best" / str(best)).is_dir() and (ckpt / "last" / "2").is_dir()
+  assert 'epoch 3 is "epoch": 2 and checkpoints/last/2' in out
+  for command in (f"python -m saat_jax.evaluate --workdir {run_copy}", f"python -m saat_jax.report {run_copy} --out",
+                  f"python -m saat_jax.plot --workdir {run_copy}"):
+    assert command in out
 
 
 # ---- 3. Ctrl-C ------------------------------------------------------------------------------
