@@ -3,7 +3,10 @@ and stops (launch.py exits 143: tests/test_distributed.py sends the signal to re
 next launch continues from that step and ends with the parameters and metrics of an uninterrupted
 run, bit for bit. ``checkpoint_every_steps`` bounds what a hard kill loses. The two
 newest ``last`` checkpoints are kept: an unreadable newest one is named and the run falls back to
-the one before; with none readable the run stops, never silently starting over."""
+the one before; with none readable the run stops, never silently starting over. Where several
+processes agree on a stop (``preemption.StopAgreement``): about once a second at a steady pace,
+after the steps have finished, one interval after the request at the latest; one process reads its
+request after every step without exchanging anything."""
 
 import json
 import os
