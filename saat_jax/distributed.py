@@ -158,14 +158,18 @@ def quiet_unless_primary() -> None:
     os.close(devnull)
 
 
-def any_process(flag: bool) -> bool:
-  """Whether ``flag`` is set on any process; every process calls this at the same point (a
-  collective), so all of them get the same answer (e.g. a SIGTERM that reached only some)."""
+def agree_on_stop(flag: bool, next_step: int) -> tuple[bool, int]:
+  """``(whether flag is set on any process, process 0's next_step)``: one allgather of two integers
+  (``multihost_utils.process_allgather``), which every process calls at the same point (a
+  collective), so all get the same answer, e.g. for a SIGTERM that reached only some. The training
+  loop's agreement on a stop (:class:`saat_jax.preemption.StopAgreement`), which also agrees on
+  where the next one is."""
   if jax.process_count() == 1:
-    return bool(flag)
+    return bool(flag), int(next_step)
   from jax.experimental import multihost_utils
 
-  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+  gathered = np.asarray(multihost_utils.process_allgather(np.asarray([int(bool(flag)), int(next_step)], np.int32)))
+  return bool(np.any(gathered[:, 0])), int(gathered[0, 1])
 
 
 def agree(error: Optional[BaseException], what: str) -> None:

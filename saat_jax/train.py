@@ -564,6 +564,8 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
   ckpt_every = int(config.get("checkpoint_every_steps", 0))
   compiles = health.CompileCounter().start()
   preempt = preemption.StopRequest().install()  # SIGTERM: finish the step, save the position, exit
+  # Where the processes agree on a stop: after every dispatch on one process, ~1 s apart on several.
+  stops = preemption.StopAgreement(preempt, start_epoch * steps_per_epoch + (resume_at[0] if resume_at else 0))
   try:
     for epoch in range(start_epoch, num_epochs):
       t0, compiled_before = time.time(), compiles.count
@@ -601,9 +603,8 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
         due = i - (pending[0][0] - epoch * steps_per_epoch) >= int(config.check_every) or i == len(batches)
         if due:
           flush()
-        # One process may get SIGTERM a step before another: they agree at the metric fetches.
-        stop_now = preempt.requested if jax.process_count() == 1 else (due and distributed.any_process(preempt.requested))
         done_steps = epoch * steps_per_epoch + i
+        stop_now = stops.after_steps(done_steps, m)  # one process may get SIGTERM a step before another
         periodic = ckpt_every > 0 and done_steps // ckpt_every > (done_steps - len(run)) // ckpt_every
         if i < len(batches) and (stop_now or periodic):
           flush()
@@ -666,7 +667,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
             f"steps {record['attack_steps_mean']:.1f} | {tested} | {train_time:.1f}s + {record['eval_time_s']:.1f}s")
       # A stop that came during the epoch's last steps or its evaluation (or, with several
       # processes, after their last agreement): the epoch's checkpoint is the position.
-      if epoch < num_epochs - 1 and distributed.any_process(preempt.requested):
+      if epoch < num_epochs - 1 and stops.between_epochs((epoch + 1) * steps_per_epoch):
         raise TrainingPreempted(
             f"stopped by {preempt.name() or 'a request'} after epoch {epoch + 1}; its checkpoint is saved: "
             f"run the same command to continue")
