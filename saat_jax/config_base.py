@@ -88,7 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sa_trades.stop_loss = "ce"  # ce (Eq. 5's cross-entropy, so rho means what it means in SAAT) | kl
 
   # AWP (Wu et al. 2020; csdongxian/AWP): gamma 0 is off; AWP-AT: gamma 0.01, proxy lr 0.01, no
-  # warm-up; AWP-TRADES: gamma 5e-3, proxy lr = the lr (0.1), warm-up 10 epochs.
+  # warm-up; AWP-TRADES: gamma 5e-3, proxy lr = the lr (0.1), 9 epochs without AWP (the reference's
+  # epoch >= 10, counted from 1).
   c.awp = ml_collections.ConfigDict()
   c.awp.gamma = 0.0  # the weight perturbation's size relative to each weight's norm; 0: no AWP
   c.awp.proxy_lr = 0.01  # the proxy SGD step that finds the perturbation
@@ -174,10 +175,13 @@ def paper_config(row: str = "saat_up_e14_r1.7") -> ml_collections.ConfigDict:
   if r.method in ("trades", "sa_trades"):
     c.attack_bn = "eval"
     if r.awp:
-      c.trades.eps, c.trades.alpha = 8 / 255, 2 / 255  # TRADES-AWP/train_trades_cifar10.py
+      c.trades.eps, c.trades.alpha = 8 / 255, 2 / 255  # csdongxian/AWP trades_AWP/train_trades_cifar.py
   if r.awp:
     if r.method in ("trades", "sa_trades"):
-      c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 5e-3, c.optim.lr, 10
+      # trades_AWP/train_trades_cifar.py: --awp-warmup 10, `for epoch in range(1, epochs + 1)` and
+      # `if epoch >= args.awp_warmup`: AWP from the 10th epoch on, i.e. 9 epochs without it
+      # (awp.warmup counts the epochs without AWP).
+      c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 5e-3, c.optim.lr, 9
     else:
       c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 0.01, 0.01, 0
   return c
