@@ -31,8 +31,8 @@ Rows are those of ``saat_jax.paper.ROWS`` (Tables 1-3 and the sweeps of Figures 
   14/255, rho 1.7; AWP: 9/255, 1.7): the appendix (Tables 2-3) reports one SAAT_up per setting
   and names no other values. Note that rho is an absolute cross-entropy: a uniform guess costs
   log 100 = 4.61 on CIFAR-100 against log 10 = 2.30 on CIFAR-10, and a CIFAR-100 model's training
-  loss stays higher throughout, so more of its examples reach rho = 1.7 at the warm start's 8/255
-  and fewer are pushed to 10-14/255 than on CIFAR-10 (metrics.jsonl's attack_frac_satisfied and
+  loss stays higher throughout, so more of its examples can be expected to reach rho = 1.7 at the warm start's 8/255
+  and fewer to be pushed to 10-14/255 than on CIFAR-10 (not measured here: metrics.jsonl's attack_frac_satisfied and
   attack_eps_q* show how many). To keep rho at the same fraction of a uniform guess's loss, scale it
   (--config.saat.rho=3.4); that is a choice of ours, not the paper's.
 """
