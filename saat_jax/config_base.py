@@ -20,14 +20,19 @@ from saat_jax.paper import get_row
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """The recipe of Sec. 4.1. Each key's comment is its documentation: ``saat-train --config_help``
+  prints it (:mod:`saat_jax.config_help`), so a new key gets one on its line or just above it."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0  # the parameters' init, the batch order, augmentation and attack starts; --config.seed=N
   c.method = "saat"  # natural | at | saat | trades | sa_trades (saat_jax.methods)
   # Which experiment of the paper this run is (configs/paper.py sets it; the report groups by it).
-  c.experiment = ml_collections.ConfigDict(dict(row="", label=""))
+  c.experiment = ml_collections.ConfigDict()
+  c.experiment.row = ""  # an id of saat_jax.paper.ROWS, e.g. saat_up_e14_r1.7; '' for other runs
+  c.experiment.label = ""  # the run's name in reports and plots, e.g. 'SAAT_up (eps_max=14, rho=1.7)'
 
+  # The data set, where it comes from, and its augmentation (saat_jax.data).
   c.data = ml_collections.ConfigDict()
-  c.data.name = "cifar10"
+  c.data.name = "cifar10"  # cifar10 | cifar100 | digits (scikit-learn's 8x8 digits, for CPU runs)
   # A local CIFAR archive or folder (--config.data.data_dir=...); None: with source auto, the
   # official archive, downloaded once into the cache (saat_jax.data.download).
   c.data.data_dir = ml_collections.config_dict.placeholder(str)
@@ -38,68 +43,83 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cache_dir = ml_collections.config_dict.placeholder(str)  # None: $SAAT_JAX_CACHE or ~/.cache/saat_jax
   c.data.num_train = 0  # > 0: train on the first N training examples only (quick runs)
   c.data.val_size = 0  # > 0 holds out training examples to choose `best` (robust_overfitting)
-  c.data.augment = True  # random crop with 4 px padding + horizontal flip, on device
-  c.data.pad = 4
+  c.data.augment = True  # random crop after padding + horizontal flip, on the device
+  c.data.pad = 4  # pixels of padding before the random 32x32 crop
   c.data.pad_mode = "reflect"  # reflect (Rice et al., the released SAAT code) | zero (torchvision)
-  c.data.flip = True
+  c.data.flip = True  # random horizontal flips (with augment)
 
+  # The network (saat_jax.models).
   c.model = ml_collections.ConfigDict()
-  c.model.name = "preact_resnet18"
-  c.model.normalization = "cifar10"  # inside the model, as the released SAAT code
-  c.model.kwargs = ml_collections.ConfigDict()
+  c.model.name = "preact_resnet18"  # preact_resnet18 | resnet18 | wrn34_<x> (e.g. wrn34_10) | small_cnn
+  c.model.normalization = "cifar10"  # none | cifar10 | cifar100: input mean/std inside the model, as the released code
+  c.model.kwargs = ml_collections.ConfigDict()  # passed to the model, e.g. small_cnn's width
   # Compute dtype: float32 | bfloat16 (mixed precision: parameters, optimizer state, BatchNorm
   # statistics, losses and the attacks' inputs and perturbations stay float32; saat_jax.models).
   c.model.dtype = "float32"
 
   # Standard AT: PGD-10, eps 8/255, alpha 2/255, uniform random start (Madry et al.; Rice et al.).
-  c.at = ml_collections.ConfigDict(dict(eps=8 / 255, alpha=2 / 255, steps=10))
+  c.at = ml_collections.ConfigDict()
+  c.at.eps = 8 / 255  # the training budget (L-inf)
+  c.at.alpha = 2 / 255  # the step size
+  c.at.steps = 10  # PGD steps
 
   # SA-PGD (Algorithm 1) and its hyper-parameters from Sec. 4.1.
   c.saat = ml_collections.ConfigDict()
-  c.saat.rho = 1.5
-  c.saat.eps_max = 14 / 255
-  c.saat.tau = 2 / 255
-  c.saat.k = 3
-  c.saat.alpha = 2 / 255
+  c.saat.rho = 1.5  # an example stops once its loss l(f(x'), y) >= rho (Eq. 5)
+  c.saat.eps_max = 14 / 255  # the largest budget
+  c.saat.tau = 2 / 255  # the budget grows by tau per stage
+  c.saat.k = 3  # PGD steps per budget stage (K)
+  c.saat.alpha = 2 / 255  # the step size
   c.saat.start = "zero"  # zero: Algorithm 1 (x' = x, eps = 0) | pgd: the released code's warm start
-  c.saat.start_eps = 8 / 255
-  c.saat.start_alpha = 2 / 255
-  c.saat.start_steps = 10
+  c.saat.start_eps = 8 / 255  # start=pgd: the warm start's budget, where the stages begin
+  c.saat.start_alpha = 2 / 255  # start=pgd: its step size
+  c.saat.start_steps = 10  # start=pgd: its steps (PGD-10, random start)
 
   # TRADES (Zhang et al. 2019; yaodongyu/TRADES train_trades_cifar10.py): beta 6, PGD on the KL with
   # eps 0.031, step 0.007, 10 steps, BatchNorm in eval mode during the attack (attack_bn='eval').
-  c.trades = ml_collections.ConfigDict(dict(beta=6.0, eps=0.031, alpha=0.007, steps=10))
+  c.trades = ml_collections.ConfigDict()
+  c.trades.beta = 6.0  # the weight of the KL term of the outer loss
+  c.trades.eps = 0.031  # the attack's budget
+  c.trades.alpha = 0.007  # its step size
+  c.trades.steps = 10  # its steps
   # SA-TRADES (our design, see saat_jax/methods/trades.py): SA-PGD's schedule (config.saat) driving
   # TRADES' KL ascent; an example stops when stop_loss (ce: l(f(x'), y) as Eq. 5 | kl) reaches rho.
-  c.sa_trades = ml_collections.ConfigDict(dict(stop_loss="ce"))
+  c.sa_trades = ml_collections.ConfigDict()
+  c.sa_trades.stop_loss = "ce"  # ce (Eq. 5's cross-entropy, so rho means what it means in SAAT) | kl
 
   # AWP (Wu et al. 2020; csdongxian/AWP): gamma 0 is off; AWP-AT: gamma 0.01, proxy lr 0.01, no
-  # warm-up; AWP-TRADES: gamma 5e-3, proxy lr = the lr (0.1), warm-up 10 epochs.
-  c.awp = ml_collections.ConfigDict(dict(gamma=0.0, proxy_lr=0.01, warmup=0))
+  # warm-up; AWP-TRADES: gamma 5e-3, proxy lr = the lr (0.1), 9 epochs without AWP (the reference's
+  # epoch >= 10, counted from 1).
+  c.awp = ml_collections.ConfigDict()
+  c.awp.gamma = 0.0  # the weight perturbation's size relative to each weight's norm; 0: no AWP
+  c.awp.proxy_lr = 0.01  # the proxy SGD step that finds the perturbation
+  c.awp.warmup = 0  # epochs without AWP first
 
-  # EMA of the weights (beyond the paper; Gowal et al. 2020): 0 is off, e.g. 0.999 per step.
-  c.ema = ml_collections.ConfigDict(dict(decay=0.0))
+  # EMA of the weights (beyond the paper; Gowal et al. 2020).
+  c.ema = ml_collections.ConfigDict()
+  c.ema.decay = 0.0  # 0 is off, e.g. 0.999 per step
 
   # train: the attack sees BatchNorm on batch statistics, running statistics untouched;
   # train_update: and every attack pass updates them (the PyTorch code's side effect); eval.
   c.attack_bn = "train"
 
-  # SGD, momentum 0.9, weight decay 5e-4, lr 0.1 divided by 10 at epochs 100 and 150 of 200.
-  c.num_epochs = 200
-  c.batch_size = 128
+  c.num_epochs = 200  # epochs; a finished run resumes for more when this is raised
+  c.batch_size = 128  # the global batch, split over every device
+  # SGD, momentum 0.9, weight decay 5e-4 (added to the gradient as torch.optim.SGD), lr 0.1 divided
+  # by 10 at epochs 100 and 150 of 200.
   c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 0.1
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
+  c.optim.lr = 0.1  # the initial learning rate
+  c.optim.momentum = 0.9  # SGD momentum (0: none)
+  c.optim.weight_decay = 5e-4  # L2, added to the gradient
   c.optim.lr_milestones = (100, 150)  # in epochs (fractions allowed)
-  c.optim.lr_decay = 0.1
+  c.optim.lr_decay = 0.1  # the lr is multiplied by this at each milestone
 
   # Per-epoch evaluation: natural and PGD-20 (eps 8/255, alpha 2/255, random start).
   c.eval = ml_collections.ConfigDict()
-  c.eval.eps = 8 / 255
-  c.eval.alpha = 2 / 255
-  c.eval.steps = 20
-  c.eval.batch_size = 500
+  c.eval.eps = 8 / 255  # the test budget
+  c.eval.alpha = 2 / 255  # PGD's step size
+  c.eval.steps = 20  # PGD steps (PGD-20, which selects `best`)
+  c.eval.batch_size = 500  # the evaluation's global batch, split over every device
   c.eval.num_test = 0  # 0: the full test set
   c.eval.select_best_on = "test"  # test (as the paper and Rice et al.) | val (needs data.val_size)
   c.eval.best_weights = "raw"  # raw | ema (needs ema.decay): whose PGD-20 accuracy picks `best`
@@ -110,13 +130,14 @@ def base_config() -> ml_collections.ConfigDict:
   # record no test metrics and cannot become `best`. 1: every epoch, as the paper.
   c.eval.every = 1
 
-  c.progress = True
+  c.progress = True  # a progress bar per epoch (process 0)
   c.check_every = 20  # steps between NaN checks / progress updates
   # The input path (results identical either way; tests/test_device_data.py): the uint8 training set
   # kept on the devices and each batch gathered there (one small index array per step crosses from
-  # the host), and steps_per_dispatch steps run in one jitted lax.scan (the epoch's remainder in
-  # one shorter dispatch).
+  # the host).
   c.data_on_device = False
+  # Steps run in one jitted lax.scan (the epoch's remainder in one shorter dispatch); results agree
+  # to float32 rounding.
   c.steps_per_dispatch = 1
   # A checkpoint of the position inside the epoch every N steps (0: only at SIGTERM and at epoch
   # ends), for epochs longer than the time a preemption gives.
@@ -154,10 +175,13 @@ def paper_config(row: str = "saat_up_e14_r1.7") -> ml_collections.ConfigDict:
   if r.method in ("trades", "sa_trades"):
     c.attack_bn = "eval"
     if r.awp:
-      c.trades.eps, c.trades.alpha = 8 / 255, 2 / 255  # TRADES-AWP/train_trades_cifar10.py
+      c.trades.eps, c.trades.alpha = 8 / 255, 2 / 255  # csdongxian/AWP trades_AWP/train_trades_cifar.py
   if r.awp:
     if r.method in ("trades", "sa_trades"):
-      c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 5e-3, c.optim.lr, 10
+      # trades_AWP/train_trades_cifar.py: --awp-warmup 10, `for epoch in range(1, epochs + 1)` and
+      # `if epoch >= args.awp_warmup`: AWP from the 10th epoch on, i.e. 9 epochs without it
+      # (awp.warmup counts the epochs without AWP).
+      c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 5e-3, c.optim.lr, 9
     else:
       c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 0.01, 0.01, 0
   return c

@@ -399,6 +399,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
       changes = config_changes(saved.get("config", {}), workdir_files.config_json(config))
       if changes and not config.get("allow_config_change", False):
         raise workdir_files.refuse_config_change(workdir, done, changes)
+      trained_on = (saved.get("record") or {}).get("data_format")
+      if trained_on not in (None, "unknown", data.data_format) and not config.get("allow_config_change", False):
+        raise workdir_files.refuse_data_change(workdir, done, trained_on, data.data_format)
       history, damage = workdir_files.history_at(metrics_path, saved)
       repaired = (f"{metrics_path} was damaged: {'; '.join(damage)}. Kept the {len(history)} records of "
                   f"epochs up to {done} (the checkpoint's) and rewrote the file.")

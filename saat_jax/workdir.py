@@ -74,7 +74,7 @@ def config_json(config) -> dict:
 # Extending a run (num_epochs) is normal; eval.every only changes which epochs are evaluated.
 RESUME_FREE_KEYS = ("progress", "check_every", "data_on_device", "steps_per_dispatch", "checkpoint_every_steps",
                     "num_epochs", "eval.batch_size", "eval.every",
-                    "data.data_dir", "data.cache_dir", "data.download_url", "allow_config_change",
+                    "data.data_dir", "data.cache_dir", "data.download_url", "data.download_md5", "allow_config_change",
                     "experiment")
 
 
@@ -147,6 +147,17 @@ def refuse_config_change(workdir: str, done: int, changes: dict) -> ConfigChange
       f"Resume with the values it was started with, use a new --workdir, or pass "
       f"--config.allow_config_change=True if the change is intended (it is recorded in "
       f"{os.path.join(workdir, 'configs.jsonl')}).")
+
+
+def refuse_data_change(workdir: str, done: int, trained_on: str, now: str) -> ConfigChangeError:
+  """The data a run was trained on (its records' ``data_format``) is not the data this config reads:
+  ``data.data_dir`` may change on resume (a moved copy), another copy of the data may not."""
+  return ConfigChangeError(
+      f"work dir {workdir} was trained for {done} epoch(s) on data of format {trained_on!r}, but this config "
+      f"reads {now!r}: resuming would continue the run on other data (e.g. the official archive after the "
+      f"JPEG re-encoded copy, when data.data_dir was left out). Point --config.data.data_dir (or data.source) "
+      f"at the data it was trained on, use a new --workdir, or pass --config.allow_config_change=True if the "
+      f"switch is intended.")
 
 
 def record_config(workdir: str, config, resumed_from: int, changes: dict) -> None:

@@ -5,6 +5,7 @@ Each case runs ``python -m saat_jax.main`` (what ``saat-train`` and ``launch.py`
 subprocess from a temporary directory, with the configs given by absolute path."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,9 +72,9 @@ def test_config_help_lists_every_key_with_its_value_and_meaning(tmp_path):
   assert proc.returncode == 0, proc.stderr
   out = proc.stdout
   # values of this config with the override applied, budgets also in /255
-  assert "num_epochs             = 3 " in out
-  assert "saat.eps_max     = 0.219608 (56/255)" in out
-  assert "saat.rho         = 1.7\n" in out
+  assert re.search(r"\n  num_epochs +?= 3 +# epochs; a finished run resumes", out)
+  assert re.search(r"\n  saat.eps_max +?= 0.219608 \(56/255\) +# the largest budget\n", out)
+  assert re.search(r"\n  saat.rho +?= 1.7 +# an example stops once its loss", out)
   # meanings from base_config's comments, and section headings
   assert "# reflect (Rice et al., the released SAAT code) | zero (torchvision)" in out
   assert "[saat]" in out and "[eval]" in out
@@ -120,3 +121,16 @@ def test_a_signal_before_training_starts_exits_with_a_message_and_frees_the_work
   assert message in err and "Traceback" not in err, err
   assert not (workdir / ".lock").exists()
   assert "epoch   1" not in out  # it really stopped before the first epoch
+
+
+def test_every_key_of_the_recipe_is_documented():
+  """--config_help prints base_config's comments: a key added without one would be listed bare."""
+  from saat_jax.config_base import base_config
+  from saat_jax.config_help import key_comments
+  from saat_jax.main import _flat_keys
+
+  comments = key_comments()
+  assert [k for k in _flat_keys(base_config()) if not comments.get(k)] == []
+  assert comments["saat.rho"] == "an example stops once its loss l(f(x'), y) >= rho (Eq. 5)"
+  assert comments["optim.lr"] == "the initial learning rate"  # not the section's comment above it
+  assert comments["optim"].startswith("SGD, momentum 0.9")

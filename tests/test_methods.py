@@ -292,10 +292,15 @@ def test_attack_bn_train_update_moves_running_stats_once_per_attack_pass(batch):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def test_trades_updates_running_stats_as_its_three_train_mode_passes(batch):
-  """trades.py: model(x_natural), model(x_adv), model(x_natural) in train mode, in that order."""
+@pytest.mark.parametrize("method, order", [
+    ("trades", "nat adv nat"),  # yaodongyu/TRADES trades.py: model(x_natural), model(x_adv), model(x_natural)
+    # csdongxian/AWP trades_AWP/train_trades_cifar.py: model(x_adv), model(x_natural) for the KL, model(x_natural)
+    # for the CE; the order is the AWP code's in its warm-up epochs too (the same train() runs them)
+    ("awp_trades", "adv nat nat"),
+])
+def test_trades_updates_running_stats_as_the_reference_s_three_train_mode_passes(batch, method, order):
   images, labels = batch
-  c = _config("trades", **{"model.kwargs": {"width": 4, "use_bn": True}})
+  c = _config(method, **{"model.kwargs": {"width": 4, "use_bn": True}, "awp.warmup": 5})  # AWP's diff is 0
   model = _bn_model()
   key = jax.random.key(4)
   _, state, new, _ = _fast_step(c, images, labels, key, model=model)
@@ -305,7 +310,7 @@ def test_trades_updates_running_stats_as_its_three_train_mode_passes(batch):
   xa = trades_pgd(lambda z: model.apply(v, z, train=False), x, eps=c.trades.eps, alpha=c.trades.alpha,
                   steps=c.trades.steps, key=jax.random.split(key)[1])
   bs = v["batch_stats"]
-  for xi in (x, xa, x):
+  for xi in [{"nat": x, "adv": xa}[p] for p in order.split()]:
     bs = model.apply({"params": v["params"], "batch_stats": bs}, xi, train=True, mutable=["batch_stats"])[1]["batch_stats"]
   for a, b in zip(jax.tree_util.tree_leaves(new.batch_stats), jax.tree_util.tree_leaves(bs)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -351,7 +356,8 @@ def test_paper_rows_set_method_data_model_and_awp():
   assert paper.get_config("cifar100_at").data.name == "cifar100"
   assert paper.get_config("wrn34_10_awp_at").model.name == "wrn34_10"
   t = paper.get_config("awp_trades")
-  assert (t.method, t.awp.gamma, t.awp.warmup, t.attack_bn, t.trades.beta) == ("trades", 5e-3, 10, "eval", 6.0)
+  # AWP from the 10th epoch on, as trades_AWP's `epoch >= 10` with epochs counted from 1
+  assert (t.method, t.awp.gamma, t.awp.warmup, t.attack_bn, t.trades.beta) == ("trades", 5e-3, 9, "eval", 6.0)
   assert t.trades.eps == pytest.approx(8 / 255)
   t = paper.get_config("trades")
   assert (t.trades.eps, t.trades.alpha, t.trades.steps, t.awp.gamma) == (0.031, 0.007, 10, 0.0)

@@ -4,6 +4,7 @@ arguments, and evaluation every N epochs.
 
 One tiny digits run (3 epochs, evaluated every 2) is trained once; each test works on a copy."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -120,6 +121,21 @@ def test_resume_with_another_config_is_refused_unless_allowed(run_copy, capsys):
   assert log[1]["config"]["optim"]["lr"] == 0.1 and "time" in log[1]
   assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 0.1
   assert not (workdir / ".lock").exists()
+
+
+def test_resume_on_another_copy_of_the_data_is_refused(run_copy, monkeypatch):
+  """data.data_dir may change on resume (a moved copy), but not the data itself: a run trained on one
+  format (here digits) does not continue on another (e.g. the official archive after the JPEG copy)."""
+  from saat_jax import data as data_package
+
+  real = data_package.load_dataset
+  monkeypatch.setattr(train, "load_dataset", lambda *a, **kw: dataclasses.replace(
+      real(*a, **kw), data_format="image-folder-jpeg"))
+  before = snapshot(run_copy)
+  with pytest.raises(ConfigChangeError, match=r"trained for 3 epoch\(s\) on data of format 'digits', but this "
+                                              r"config reads 'image-folder-jpeg'"):
+    train_and_evaluate(cfg(num_epochs=4), str(run_copy))
+  assert snapshot(run_copy) == before
 
 
 # ---- 2. a finished run ----------------------------------------------------------------------

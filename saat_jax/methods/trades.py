@@ -36,19 +36,28 @@ from saat_jax.methods.saat import sa_pgd_adversary
 STOP_LOSSES = ("ce", "kl")
 
 
-def trades_outer_loss(beta: float):
-  """``trades_loss`` with the forward passes of trades.py, in its order, in train mode.
+def trades_outer_loss(beta: float, awp: bool = False):
+  """``trades_loss`` with the forward passes of the reference code, in its order, in train mode.
 
-  trades.py calls ``model(x_natural)`` for the CE, ``model(x_adv)`` and ``model(x_natural)`` again
-  for the KL target: three train-mode passes, so BatchNorm's running statistics are updated three
-  times (natural, adversarial, natural). The two natural passes give the same logits (batch
-  statistics), so XLA computes them once; the third pass is kept for its running-statistics update.
+  trades.py (yaodongyu/TRADES) calls ``model(x_natural)`` for the CE, then ``model(x_adv)`` and
+  ``model(x_natural)`` again for the KL target: three train-mode passes, so BatchNorm's running
+  statistics are updated three times, natural, adversarial, natural. The AWP version
+  (csdongxian/AWP trades_AWP/train_trades_cifar.py, ``train``) computes the KL first and the CE
+  last: ``model(x_adv)``, ``model(x_natural)``, ``model(x_natural)``; with ``awp`` that order is
+  kept, since the running statistics (which TRADES' eval-mode attack and the evaluation use) depend
+  on it. The natural passes give the same logits (batch statistics), so XLA computes them once; the
+  repeated pass is kept for its running-statistics update.
   """
 
   def loss(forward, batch_stats, x, x_adv, y):
-    logits_nat, batch_stats = forward(x, batch_stats)
-    logits_adv, batch_stats = forward(x_adv, batch_stats)
-    _, batch_stats = forward(x, batch_stats)  # trades.py's second model(x_natural)
+    if awp:
+      logits_adv, batch_stats = forward(x_adv, batch_stats)
+      _, batch_stats = forward(x, batch_stats)  # the KL's target, model(x_natural)
+      logits_nat, batch_stats = forward(x, batch_stats)  # the CE's model(x_natural)
+    else:
+      logits_nat, batch_stats = forward(x, batch_stats)
+      logits_adv, batch_stats = forward(x_adv, batch_stats)
+      _, batch_stats = forward(x, batch_stats)  # trades.py's second model(x_natural)
     return trades_loss(logits_nat, logits_adv, y, beta=beta), logits_adv, batch_stats
 
   return loss
@@ -62,7 +71,7 @@ def trades(config) -> Method:
     x_adv = trades_pgd(net.logits, x, eps=eps, alpha=alpha, steps=steps, key=key)
     return fixed_budget(x_adv, net.batch_stats, eps=eps, steps=steps)
 
-  return Method("trades", adversary, trades_outer_loss(float(t.beta)))
+  return Method("trades", adversary, trades_outer_loss(float(t.beta), awp=float(config.awp.gamma) > 0))
 
 
 def sa_trades(config) -> Method:
@@ -87,4 +96,4 @@ def sa_trades(config) -> Method:
       start = (x_noise, 0.0, 0, net.batch_stats)
     return sa_pgd_adversary(net, x, y, s, start=start, loss_fn=loss_fn)
 
-  return Method("sa_trades", adversary, trades_outer_loss(float(t.beta)))
+  return Method("sa_trades", adversary, trades_outer_loss(float(t.beta), awp=float(config.awp.gamma) > 0))
