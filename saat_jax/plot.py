@@ -45,18 +45,19 @@ def load(run_dir: str) -> report.Run:
 
 def plot_loss_lr(run: report.Run, path: str) -> dict:
   """Training loss, learning rate (log scale) and seconds per epoch (train, evaluation)."""
-  plt = report._pyplot()
+  plt = report.pyplot()
   ep = np.asarray([r["epoch"] + 1 for r in run.metrics])
-  loss, lr = report._series(run.metrics, "train_loss"), report._series(run.metrics, "lr")
-  t_train, t_eval = report._series(run.metrics, "train_time_s"), report._series(run.metrics, "eval_time_s")
+  loss, lr = report.metric_series(run.metrics, "train_loss"), report.metric_series(run.metrics, "lr")
+  t_train = report.metric_series(run.metrics, "train_time_s")
+  t_eval = report.metric_series(run.metrics, "eval_time_s")
   data = {"epoch": ep.tolist()}
-  with plt.rc_context(report._RC):
+  with plt.rc_context(report.RC):
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     if loss is not None:
-      report._plot_series(ax, ep, loss, color="C3", lw=1.6, label="training loss (outer loss, adversarial inputs)")
+      report.plot_series(ax, ep, loss, color="C3", lw=1.6, label="training loss (outer loss, adversarial inputs)")
       data["train_loss"] = loss.tolist()
     ax.set_ylabel("training loss")
-    ax.set_title(f"{report._run_title(run)}: loss and learning rate")
+    ax.set_title(f"{report.run_title(run)}: loss and learning rate")
     ax.grid(alpha=0.3)
     handles = list(ax.get_legend_handles_labels()[0])
     if lr is not None and np.nanmax(lr) > 0:
@@ -74,35 +75,35 @@ def plot_loss_lr(run: report.Run, path: str) -> dict:
         data[f"{label}_time_s"] = y.tolist()
     ax2.set_ylabel("seconds per epoch")
     ax2.set_xlabel("epoch")
-    report._integer_x(ax2)
+    report.integer_x(ax2)
     ax2.grid(alpha=0.3)
     if t_train is not None or t_eval is not None:
       ax2.legend(loc="best", framealpha=0.9)
-    report._save(fig, path)
+    report.save_figure(fig, path)
   return data
 
 
 def plot_compare(runs: Sequence[report.Run], path: str) -> dict:
   """Test natural (dashed) and PGD-20 (solid) accuracy of several runs per epoch."""
-  plt = report._pyplot()
+  plt = report.pyplot()
   data = {}
-  with plt.rc_context(report._RC):
+  with plt.rc_context(report.RC):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, run in enumerate(runs):
       ep = np.asarray([r["epoch"] + 1 for r in run.metrics])
       pre = report.metrics_prefix(run)
       for key, ls, what in ((f"{pre}test_pgd_accuracy", "-", "PGD-20"), (f"{pre}test_natural_accuracy", "--", "natural")):
-        y = report._series(run.metrics, key, 100)
+        y = report.metric_series(run.metrics, key, 100)
         if y is not None:
-          report._plot_series(ax, ep, y, color=f"C{i % 10}", ls=ls, lw=1.5, label=f"{run.name} {what}")
+          report.plot_series(ax, ep, y, color=f"C{i % 10}", ls=ls, lw=1.5, label=f"{run.name} {what}")
           data[f"{run.name}/{key}"] = y.tolist()
     ax.set_xlabel("epoch")
-    report._integer_x(ax)
+    report.integer_x(ax)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy: PGD-20 (solid), natural (dashed)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, framealpha=0.9)
-    report._save(fig, path)
+    report.save_figure(fig, path)
   return data
 
 
@@ -119,7 +120,8 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None) -> list[str]:
     report.plot_curves(run, report.checkpoint_numbers(run), os.path.join(where, "curves.png"))
     plot_loss_lr(run, os.path.join(where, "loss_lr.png"))
     written += [os.path.join(where, "curves.png"), os.path.join(where, "loss_lr.png")]
-    if report.run_method(run) in report.SAAT_METHODS and report._series(run.metrics, "attack_eps_q50") is not None:
+    if (report.run_method(run) in report.SAAT_METHODS
+        and report.metric_series(run.metrics, "attack_eps_q50") is not None):
       report.plot_budget(run, os.path.join(where, "budget.png"))
       written.append(os.path.join(where, "budget.png"))
   if len(runs) > 1:
