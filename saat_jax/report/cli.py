@@ -17,12 +17,27 @@ from saat_jax.report.figures import (acc_vs_eps_data, all_groups, gen_gap_data, 
                                      plot_budget, plot_curves, plot_gen_gap, plot_rd_capacity, plot_sweep,
                                      rd_capacity_data, sweep_data)
 from saat_jax.report.runs import (SAAT_METHODS, ReportError, Run, checkpoint_numbers, config_get, find_run_dirs,
-                                  load_run, run_dataset, run_eps_max_255, run_method, run_model, run_rho,
-                                  run_row_id, unique_names)
-from saat_jax.report.tables import STD_NOTE, build_table, format_latex, format_markdown, group_runs
+                                  load_run, metric_name, run_data_format, run_data_note, run_dataset,
+                                  run_eps_max_255, run_method, run_model, run_rho, run_row_id, stale_numbers,
+                                  unique_names)
+from saat_jax.report.tables import OLDER_MARK, STD_NOTE, build_table, format_latex, format_markdown, group_runs
 
 def _stderr(msg: str) -> None:
   print(msg, file=sys.stderr)
+
+
+def describe_stale(run: Run, s: dict) -> str:
+  """The warning for numbers of an older checkpoint (an entry of :func:`stale_numbers`)."""
+  names = lambda keys: "/".join("the eps sweep and its RD" if k == "sweep" else metric_name(k) for k in keys)
+  shown = []
+  if s["marked"]:
+    shown.append(f"{names(s['marked'])} are shown marked {OLDER_MARK} (older checkpoint)")
+  if s["replaced"]:
+    shown.append(f"{names(s['replaced'])} are the epoch-{s['epoch']} numbers of metrics.jsonl")
+  epochs = ", ".join(map(str, s["measured_epochs"]))
+  return (f"{run.dir}: {', '.join(s['files'])} measured the {s['kind']} checkpoint at epoch {epochs}, but the run's "
+          f"{s['kind']} checkpoint is now epoch {s['epoch']} (it trained on after the evaluation): "
+          f"{'; '.join(shown)}. Measure them again with: {s['command']}")
 
 
 def _describe_unfinished(run: Run) -> str:
@@ -41,7 +56,10 @@ def report_runs(run_dirs: Sequence[str], out_dir: str, *, log: Callable[[str], N
     warnings.append(msg)
     log(f"warning: {msg}")
 
-  dirs = find_run_dirs(run_dirs)
+  skipped_paths: list[dict] = []
+  dirs = find_run_dirs(run_dirs, skipped_paths)
+  for sk in skipped_paths:
+    warn(f"skipped {sk['path']}: {sk['reason']}")
   runs = [load_run(d, warn) for d in dirs]
   skipped = [r for r in runs if not r.finished]
   for r in skipped:
@@ -54,6 +72,10 @@ def report_runs(run_dirs: Sequence[str], out_dir: str, *, log: Callable[[str], N
     r.name = name
   grouped = group_runs(runs, warn)
   numbers = {r.name: checkpoint_numbers(r) for r in runs}
+  stale = {r.name: stale_numbers(r, numbers[r.name]) for r in runs}
+  for r in runs:
+    for entry in stale[r.name]:
+      warn(describe_stale(r, entry))
   tables = [build_table(t, gs, numbers) for t, gs in grouped.items()]
 
   # Everything was read and checked; now write.
@@ -124,9 +146,11 @@ def report_runs(run_dirs: Sequence[str], out_dir: str, *, log: Callable[[str], N
       "runs": {r.name: {"dir": r.dir, "row": run_row_id(r), "seed": config_get(r.config, "seed"),
                         "dataset": run_dataset(r), "method": run_method(r), "model": run_model(r),
                         "rho": run_rho(r), "eps_max_255": run_eps_max_255(r), "num_epochs": r.num_epochs,
-                        "eval_files": r.eval_files, "checkpoints": numbers[r.name]} for r in runs},
+                        "eval_files": r.eval_files, "data_format": run_data_format(r), "data_note": run_data_note(r),
+                        "checkpoints": numbers[r.name], "older_evaluations": stale[r.name]} for r in runs},
       "skipped_runs": [{"dir": r.dir, "reason": f"unfinished: {len(r.metrics)} of {r.num_epochs} epochs"}
                        for r in skipped],
+      "skipped_paths": skipped_paths,
       "warnings": warnings,
       "tables": {t["name"]: t for t in tables},
       "figures": figures,

@@ -19,6 +19,14 @@ METRICS = ("natural", "pgd20", "aa")
 METRIC_NAMES = {"natural": "Natural", "pgd20": "PGD-20", "aa": "AA", "rd": "RD"}
 SAAT_METHODS = ("saat", "sa_trades")  # methods whose adversary is SA-PGD (Algorithm 1)
 REQUIRED_RECORD_KEYS = ("epoch", "test_natural_accuracy", "test_pgd_accuracy", "best_epoch")
+# What an eval.json was measured with (saat_jax.evaluate.SETTINGS), and the defaults of files written
+# before a setting was recorded.
+EVAL_SETTINGS = ("eps_255", "alpha_255", "weights", "num_test", "seed", "aa_version", "sweep_attack", "dtype",
+                 "pgd_steps", "pgd_restarts")
+EVAL_SETTING_DEFAULTS = {"weights": "raw", "aa_version": "standard", "sweep_attack": "pgd", "pgd_steps": 20,
+                         "pgd_restarts": 1}
+OTHER_PGD = re.compile(r"pgd\d+")  # PGD-k columns of saat_jax.evaluate --eval.steps=k (pgd20 is PGD-20's)
+JPEG_FORMAT = "image-folder-jpeg"  # metrics.jsonl's data_format of the JPEG-q75 re-encoded CIFAR copy
 
 
 class ReportError(ValueError):
@@ -120,7 +128,7 @@ def _check_config(config: dict, path: str) -> None:
 def _check_eval_entry(path: str, kind: str, entry) -> None:
   if not isinstance(entry, dict):
     raise ReportError(f"{path} is damaged: checkpoints.{kind} is not an object")
-  for k in METRICS:
+  for k in (*METRICS, *(k for k in entry if OTHER_PGD.fullmatch(k))):
     if k in entry and not _is_fraction(entry[k]):
       raise ReportError(f"{path}: checkpoints.{kind}.{k} = {entry[k]!r} is not a fraction in [0, 1]")
   if "rd" in entry and not isinstance(entry["rd"], (int, float)):
@@ -136,13 +144,17 @@ def _check_eval_entry(path: str, kind: str, entry) -> None:
 
 
 def merge_evals(paths: Sequence[str], ref_eps_255: Optional[float], warn: Callable[[str], None],
-                weights: str = "raw"):
+                weights: str = "raw", epochs: Optional[dict] = None):
   """Merge ``eval*.json`` files in the given order (oldest first), later values winning per
   checkpoint and key. Natural/PGD-20/AA measured at a test eps other than ``ref_eps_255`` (the
   run's ``eval.eps``) are left out with a warning; sweeps (with their own budgets) are kept. A file
-  of other weights (``"weights": "ema"`` when the run reports ``raw``, or the reverse) is left out."""
+  of other weights (``"weights": "ema"`` when the run reports ``raw``, or the reverse) is left out.
+  ``epochs`` (``{kind: 1-based epoch}``, the run's checkpoints now): a value measured on that
+  epoch is not overridden by a later file's value of another epoch. Each value keeps the settings
+  of its file (``EVAL_SETTINGS``), to repeat them when it must be measured again."""
   merged: dict = {}
   meta: dict = {}
+  epochs = epochs or {}
   for path in paths:
     ev = _read_json(path)
     cks = ev.get("checkpoints")
@@ -154,18 +166,27 @@ def merge_evals(paths: Sequence[str], ref_eps_255: Optional[float], warn: Callab
       continue
     eps = ev.get("eps_255")
     other_eps = eps is not None and ref_eps_255 is not None and abs(float(eps) - ref_eps_255) > 1e-6
+    settings = {k: ev.get(k, EVAL_SETTING_DEFAULTS.get(k)) for k in EVAL_SETTINGS}
     for kind, entry in cks.items():
       _check_eval_entry(path, kind, entry)
       if kind not in KINDS:
         continue
-      for key in (*METRICS, "sweep", "rd"):
+      extra = sorted(k for k in entry if OTHER_PGD.fullmatch(k) and k not in METRICS)
+      for key in (*METRICS, *extra, "sweep", "rd"):
         if key not in entry:
           continue
-        if key in METRICS and other_eps:
-          warn(f"{path}: {kind} {METRIC_NAMES[key]} is at eps {eps:g}/255, not the run's {ref_eps_255:g}/255; left out")
+        if key not in ("sweep", "rd") and other_eps:
+          warn(f"{path}: {kind} {metric_name(key)} is at eps {eps:g}/255, not the run's {ref_eps_255:g}/255; "
+               "left out")
           continue
+        prev = merged.get(kind, {}).get(key)
+        now = epochs.get(kind)
+        if (now is not None and prev is not None and prev["epoch"] == now and entry.get("epoch") is not None
+            and entry["epoch"] != now):
+          continue  # an older checkpoint's value does not replace the current one's
         merged.setdefault(kind, {})[key] = {"value": entry[key], "file": os.path.basename(path),
-                                            "num_test": entry.get("num_test"), "epoch": entry.get("epoch")}
+                                            "num_test": entry.get("num_test"), "epoch": entry.get("epoch"),
+                                            "settings": settings}
         if key == "sweep":
           merged[kind].pop("rd", None)  # an older rd belongs to an older sweep
           meta["sweep_attack"] = ev.get("sweep_attack", "pgd")
@@ -188,31 +209,60 @@ def load_run(run_dir: str, warn: Callable[[str], None] = lambda s: None) -> Run:
   eps = config_get(config, "eval.eps")
   ref = None if eps is None else float(eps) * 255
   paths = _eval_paths(run_dir)
-  ev, meta = merge_evals(paths, ref, warn, weights=str(config_get(config, "eval.best_weights") or "raw"))
+  now = {"best": metrics[-1]["best_epoch"] + 1, "last": metrics[-1]["epoch"] + 1} if metrics else None
+  ev, meta = merge_evals(paths, ref, warn, weights=str(config_get(config, "eval.best_weights") or "raw"),
+                         epochs=now)
   return Run(dir=run_dir, config=config, metrics=metrics, eval=ev, eval_files=[os.path.basename(p) for p in paths],
              eval_meta=meta)
 
 
-def find_run_dirs(paths: Sequence[str]) -> list[str]:
-  """Run directories among ``paths``: a path holding config.json or metrics.jsonl is a run; any other
-  directory stands for the run directories below it."""
+RUN_FILES = ("config.json", "metrics.jsonl")
+
+
+def _is_run(d: str) -> bool:
+  return any(os.path.isfile(os.path.join(d, f)) for f in RUN_FILES)
+
+
+def find_run_dirs(paths: Sequence[str], skipped: Optional[list] = None) -> list[str]:
+  """Run directories among and below ``paths``: a directory holding config.json or metrics.jsonl is a
+  run, and runs nest (``runs/digits`` and ``runs/digits/<method>``, as the README lays them out), so
+  every directory below a path is looked at, except checkpoint folders.
+
+  A path that holds no run -- a run's own file or its ``checkpoints`` folder (``runs/digits/*``
+  expands to them), a folder without config.json in it or below it -- is skipped and appended to
+  ``skipped`` as ``{'path', 'reason'}``; so is a folder below a path with a metrics.jsonl but no
+  config.json. A path that does not exist, or paths holding no run at all, are a ReportError."""
+  skipped = [] if skipped is None else skipped
   found: list[str] = []
   for p in paths:
+    if not os.path.exists(p):
+      raise ReportError(f"{p} does not exist; pass run directories (the --workdir of launch.py) or folders "
+                        "holding them")
+    parent = os.path.dirname(os.path.normpath(p))
     if not os.path.isdir(p):
-      raise ReportError(f"{p} is not a directory; pass run directories (the --workdir of launch.py)")
-    if any(os.path.exists(os.path.join(p, f)) for f in ("config.json", "metrics.jsonl")):
-      found.append(p)
+      of_run = f" of the run {parent}" if _is_run(parent or ".") else ""
+      skipped.append({"path": p, "reason": f"a file{of_run}, not a run directory"})
+      continue
+    if os.path.basename(os.path.normpath(p)) == "checkpoints" and _is_run(parent or "."):
+      skipped.append({"path": p, "reason": f"the checkpoint folder of the run {parent}, not a run directory"})
       continue
     below = []
     for root, dirs, files in os.walk(p):
       dirs[:] = sorted(d for d in dirs if d != "checkpoints")
-      if "config.json" in files:
+      if "config.json" in files or (root == p and "metrics.jsonl" in files):
         below.append(root)
-        dirs[:] = []
+      elif "metrics.jsonl" in files:
+        skipped.append({"path": root, "reason": "has a metrics.jsonl but no config.json (rerun launch.py with "
+                                                "this --workdir to rewrite it)"})
     if not below:
-      raise ReportError(f"{p} holds no run: no config.json in it or below it (a run directory is the "
-                        "--workdir of launch.py, with config.json and metrics.jsonl)")
+      skipped.append({"path": p, "reason": "no config.json in it or below it (a run directory is the --workdir of "
+                                           "launch.py, with config.json and metrics.jsonl)"})
     found.extend(below)
+  if not found:
+    if len(skipped) == 1:
+      raise ReportError(f"{skipped[0]['path']} holds no run: {skipped[0]['reason']}")
+    raise ReportError("no run directory among the paths given: "
+                      + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped))
   unique, seen = [], set()
   for d in found:
     key = os.path.realpath(d)
@@ -314,11 +364,37 @@ def percent_rd(sweep: dict) -> Optional[float]:
   return robustness_disparity(eps, 100 * np.asarray(sweep["accuracy"], np.float64))
 
 
+def metric_name(key: str) -> str:
+  """``'PGD-20'`` for ``'pgd20'``, ``'PGD-50'`` for ``'pgd50'``; the names of METRIC_NAMES."""
+  if key in METRIC_NAMES:
+    return METRIC_NAMES[key]
+  return f"PGD-{key[3:]}" if OTHER_PGD.fullmatch(key) else key
+
+
+def run_data_note(run: Run) -> Optional[str]:
+  """``'data: JPEG re-encoded, not the official CIFAR-10'`` for a run whose metrics.jsonl records say
+  it trained on the JPEG-q75 copy (``"data_format": "image-folder-jpeg"``); ``None`` otherwise
+  (records without ``data_format`` too)."""
+  if not any(r.get("data_format") == JPEG_FORMAT for r in run.metrics):
+    return None
+  name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(run_dataset(run), run_dataset(run))
+  return f"data: JPEG re-encoded, not the official {name}"
+
+
+def run_data_format(run: Run) -> Optional[str]:
+  """The ``data_format`` of the run's last record that has one (``None`` for older runs)."""
+  return next((r["data_format"] for r in reversed(run.metrics) if r.get("data_format")), None)
+
+
 def checkpoint_numbers(run: Run) -> dict:
   """``{kind: {'epoch', 'natural'|'pgd20'|'aa'|'rd': {'value' (%), 'source'}, 'sweep'}}``.
 
-  eval.json values win; otherwise Natural/PGD-20 come from metrics.jsonl (best: the record at the
-  final ``best_epoch``, last: the final record) and AA is absent.
+  ``epoch`` is the run's checkpoint now (best: the final ``best_epoch``, last: the final record of
+  metrics.jsonl). eval.json values win; otherwise Natural/PGD-20 come from metrics.jsonl (best: the
+  record at the final ``best_epoch``, last: the final record) and AA is absent. An eval.json value
+  measured on another (older) epoch of that checkpoint -- a run trained on after its evaluation --
+  is shown only where metrics.jsonl has no number of the current epoch (AA, RD, the sweep), and then
+  carries ``measured_epoch``; each such value is listed under ``older`` (see :func:`stale_numbers`).
   """
   final = run.metrics[-1]
   by_epoch = {r["epoch"]: r for r in run.metrics}
@@ -330,24 +406,89 @@ def checkpoint_numbers(run: Run) -> dict:
   pre = metrics_prefix(run)
   for kind, rec in (("best", best_rec), ("last", final)):
     ev = run.eval.get(kind, {})
-    nums: dict = {"epoch": rec["epoch"] + 1}
-    for key, mkey in (("natural", f"{pre}test_natural_accuracy"), ("pgd20", f"{pre}test_pgd_accuracy"), ("aa", None)):
-      if key in ev:
-        e = ev[key]
-        nums[key] = {"value": 100 * float(e["value"]), "source": e["file"], "num_test": e["num_test"]}
-        if e.get("epoch") is not None:
-          nums["epoch"] = int(e["epoch"])
-      elif mkey is not None and rec.get(mkey) is not None:
+    epoch = rec["epoch"] + 1
+    nums: dict = {"epoch": epoch}
+    older = []
+
+    def stale(key, shown, e=None):
+      e = ev[key] if e is None else e
+      if e.get("epoch") is None or int(e["epoch"]) == epoch:
+        return {}
+      older.append({"key": key, "file": e["file"], "measured_epoch": int(e["epoch"]), "shown": shown})
+      return {"measured_epoch": int(e["epoch"])}
+
+    extra = sorted(k for k in ev if OTHER_PGD.fullmatch(k) and k not in METRICS)
+    for key, mkey in (("natural", f"{pre}test_natural_accuracy"), ("pgd20", f"{pre}test_pgd_accuracy"), ("aa", None),
+                      *((k, None) for k in extra)):
+      e = ev.get(key)
+      current = mkey is not None and rec.get(mkey) is not None
+      if e is not None and (not current or e.get("epoch") is None or int(e["epoch"]) == epoch):
+        nums[key] = {"value": 100 * float(e["value"]), "source": e["file"], "num_test": e["num_test"],
+                     **stale(key, "marked")}
+      elif current:
         nums[key] = {"value": 100 * float(rec[mkey]), "source": "metrics.jsonl", "num_test": None}
+        if e is not None:
+          stale(key, "metrics.jsonl")
     if "sweep" in ev:
       sweep = ev["sweep"]["value"]
+      mark = stale("sweep", "marked")
       nums["sweep"] = {"eps_255": [float(e) for e in sweep["eps_255"]],
-                       "accuracy": [100 * float(a) for a in sweep["accuracy"]], "source": ev["sweep"]["file"]}
+                       "accuracy": [100 * float(a) for a in sweep["accuracy"]], "source": ev["sweep"]["file"], **mark}
       rd = percent_rd(sweep)
       if rd is not None:
-        nums["rd"] = {"value": rd, "source": ev["sweep"]["file"], "num_test": ev["sweep"]["num_test"]}
+        nums["rd"] = {"value": rd, "source": ev["sweep"]["file"], "num_test": ev["sweep"]["num_test"], **mark}
     elif "rd" in ev:
-      nums["rd"] = {"value": 100 * float(ev["rd"]["value"]), "source": ev["rd"]["file"], "num_test": None}
+      nums["rd"] = {"value": 100 * float(ev["rd"]["value"]), "source": ev["rd"]["file"], "num_test": None,
+                    **stale("rd", "marked")}
+    if older:
+      nums["older"] = older
     out[kind] = nums
+  return out
+
+
+def evaluate_command(run: Run, kinds: Sequence[str], older: Sequence[dict]) -> str:
+  """The ``python -m saat_jax.evaluate`` command that measures again, on the run's current
+  checkpoints ``kinds``, the values ``older`` (entries of ``checkpoint_numbers(run)[kind]['older']``)
+  with the settings they were measured with, so that the new numbers merge into the same eval.json."""
+  import shlex
+
+  keys = {o["key"] for o in older}
+  settings = next((run.eval[k][o["key"]].get("settings") or {} for k in kinds for o in older
+                   if o["key"] in run.eval.get(k, {})), {})
+  args = ["python -m saat_jax.evaluate", f"--workdir {shlex.quote(run.dir)}", f"--eval.checkpoints={','.join(kinds)}"]
+  attacks = [a for a, has in (("natural", "natural" in keys), ("pgd", any(OTHER_PGD.fullmatch(k) for k in keys)),
+                              ("aa", "aa" in keys)) if has]
+  if len(attacks) < 3:
+    args.append(f"--eval.attacks={','.join(attacks) or 'natural'}")
+  sweep = next((run.eval[k]["sweep"]["value"] for k in kinds if "sweep" in run.eval.get(k, {})), None)
+  if keys & {"sweep", "rd"} and sweep is not None:
+    args.append("--eval.sweep=" + ",".join(f"{float(e):g}" for e in sweep["eps_255"]))
+    if settings.get("sweep_attack") not in (None, "pgd"):
+      args.append(f"--eval.sweep_attack={settings['sweep_attack']}")
+  alpha = config_get(run.config, "eval.alpha")
+  if settings.get("alpha_255") is not None and (alpha is None or abs(settings["alpha_255"] - alpha * 255) > 1e-6):
+    args.append(f"--eval.alpha={settings['alpha_255']:g}")
+  for key, flag, default in (("num_test", "num_test", None), ("seed", "seed", None),
+                             ("aa_version", "aa_version", "standard"), ("weights", "weights", "raw"),
+                             ("dtype", "dtype", None), ("pgd_steps", "steps", 20), ("pgd_restarts", "restarts", 1)):
+    if settings.get(key) not in (None, default):
+      args.append(f"--eval.{flag}={settings[key]}")
+  return " ".join(args)
+
+
+def stale_numbers(run: Run, nums: dict) -> list[dict]:
+  """Per checkpoint whose eval*.json values were measured on an older epoch than the run's checkpoint
+  now: ``{'kind', 'epoch', 'measured_epochs', 'marked', 'replaced', 'files', 'command'}`` (``marked``:
+  shown with their older epoch; ``replaced``: shown from metrics.jsonl's record of the current epoch)."""
+  out = []
+  for kind in KINDS:
+    older = nums.get(kind, {}).get("older")
+    if not older:
+      continue
+    out.append({"kind": kind, "epoch": nums[kind]["epoch"],
+                "measured_epochs": sorted({o["measured_epoch"] for o in older}),
+                "marked": [o["key"] for o in older if o["shown"] == "marked"],
+                "replaced": [o["key"] for o in older if o["shown"] == "metrics.jsonl"],
+                "files": sorted({o["file"] for o in older}), "command": evaluate_command(run, [kind], older)})
   return out
 

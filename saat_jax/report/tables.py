@@ -13,10 +13,12 @@ import numpy as np
 from saat_jax import paper
 from saat_jax.paper import FIGURES, TABLES
 from saat_jax.report.runs import (KINDS, METRIC_NAMES, METRICS, ReportError, Run, config_get, metrics_prefix,
-                                  run_dataset, run_key, run_row_id, wrn_width)
+                                  run_data_note, run_dataset, run_key, run_row_id, wrn_width)
 
 STD_NOTE = "sample standard deviation over seeds (ddof=1; no ± with a single seed)"
 DASH = "–"
+OLDER_MARK = "†"  # a number measured on an older checkpoint than the run's current one
+DATA_MARK = "‡"  # a row trained on re-encoded (JPEG) data
 
 
 @dataclasses.dataclass
@@ -125,13 +127,16 @@ def summarize(values: Sequence[float]) -> dict:
 def format_cell(stat: Optional[dict], paper_value: Optional[float] = None, n_seeds: Optional[int] = None,
                 pm: str = "±") -> str:
   """``'76.12 ± 0.31 (76.37)'``: mean ± std over seeds, the paper's value in parentheses, and
-  ``[n=k]`` when only k of the row's ``n_seeds`` seeds have the number."""
+  ``[n=k]`` when only k of the row's ``n_seeds`` seeds have the number; ``†`` after the number when
+  some of it was measured on an older checkpoint (``stat['older']``)."""
   if stat is None or not stat["n"]:
     s = DASH
   else:
     s = f"{stat['mean']:.2f}"
     if stat["std"] is not None:
       s += f" {pm} {stat['std']:.2f}"
+    if stat.get("older"):
+      s += OLDER_MARK
     if n_seeds is not None and stat["n"] < n_seeds:
       s += f" [n={stat['n']}]"
   if paper_value is not None:
@@ -185,6 +190,10 @@ def build_table(table: str, groups: Sequence[Group], numbers: dict[str, dict]) -
       lead_cells = [g.label, str(n)]
     else:
       lead_cells = [g.label, run_dataset(g.runs[0]), str(n)]
+    data_notes = {r.name: note for r in g.runs for note in [run_data_note(r)] if note}
+    if data_notes:  # the mark goes beside the row's name
+      i = lead.index("Run" if "Run" in lead else "Method")
+      lead_cells[i] += f" {DATA_MARK}"
     cells, text = {}, {}
     for k in kinds:
       cells[k], text[k] = {}, {}
@@ -192,14 +201,49 @@ def build_table(table: str, groups: Sequence[Group], numbers: dict[str, dict]) -
         vals = [numbers[r.name][k][m]["value"] for r in g.runs if m in numbers[r.name][k]]
         stat = summarize(vals)
         stat["paper"] = _paper_value(g.row, table, k, m)
+        older = [{"run": r.name, "epoch": numbers[r.name][k]["epoch"],
+                  "measured_epoch": numbers[r.name][k][m]["measured_epoch"], "file": numbers[r.name][k][m]["source"]}
+                 for r in g.runs if "measured_epoch" in numbers[r.name][k].get(m, {})]
+        if older:
+          stat["older"] = older
         cells[k][m] = stat
         text[k][m] = format_cell(stat, stat["paper"], n)
-    rows.append({"id": g.key, "label": g.label, "x": g.x, "lead": lead_cells, "runs": [r.name for r in g.runs],
-                 "dirs": [r.dir for r in g.runs], "seeds": [config_get(r.config, "seed") for r in g.runs],
-                 "cells": cells, "text": text})
+    row = {"id": g.key, "label": g.label, "x": g.x, "lead": lead_cells, "runs": [r.name for r in g.runs],
+           "dirs": [r.dir for r in g.runs], "seeds": [config_get(r.config, "seed") for r in g.runs],
+           "cells": cells, "text": text}
+    if data_notes:
+      row["data_note"] = "; ".join(sorted(set(data_notes.values())))
+      row["data_note_runs"] = sorted(data_notes)
+    rows.append(row)
   title = TABLE_TITLES.get(table) or f"{FIGURES[table].title} (the paper gives no numbers)"
-  return {"name": table, "title": title, "caption": _caption(table, groups, numbers, metrics),
-          "lead": lead, "kinds": list(kinds), "metrics": metrics, "rows": rows}
+  out = {"name": table, "title": title, "caption": _caption(table, groups, numbers, metrics),
+         "lead": lead, "kinds": list(kinds), "metrics": metrics, "rows": rows}
+  notes = _notes(rows)
+  if notes:
+    out["notes"] = notes
+  return out
+
+
+def _notes(rows) -> list[str]:
+  """The footnotes below a table: rows on re-encoded data (‡), numbers of older checkpoints (†)."""
+  notes = []
+  jpeg = [r for r in rows if r.get("data_note")]
+  for note in sorted({r["data_note"] for r in jpeg}):
+    rows_of = [f"{r['label']} ({', '.join(r['data_note_runs'])})" for r in jpeg if r["data_note"] == note]
+    notes.append(f"{DATA_MARK} {note}: {'; '.join(rows_of)}.")
+  older = {}
+  for r in rows:
+    for kind, cells in r["cells"].items():
+      for m, c in cells.items():
+        for o in c.get("older", []):
+          older.setdefault((o["run"], kind, o["epoch"], o["measured_epoch"], o["file"]), []).append(METRIC_NAMES[m])
+  if older:
+    parts = [f"{run} {kind} {', '.join(ms)} ({file} of epoch {measured}; the checkpoint is now epoch {now})"
+             for (run, kind, now, measured, file), ms in older.items()]
+    notes.append(f"{OLDER_MARK} measured on an older checkpoint than the run's current one (the run trained on "
+                 f"after its evaluation): {'; '.join(parts)}. The command that measures them again is in the "
+                 "report's warnings and in report.json (runs.<run>.older_evaluations).")
+  return notes
 
 
 def _caption(table: str, groups, numbers, metrics) -> str:
@@ -250,11 +294,14 @@ def format_markdown(tables: Sequence[dict]) -> str:
       cells = list(r["lead"]) + [r["text"][k][m] for k in t["kinds"] for m in t["metrics"][k]]
       out.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
     out.append("")
+    if t.get("notes"):
+      out += [*t["notes"], ""]
   return "\n".join(out)
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--",
+                  OLDER_MARK: r"$^\dagger$", DATA_MARK: r"$^\ddagger$"}
 _LATEX_TOKENS = re.compile(r"(SA-?TRADES|SAAT)_(up|down)|eps_max|\beps\b|\brho\b|±")
 
 
@@ -297,6 +344,9 @@ def format_latex(tables: Sequence[dict]) -> str:
       cells = [latex_text(c) for c in r["lead"]] + [latex_text(r["text"][k][m]) for k in t["kinds"]
                                                       for m in t["metrics"][k]]
       out.append(" & ".join(cells) + " \\\\")
-    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    out += ["\\bottomrule", "\\end{tabular}"]
+    if t.get("notes"):
+      out += ["\\par\\smallskip\\footnotesize " + " ".join(latex_text(n) for n in t["notes"])]
+    out += ["\\end{table}", ""]
   return "\n".join(out)
 
