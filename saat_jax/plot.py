@@ -40,6 +40,7 @@ def load(run_dir: str) -> report.Run:
       raise ReportError(f"{path} has no epoch yet: nothing to plot; plot again after the first epoch")
   run = report.load_run(run_dir)
   run.name = os.path.basename(os.path.normpath(run_dir))
+  run.label = report.run_label(run)
   return run
 
 
@@ -67,42 +68,48 @@ def plot_loss_lr(run: report.Run, path: str) -> dict:
       ax_lr.set_yscale("log")
       ax_lr.set_ylabel("learning rate")
       data["lr"] = lr.tolist()
-    if handles:
-      ax.legend(handles=handles, loc="lower left", framealpha=0.9)
     for y, label, color in ((t_train, "training", "C0"), (t_eval, "evaluation", "C1")):
       if y is not None:
-        ax2.plot(ep, y, color=color, lw=1.4, label=label)
+        handles += ax2.plot(ep, y, color=color, lw=1.4, label=f"seconds per epoch: {label}")
         data[f"{label}_time_s"] = y.tolist()
     ax2.set_ylabel("seconds per epoch")
     ax2.set_xlabel("epoch")
     report.integer_x(ax2)
     ax2.grid(alpha=0.3)
-    if t_train is not None or t_eval is not None:
-      ax2.legend(loc="best", framealpha=0.9)
+    if handles:  # under the figure: the twin axes' curves cannot cross it
+      report.legend_below(fig, handles, ncol=2)
     report.save_figure(fig, path)
   return data
 
 
 def plot_compare(runs: Sequence[report.Run], path: str) -> dict:
-  """Test natural (dashed) and PGD-20 (solid) accuracy of several runs per epoch."""
+  """Test natural (dashed) and PGD-20 (solid) accuracy of several runs per epoch; each run its own
+  colour and marker (:func:`saat_jax.report.series_styles`), named by its label."""
+  from matplotlib.lines import Line2D
+
   plt = report.pyplot()
   data = {}
   with plt.rc_context(report.RC):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, run in enumerate(runs):
+    handles = []
+    for style, run in zip(report.series_styles(len(runs), linestyles=False), runs):
       ep = np.asarray([r["epoch"] + 1 for r in run.metrics])
       pre = report.metrics_prefix(run)
-      for key, ls, what in ((f"{pre}test_pgd_accuracy", "-", "PGD-20"), (f"{pre}test_natural_accuracy", "--", "natural")):
+      for key, ls in ((f"{pre}test_pgd_accuracy", "-"), (f"{pre}test_natural_accuracy", "--")):
         y = report.metric_series(run.metrics, key, 100)
         if y is not None:
-          report.plot_series(ax, ep, y, color=f"C{i % 10}", ls=ls, lw=1.5, label=f"{run.name} {what}")
+          report.plot_series(ax, ep, y, ls=ls, lw=1.5, ms=5, **style)
           data[f"{run.name}/{key}"] = y.tolist()
+      handles.append(Line2D([], [], lw=1.5, ms=5, label=run.label or run.name, **style))
+    data["labels"] = [h.get_label() for h in handles]
+    handles += [Line2D([], [], color="k", ls="-", label="PGD-20"), Line2D([], [], color="k", ls="--", label="natural")]
     ax.set_xlabel("epoch")
     report.integer_x(ax)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy: PGD-20 (solid), natural (dashed)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, framealpha=0.9)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), framealpha=0.9,
+              fontsize=8 if len(handles) > 10 else 9)
     report.save_figure(fig, path)
   return data
 
@@ -113,6 +120,8 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None) -> list[str]:
   if not run_dirs:
     raise ReportError("no run given; pass --workdir RUN [RUN ...]")
   runs = [load(d) for d in run_dirs]
+  for run, label in zip(runs, report.run_labels(runs)):
+    run.label = label
   written = []
   for run in runs:
     where = os.path.join(out, run.name) if out and len(runs) > 1 else (out or os.path.join(run.dir, "plots"))

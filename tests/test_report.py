@@ -425,3 +425,94 @@ def test_runs_on_jpeg_reencoded_data_are_marked(tmp_path):
   assert "| AT ‡ | 1 |" in md and f"\n‡ {note}: AT (jpeg).\n" in md
   tex = (tmp_path / "out" / "table.tex").read_text()
   assert r"AT $^\ddagger$ & 1" in tex and r"\footnotesize $^\ddagger$ data: JPEG re-encoded" in tex
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+  """The figures the report saves, by file name (saved, so their layout is final)."""
+  from saat_jax.report import figures
+
+  out, real = {}, figures.save_figure
+
+  def capture(fig, path):
+    real(fig, path)
+    out[os.path.basename(path)] = fig
+
+  monkeypatch.setattr(figures, "save_figure", capture)
+  return out
+
+
+def _legend_below_every_axes(fig) -> bool:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+  canvas = FigureCanvasAgg(fig)  # the saved figure's canvas is gone with pyplot.close
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  top = fig.legends[0].get_window_extent(renderer).y1
+  return all(ax.get_legend() is None and top <= ax.get_window_extent(renderer).y0 for ax in fig.axes)
+
+
+METHODS11 = ("natural", "at", "saat_down", "saat_up", "trades", "sa_trades_up", "awp_at", "awp_saat_down",
+             "awp_saat_up", "awp_trades", "awp_sa_trades_up")
+
+
+def test_eleven_runs_in_one_figure_are_told_apart_and_named_by_their_labels(tmp_path, drawn):
+  """Every digits method in one acc_vs_eps figure: 11 curves of 11 different (marker, line style),
+  legend entries by config.experiment.label (not the folder), the y axis naming the attack."""
+  from saat_jax.report.figures import SWEEP_PGD_NOTE
+
+  dirs = [make_run(tmp_path, f"runs/{m}", dataset="digits", method="at", model="small_cnn", label=f"digits {m}",
+                   seed=0, evals=[("eval.json", eval_json((0.9 - 0.01 * i,) * 3, (0.9 - 0.01 * i,) * 3, 0.01))])
+          for i, m in enumerate(METHODS11)]
+  report_runs(dirs, str(tmp_path / "out"), log=lambda s: None)
+  fig = drawn["acc_vs_eps.png"]
+  for ax in fig.axes:
+    lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert len(lines) == 11
+    # not told apart by colour alone (a colormap band): each curve its own marker or line style
+    assert len({(line.get_marker(), line.get_linestyle()) for line in lines}) == 11
+    assert sorted(line.get_label().split(" (RD")[0] for line in lines) == sorted(f"digits {m}" for m in METHODS11)
+    assert ax.get_ylabel() == "accuracy under PGD (%)"
+  assert fig.get_supxlabel() == SWEEP_PGD_NOTE
+  assert drawn["curves_awp_at.png"].axes[0].get_title() == "digits awp_at, seed 0"
+
+
+def test_the_budget_legend_is_outside_the_panels(tmp_path, drawn):
+  """The SA-PGD budget figure's legend sits under both panels, so no curve (of the twin axis either)
+  crosses it (it did inside the lower panel)."""
+  a = make_run(tmp_path, "a", label="digits saat_up")
+  report_runs([a], str(tmp_path / "out"), log=lambda s: None)
+  fig = drawn["budget_a.png"]
+  assert len(fig.axes) == 3 and _legend_below_every_axes(fig)
+  assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+      "q10-q90", "q25-q75", "median", "mean", "eps_max = 14/255", "loss >= rho reached (%)", "mean PGD steps"]
+
+
+def test_runs_are_named_by_label_row_or_method_and_folders_break_ties(tmp_path):
+  from saat_jax.report import load_run, run_labels
+
+  dirs = [make_run(tmp_path, "x/s0", label="digits at", method="at"),
+          make_run(tmp_path, "x/s1", label="digits at", method="at", seed=1),
+          make_run(tmp_path, "copy/s1", label="digits at", method="at", seed=1),
+          make_run(tmp_path, "row", row="saat_up_e14_r1.7"),
+          make_run(tmp_path, "plain", method="trades")]
+  runs = [load_run(d) for d in dirs]
+  for r, name in zip(runs, ("s0", "s1", "copy_s1", "row", "plain")):
+    r.name = name
+  assert run_labels(runs) == ["digits at, seed 0", "digits at, seed 1 [s1]", "digits at, seed 1 [copy_s1]",
+                              "SAAT_up (eps_max=14, rho=1.7)", "trades, preact_resnet18"]
+
+
+def test_another_pgd_step_count_is_never_reported_as_pgd20(tmp_path):
+  """An eval.json of --eval.steps=50 holds pgd50: the PGD-20 column keeps metrics.jsonl's PGD-20, and
+  the PGD-50 number stays beside it in report.json under its own key."""
+  ev = eval_json((0.7, 0.4, 0.3), (0.7, 0.4, 0.3))
+  for ck in ev["checkpoints"].values():
+    ck["pgd50"] = ck.pop("pgd20") - 0.05
+  ev["pgd_steps"] = 50
+  a = make_run(tmp_path, "a", evals=[("eval.json", ev)])
+  r = report_runs([a], str(tmp_path / "out"), log=lambda s: None)
+  last = r["runs"]["a"]["checkpoints"]["last"]
+  assert last["pgd20"]["source"] == "metrics.jsonl" and last["pgd50"]["value"] == pytest.approx(35.0)
+  assert last["aa"]["source"] == "eval.json"
+  assert "pgd50" not in r["tables"]["runs"]["metrics"]["last"]

@@ -15,7 +15,7 @@ import numpy as np
 from saat_jax.paper import FIGURES
 from saat_jax.report.figures import (acc_vs_eps_data, all_groups, gen_gap_data, metric_series, plot_acc_vs_eps,
                                      plot_budget, plot_curves, plot_gen_gap, plot_rd_capacity, plot_sweep,
-                                     rd_capacity_data, sweep_data)
+                                     rd_capacity_data, run_labels, sweep_data)
 from saat_jax.report.runs import (SAAT_METHODS, ReportError, Run, checkpoint_numbers, config_get, find_run_dirs,
                                   load_run, metric_name, run_data_format, run_data_note, run_dataset,
                                   run_eps_max_255, run_method, run_model, run_rho, run_row_id, stale_numbers,
@@ -70,6 +70,8 @@ def report_runs(run_dirs: Sequence[str], out_dir: str, *, log: Callable[[str], N
                       + "; train them to the end (launch.py resumes from the last checkpoint)")
   for r, name in zip(runs, unique_names([r.dir for r in runs])):
     r.name = name
+  for r, label in zip(runs, run_labels(runs)):
+    r.label = label
   grouped = group_runs(runs, warn)
   numbers = {r.name: checkpoint_numbers(r) for r in runs}
   stale = {r.name: stale_numbers(r, numbers[r.name]) for r in runs}

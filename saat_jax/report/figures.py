@@ -14,8 +14,11 @@ from saat_jax.report.runs import (KINDS, METRIC_NAMES, METRICS, Run, config_get,
 from saat_jax.report.tables import Group, network_name, summarize
 
 RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
-       "xtick.labelsize": 10, "ytick.labelsize": 10}
+      "xtick.labelsize": 10, "ytick.labelsize": 10}
 DPI = 120
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES = ("-", "--", "-.", ":")
+SWEEP_PGD_NOTE = "PGD: step 2/255, 2.5 steps per 1/255 of budget (PGD-20 at 8/255), as the released SAAT code"
 
 
 def pyplot():
@@ -57,15 +60,54 @@ def metric_series(records: Sequence[dict], key: str, scale: float = 1.0) -> Opti
 
 def plot_series(ax, x, y, **kw):
   """A curve that stays visible when some epochs were not evaluated (``eval.every > 1``): the
-  evaluated epochs are joined, skipping the gaps."""
+  evaluated epochs are joined, skipping the gaps. A ``marker`` is drawn at about 12 points."""
   ok = ~np.isnan(y)
-  ax.plot(np.asarray(x)[ok], y[ok], marker="." if not ok.all() else None, **kw)
+  kw.setdefault("marker", "." if not ok.all() else None)
+  if kw["marker"] not in (None, "."):
+    kw.setdefault("markevery", max(1, int(ok.sum()) // 12))
+  return ax.plot(np.asarray(x)[ok], y[ok], **kw)
+
+
+def series_styles(n: int, linestyles: bool = True) -> list[dict]:
+  """Styles telling ``n`` curves apart: the ten tab10 colours, each series its own marker; from the
+  eleventh on the colours repeat with another marker and (``linestyles``) another line style."""
+  out = []
+  for i in range(n):
+    style = {"color": f"C{i % 10}", "marker": MARKERS[(i + i // 10) % len(MARKERS)]}
+    if linestyles:
+      style["ls"] = LINESTYLES[(i // 10) % len(LINESTYLES)]
+    out.append(style)
+  return out
+
+
+def run_label(run: Run) -> str:
+  """A run's name in figures: ``config.experiment.label`` if set, else its paper row's label, else
+  its method with hyper-parameters and network (:func:`run_key`)."""
+  label = config_get(run.config, "experiment.label")
+  if label:
+    return str(label)
+  row = run_row_id(run)
+  return ROWS[row].label if row in ROWS else run_key(run)
+
+
+def run_labels(runs: Sequence[Run]) -> list[str]:
+  """:func:`run_label` of each run, made unique: seeds of one setting get ``seed N``, and the folder
+  name (``run.name``) breaks the ties left."""
+  base = [run_label(r) for r in runs]
+  out = [f"{b}, seed {config_get(r.config, 'seed')}" if base.count(b) > 1 else b for b, r in zip(base, runs)]
+  return [f"{o} [{r.name}]" if out.count(o) > 1 else o for o, r in zip(out, runs)]
 
 
 def run_title(run: Run) -> str:
-  row = run_row_id(run)
-  what = ROWS[row].label if row in ROWS else run_key(run)
-  return f"{run.name}: {what}, seed {config_get(run.config, 'seed')}"
+  """A run's figure title: its label (``run.label``, else :func:`run_label`) and seed."""
+  label = run.label or run_label(run)
+  seed = config_get(run.config, "seed")
+  return label if f"seed {seed}" in label else f"{label}, seed {seed}"
+
+
+def legend_below(fig, handles, ncol: int = 3) -> None:
+  """One legend under the figure, outside every axes, so no curve crosses it."""
+  fig.legend(handles=handles, loc="outside lower center", ncol=ncol, framealpha=0.9)
 
 
 def plot_curves(run: Run, nums: dict, path: str) -> dict:
@@ -93,7 +135,9 @@ def plot_curves(run: Run, nums: dict, path: str) -> dict:
       plot_series(ax, ep, y, color=color, ls=ls, lw=1.6, label=label)
     for kind, ls in (("best", ":"), ("last", "-.")):
       e = nums[kind]["epoch"]
-      txt = ", ".join(f"{METRIC_NAMES[m]} {nums[kind][m]['value']:.1f}" for m in METRICS if m in nums[kind])
+      txt = ", ".join(f"{METRIC_NAMES[m]} {nums[kind][m]['value']:.1f}"
+                      + (f"† (epoch {nums[kind][m]['measured_epoch']})" if "measured_epoch" in nums[kind][m] else "")
+                      for m in METRICS if m in nums[kind])
       ax.axvline(e, color="k", ls=ls, lw=1.2, label=f"{kind} (epoch {e}): {txt}")
       data[f"{kind}_epoch"] = e
     ax.set_xlabel("epoch")
@@ -133,10 +177,9 @@ def plot_budget(run: Run, path: str) -> dict:
       ax.plot([], [], " ", label=f"eps_max = {eps_max:g}/255 (off scale)")
     ax.set_ylabel("SA-PGD budget eps (/255)")
     rho = run_rho(run)
-    ax.set_title(f"{run.name}: per-example training budget" + (f" (rho = {rho:g})" if rho is not None else ""))
+    ax.set_title(f"{run_title(run)}: per-example training budget" + (f" (rho = {rho:g})" if rho is not None else ""))
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", ncol=2, framealpha=0.9)
-    handles = []
+    handles = list(ax.get_legend_handles_labels()[0])
     if sat is not None:
       handles += ax2.plot(ep, sat, color="C2", lw=1.6, label="loss >= rho reached (%)")
       data["frac_satisfied_pct"] = sat.tolist()
@@ -150,16 +193,9 @@ def plot_budget(run: Run, path: str) -> dict:
       ax3.set_ylabel("mean PGD steps")
       data["steps_mean"] = steps.tolist()
     if handles:
-      ax2.legend(handles=handles, loc="best", framealpha=0.9)
+      legend_below(fig, handles, ncol=4)
     save_figure(fig, path)
   return data
-
-
-def line_colors(n: int):
-  plt = pyplot()
-  if n <= 10:
-    return [f"C{i}" for i in range(n)]
-  return [plt.get_cmap("viridis")(i / max(1, n - 1)) for i in range(n)]
 
 
 def place_legend(ax, n: int) -> None:
@@ -201,17 +237,17 @@ def plot_gen_gap(data: dict, path: str) -> None:
   with plt.rc_context(RC):
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     n_lines = sum(len(v) for v in data.values())
-    colors = iter(line_colors(n_lines))
-    for si, (key, by_rho) in enumerate(data.items()):
+    styles = iter(series_styles(n_lines))
+    for style2, (key, by_rho) in zip(series_styles(len(data)), data.items()):
       xs, ms, ss = [], [], []
       for d in by_rho.values():
         label = f"rho = {d['rho']:g}" if len(data) == 1 else f"{key}, rho = {d['rho']:g}"
-        ax.plot(d["epoch"], d["gap_mean"], color=next(colors), lw=1.5, label=label)
+        plot_series(ax, d["epoch"], np.asarray(d["gap_mean"], float), lw=1.5, ms=4, label=label, **next(styles))
         if d["last"]["n"]:
           xs.append(d["rho"])
           ms.append(d["last"]["mean"])
           ss.append(d["last"]["std"] or 0.0)
-      ax2.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=f"C{si % 10}", label=key)
+      ax2.errorbar(xs, ms, yerr=ss, capsize=3, label=key, **style2)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xlabel("epoch")
     integer_x(ax)
@@ -229,7 +265,12 @@ def plot_gen_gap(data: dict, path: str) -> None:
 
 
 def group_label(table: str, g: Group) -> str:
-  return g.label if g.row is not None else g.key
+  """A group's name in figures: its runs' ``config.experiment.label`` when they share one, else the
+  paper row's label, else the method with hyper-parameters and network."""
+  labels = {config_get(r.config, "experiment.label") or "" for r in g.runs}
+  if len(labels) == 1 and "" not in labels:
+    return labels.pop()
+  return g.label if g.row is not None else run_key(g.runs[0])
 
 
 def all_groups(grouped: dict[str, list[Group]]) -> list[tuple[str, Group]]:
@@ -269,13 +310,13 @@ def plot_rd_capacity(data: dict, path: str) -> None:
   plt = pyplot()
   with plt.rc_context(RC):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (key, by_kind) in enumerate(data.items()):
+    for style, (key, by_kind) in zip(series_styles(len(data), linestyles=False), data.items()):
       for kind, ls in (("best", "-"), ("last", "--")):
         if kind not in by_kind:
           continue
         pts = sorted(by_kind[kind].values(), key=lambda d: d["width"])
         ax.errorbar([d["width"] for d in pts], [d["mean"] for d in pts], yerr=[d["std"] or 0.0 for d in pts],
-                    color=f"C{i % 10}", ls=ls, marker="o", capsize=3, label=f"{key} ({kind})")
+                    ls=ls, capsize=3, label=f"{key} ({kind})", **style)
     ax.set_xlabel("WRN-34-x width x")
     x_axis_for(ax, [w for s in data.values() for k in s.values() for w in k])
     ax.set_ylabel("RD (% accuracy lost per 1/255)")
@@ -294,16 +335,21 @@ def acc_vs_eps_data(items: Sequence[tuple[str, Group]], numbers) -> Optional[dic
       if not sweeps:
         continue
       label = group_label(table, g)
+      if label in out.get(kind, {}):  # two settings under one experiment.label
+        label = f"{label} ({g.key})"
+      attack = {r.name: r.eval_meta.get("sweep_attack", "pgd") for r in g.runs}
       eps_sets = {tuple(s["eps_255"]) for _, s in sweeps}
       entries = ([(label, [s for _, s in sweeps], [n for n, _ in sweeps])] if len(eps_sets) == 1
                  else [(f"{label} [{n}]", [s], [n]) for n, s in sweeps])
       for lab, ss, names in entries:
         acc = np.asarray([s["accuracy"] for s in ss])
         rds = [numbers[n][kind]["rd"]["value"] for n in names if "rd" in numbers[n][kind]]
+        older = sorted({s["measured_epoch"] for s in ss if "measured_epoch" in s})
         out.setdefault(kind, {})[lab] = {
             "eps_255": ss[0]["eps_255"], "mean": acc.mean(0).tolist(),
             "std": (acc.std(0, ddof=1).tolist() if len(ss) > 1 else None), "runs": names,
-            "rd": float(np.mean(rds)) if rds else None, "x": g.x}
+            "rd": float(np.mean(rds)) if rds else None, "x": g.x,
+            "attack": sorted({attack[n] for n in names}), **({"measured_epochs": older} if older else {})}
   return out or None
 
 
@@ -316,19 +362,25 @@ def plot_acc_vs_eps(data: dict, path: str, title: str) -> None:
     fig, axes = plt.subplots(*shape, figsize=size, squeeze=False)
     for ax, kind in zip(axes.ravel(), kinds):
       entries = data[kind]
-      for color, (label, d) in zip(line_colors(len(entries)), entries.items()):
+      for style, (label, d) in zip(series_styles(len(entries)), entries.items()):
         lab = f"{label} (RD {d['rd']:.2f})" if d["rd"] is not None else label
-        ax.plot(d["eps_255"], d["mean"], marker="o", ms=3.5, color=color, lw=1.5, label=lab)
+        if d.get("measured_epochs"):
+          lab += f" † older checkpoint (epoch {', '.join(map(str, d['measured_epochs']))})"
+        ax.plot(d["eps_255"], d["mean"], ms=4, lw=1.5, label=lab, **style)
         if d["std"] is not None:
           m, s = np.asarray(d["mean"]), np.asarray(d["std"])
-          ax.fill_between(d["eps_255"], m - s, m + s, color=color, alpha=0.15, lw=0)
+          ax.fill_between(d["eps_255"], m - s, m + s, color=style["color"], alpha=0.12, lw=0)
+      attacks = {a for d in entries.values() for a in d.get("attack", ["pgd"])}
       ax.set_xlabel("test budget eps (/255)")
-      ax.set_ylabel("accuracy (%)")
+      ax.set_ylabel({frozenset({"pgd"}): "accuracy under PGD (%)", frozenset({"aa"}): "accuracy under AutoAttack (%)"}
+                    .get(frozenset(attacks), "accuracy under PGD or AutoAttack (%)"))
       ax.set_title(f"{title}: {kind} checkpoint")
       ax.grid(alpha=0.3)
       place_legend(ax, len(entries))
       if any(d["rd"] is not None for d in entries.values()):
         ax.get_legend().set_title("RD in % per 1/255", prop={"size": 9})
+    if any("pgd" in d.get("attack", ["pgd"]) for k in kinds for d in data[k].values()):
+      fig.supxlabel(SWEEP_PGD_NOTE, fontsize=9)
     save_figure(fig, path)
 
 

@@ -42,7 +42,8 @@ class Run:
   eval: dict  # {'best'|'last': {key: {'value', 'file', 'num_test', 'epoch'}}}
   eval_files: list
   eval_meta: dict  # {'sweep_attack', 'eps_255'} of the evaluations used
-  name: str = ""
+  name: str = ""  # unique and file-safe, from the folder: curves_<name>.png
+  label: str = ""  # its name in figures (saat_jax.report.figures.run_labels)
 
   @property
   def num_epochs(self) -> int:

@@ -63,10 +63,11 @@ def group_runs(runs: Sequence[Run], warn: Callable[[str], None]) -> dict[str, li
         warn(f"{run.dir}: trained on {run_dataset(run)} but paper row {row_id!r} is a {row.dataset} row; "
              "reported in table 'runs', without the paper's numbers")
         row = None
-    if row is None:
+    if row is None:  # seeds of one setting: the same config's own name (e.g. "digits saat_up") and method
       key = run_key(run)
-      label = config_get(run.config, "experiment.label")  # the config's own name, e.g. "digits saat_up"
-      add("runs", key, f"{label}: {key}" if label else key, None, run)
+      label = config_get(run.config, "experiment.label")
+      key = f"{label}: {key}" if label else key
+      add("runs", key, key, None, run)
       continue
     for t in paper.tables_of(row.id):
       add(t, row.id, row.label, row, run)
