@@ -16,6 +16,9 @@ sys.path.insert(0, str(ROOT))
 from configs import saat_digits  # noqa: E402
 
 
+AA_POINTS = 20  # AutoAttack is the costly part: its tests attack few points
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
   from saat_jax.train import train_and_evaluate
@@ -63,17 +66,17 @@ def test_cli_autoattack_column(digits_run, capsys):
   workdir, _ = digits_run
   out = workdir / "eval_aa.json"
   rc = evaluate.main(["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.attacks=natural,pgd20,aa",
-                      "--eval.num_test=64", "--out", str(out)])
+                      f"--eval.num_test={AA_POINTS}", "--out", str(out)])
   assert rc == 0
   row = json.loads(out.read_text())["checkpoints"]["last"]
-  assert row["num_test"] == 64
+  assert row["num_test"] == AA_POINTS
   assert row["aa"] <= row["natural"]          # AA only keeps correctly classified points
-  assert row["aa"] <= row["pgd20"] + 1 / 64   # and is at least as strong as PGD-20
+  assert row["aa"] <= row["pgd20"] + 1 / AA_POINTS   # and is at least as strong as PGD-20
   # the CLI's number is the driver's, run directly on the same checkpoint, points, eps and seed
   model, variables, _, cfg = run_state.restore_for_eval(str(workdir), "last")
   data = load_dataset("digits", None)
-  res = autoattack(jax.jit(lambda x: model.apply(variables, x, train=False)), to_float(data.test_images[:64]),
-                   jnp.asarray(data.test_labels[:64]), eps=float(cfg.eval.eps), seed=0)
+  res = autoattack(jax.jit(lambda x: model.apply(variables, x, train=False)), to_float(data.test_images[:AA_POINTS]),
+                   jnp.asarray(data.test_labels[:AA_POINTS]), eps=float(cfg.eval.eps), seed=0)
   assert row["aa"] == pytest.approx(float(np.mean(np.asarray(res.robust))))
   assert "AA" in capsys.readouterr().out
   # the AutoAttack self-checks and the table's order check are in the JSON
@@ -81,7 +84,7 @@ def test_cli_autoattack_column(digits_run, capsys):
   assert {"randomized", "probabilities", "zero_gradients", "dynamic", "settings", "verification",
           "accuracy_order"} <= set(checks)
   assert checks["verification"]["status"] == "ok"
-  assert checks["verification"]["n_verified"] == round(64 * (1 - row["aa"]))
+  assert checks["verification"]["n_verified"] == round(AA_POINTS * (1 - row["aa"]))
 
 
 def test_accuracy_order_violation_is_reported(digits_run, monkeypatch, capsys):
@@ -108,7 +111,7 @@ def test_a_second_evaluation_keeps_what_the_first_measured(digits_run, tmp_path,
   with the same settings; an evaluation with other settings moves the earlier file aside."""
   workdir, _ = digits_run
   out = tmp_path / "eval.json"
-  common = ["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.num_test=32", "--out", str(out)]
+  common = ["--workdir", str(workdir), "--eval.checkpoints=last", f"--eval.num_test={AA_POINTS}", "--out", str(out)]
   assert evaluate.main([*common, "--eval.attacks=natural,aa"]) == 0
   first = json.loads(out.read_text())["checkpoints"]["last"]
   assert evaluate.main([*common, "--eval.attacks=pgd20"]) == 0

@@ -390,13 +390,15 @@ def test_nested_runs_are_all_found_and_skipped_paths_said(tmp_path):
   r = report_runs(sorted(str(p) for p in (root / "digits").iterdir()), str(tmp_path / "out2"), log=logs.append)
   assert sorted(v["dir"] for v in r["runs"].values()) == [at, up]
   reasons = {os.path.basename(s["path"]): s["reason"] for s in r["skipped_paths"]}
+  assert [s.get("of_run") for s in r["skipped_paths"]] == [None, top, top, None]  # sorted: checkpoints first
   assert reasons == {"config.json": f"a file of the run {top}, not a run directory",
                      "metrics.jsonl": f"a file of the run {top}, not a run directory",
                      "checkpoints": f"the checkpoint folder of the run {top}, not a run directory",
                      "plots": reasons["plots"]}
   assert reasons["plots"].startswith("no config.json in it or below it")
-  assert f"warning: skipped {top}/checkpoints: the checkpoint folder of the run {top}" in "\n".join(
-      "warning: " + s for s in logs)
+  assert f"warning: skipped {top}/checkpoints: the checkpoint folder of the run {top}, not a run directory" in logs
+  assert (f"warning: skipped config.json, metrics.jsonl in {top}: files of the run {top}, not run directories (pass {top} "
+          "itself to report that run)") in logs
   with pytest.raises(ReportError, match=r"plots holds no run: no config\.json in it or below it"):
     report_runs([str(root / "digits" / "plots")], str(tmp_path / "out3"), log=lambda s: None)
   with pytest.raises(ReportError, match=r"no run directory among the paths given: .*config\.json: a file of the run"):

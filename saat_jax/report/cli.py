@@ -35,8 +35,10 @@ def describe_stale(run: Run, s: dict) -> str:
   if s["replaced"]:
     shown.append(f"{names(s['replaced'])} are the epoch-{s['epoch']} numbers of metrics.jsonl")
   epochs = ", ".join(map(str, s["measured_epochs"]))
+  why = ("it trained on after the evaluation" if max(s["measured_epochs"]) < s["epoch"]
+         else "metrics.jsonl ends before that epoch: was the run restarted from an earlier checkpoint?")
   return (f"{run.dir}: {', '.join(s['files'])} measured the {s['kind']} checkpoint at epoch {epochs}, but the run's "
-          f"{s['kind']} checkpoint is now epoch {s['epoch']} (it trained on after the evaluation): "
+          f"{s['kind']} checkpoint is now epoch {s['epoch']} ({why}): "
           f"{'; '.join(shown)}. Measure them again with: {s['command']}")
 
 
@@ -58,8 +60,15 @@ def report_runs(run_dirs: Sequence[str], out_dir: str, *, log: Callable[[str], N
 
   skipped_paths: list[dict] = []
   dirs = find_run_dirs(run_dirs, skipped_paths)
+  of_runs: dict[str, list[str]] = {}
   for sk in skipped_paths:
-    warn(f"skipped {sk['path']}: {sk['reason']}")
+    if "of_run" in sk:  # runs/digits/* lists the run's own files: one line for them
+      of_runs.setdefault(sk["of_run"], []).append(os.path.basename(sk["path"]))
+    else:
+      warn(f"skipped {sk['path']}: {sk['reason']}")
+  for run_dir, names in of_runs.items():
+    warn(f"skipped {', '.join(names)} in {run_dir}: files of the run {run_dir}, not run directories (pass "
+         f"{run_dir} itself to report that run)")
   runs = [load_run(d, warn) for d in dirs]
   skipped = [r for r in runs if not r.finished]
   for r in skipped:

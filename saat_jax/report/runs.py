@@ -241,8 +241,9 @@ def find_run_dirs(paths: Sequence[str], skipped: Optional[list] = None) -> list[
                         "holding them")
     parent = os.path.dirname(os.path.normpath(p))
     if not os.path.isdir(p):
-      of_run = f" of the run {parent}" if _is_run(parent or ".") else ""
-      skipped.append({"path": p, "reason": f"a file{of_run}, not a run directory"})
+      of_run = _is_run(parent or ".")
+      skipped.append({"path": p, "reason": f"a file{f' of the run {parent}' if of_run else ''}, not a run directory",
+                      **({"of_run": parent} if of_run else {})})
       continue
     if os.path.basename(os.path.normpath(p)) == "checkpoints" and _is_run(parent or "."):
       skipped.append({"path": p, "reason": f"the checkpoint folder of the run {parent}, not a run directory"})
