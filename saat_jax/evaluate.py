@@ -391,8 +391,8 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
           acc = autoattack_accuracy(logits_fn, images, labels, eps=e255 / 255, version=aa_version,
                                     seed=seed or 0, batch_size=batch_size)
         else:
-          sweep_alpha, steps = sweep_pgd_schedule(e255)
-          acc = RobustnessEvaluator(model.apply, eps=e255 / 255, alpha=sweep_alpha, steps=steps,
+          sweep_alpha, sweep_steps = sweep_pgd_schedule(e255)  # its own: the next checkpoint's PGD keeps steps
+          acc = RobustnessEvaluator(model.apply, eps=e255 / 255, alpha=sweep_alpha, steps=sweep_steps,
                                     batch_size=batch_size).run(variables, images, labels, key)["pgd_accuracy"]
         accs.append(acc)
         bar.update(1)

@@ -228,13 +228,22 @@ TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batc
         "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 1}
 
 
+def _perturbed_best(real_restore):
+  """restore_for_eval whose `best` weights differ from `last`'s (at the same epoch, in a one-epoch run)."""
+  import jax
+
+  def restore(w, kind, *args, **kwargs):
+    model, variables, meta, cfg = real_restore(w, kind, *args, **kwargs)
+    return model, (jax.tree.map(lambda x: x * 1.01, variables) if kind == "best" else variables), meta, cfg
+
+  return restore
+
+
 @pytest.mark.parametrize("same_weights", [True, False])
 def test_best_at_the_last_epoch_is_evaluated_once(one_epoch_run, tmp_path, monkeypatch, capsys, same_weights):
   """A one-epoch run's best checkpoint is its last (same epoch, identical weights): AutoAttack and PGD
   run once and `last`'s row is a copy that says so. The same epoch with other weights (best's
   weights perturbed here) is evaluated twice."""
-  import jax
-
   workdir, _ = one_epoch_run
   calls = {}
   real_run, real_restore = evaluate.RobustnessEvaluator.run, evaluate.restore_for_eval
@@ -243,12 +252,8 @@ def test_best_at_the_last_epoch_is_evaluated_once(one_epoch_run, tmp_path, monke
     calls["pgd"] = calls.get("pgd", 0) + 1
     return real_run(self, *args, **kwargs)
 
-  def perturbed_best(w, kind, *args, **kwargs):
-    model, variables, meta, cfg = real_restore(w, kind, *args, **kwargs)
-    return model, (jax.tree.map(lambda x: x * 1.01, variables) if kind == "best" else variables), meta, cfg
-
   if not same_weights:
-    monkeypatch.setattr(evaluate, "restore_for_eval", perturbed_best)
+    monkeypatch.setattr(evaluate, "restore_for_eval", _perturbed_best(real_restore))
   monkeypatch.setattr(evaluate, "autoattack_evaluation", _fake_autoattack(calls))
   monkeypatch.setattr(evaluate.RobustnessEvaluator, "run", counted_run)
   out = tmp_path / "eval.json"
@@ -297,6 +302,24 @@ def test_pgd_steps_and_restarts_from_the_cli(digits_run, tmp_path, monkeypatch, 
           "--eval.steps=20") in capsys.readouterr().err
   assert evaluate.main([*common, "--eval.restarts=0"]) == 2
   assert "--eval.restarts must be >= 1" in capsys.readouterr().err
+
+
+def test_the_sweep_leaves_the_next_checkpoints_pgd_alone(one_epoch_run, monkeypatch):
+  """Each checkpoint's PGD column is PGD-<steps> at the run's alpha, also after the previous
+  checkpoint's sweep, whose PGD has its own schedule (20 steps of 2/255 at 8/255)."""
+  workdir, _ = one_epoch_run
+  made, real_init = [], evaluate.RobustnessEvaluator.__init__
+
+  def init(self, *args, **kwargs):
+    made.append((kwargs["steps"], kwargs.get("restarts", 1), round(kwargs["alpha"] * 255, 6)))
+    real_init(self, *args, **kwargs)
+
+  monkeypatch.setattr(evaluate.RobustnessEvaluator, "__init__", init)
+  monkeypatch.setattr(evaluate, "restore_for_eval", _perturbed_best(evaluate.restore_for_eval))
+  report = evaluate.evaluate_run(str(workdir), kinds=("best", "last"), attacks=("natural", "pgd"), num_test=16,
+                                 sweep=[8], steps=5, restarts=2)
+  assert made == [(5, 2, 8.0), (20, 1, 2.0), (5, 2, 8.0), (20, 1, 2.0)]  # digits: alpha 8/255
+  assert set(report["checkpoints"]["last"]) >= {"pgd5", "sweep"} and "same_as" not in report["checkpoints"]["last"]
 
 
 def test_an_eval_json_from_before_steps_were_recorded_merges_with_pgd20(tmp_path):

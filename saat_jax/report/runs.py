@@ -412,8 +412,8 @@ def checkpoint_numbers(run: Run) -> dict:
     nums: dict = {"epoch": epoch}
     older = []
 
-    def stale(key, shown, e=None):
-      e = ev[key] if e is None else e
+    def stale(key, shown):  # an eval value of another epoch than the checkpoint's now: listed in older
+      e = ev[key]
       if e.get("epoch") is None or int(e["epoch"]) == epoch:
         return {}
       older.append({"key": key, "file": e["file"], "measured_epoch": int(e["epoch"]), "shown": shown})
