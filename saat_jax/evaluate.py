@@ -2,13 +2,22 @@
 
 The Natural / PGD-20 / AA columns of Table 1 and accuracy against the test budget with RD (Fig. 1a).
 The numbers come from :mod:`saat_jax.evaluators` (the same evaluator as training's per-epoch
-evaluation) on weights restored by :mod:`saat_jax.run_state`.
+evaluation) on weights restored by :mod:`saat_jax.run_state`. ``best`` and ``last`` at the same
+epoch with the same weights are evaluated once. ``--eval.steps=k`` / ``--eval.restarts=r`` set the
+PGD column's attack (PGD-20 with one random start by default); it is stored under ``pgd<k>``, so
+only PGD-20 fills the report's PGD-20 column.
+
+  python -m saat_jax.evaluate --workdir runs/digits --eval.num_test=100 --eval.attacks=natural,pgd
+  python -m saat_jax.evaluate --workdir runs/digits --eval.steps=50 --eval.restarts=5 --out runs/digits/eval_pgd50.json
+  python -m saat_jax.evaluate --help
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import sys
 from typing import Optional
 
@@ -25,30 +34,69 @@ from saat_jax.run_state import restore_for_eval, run_keys
 # Evaluation of a run: `python -m saat_jax.evaluate --workdir runs/x`
 # --------------------------------------------------------------------------------------------
 
-ATTACKS = ("natural", "pgd20", "aa")
+ATTACKS = ("natural", "pgd", "aa")  # pgd: PGD-<eval.steps>; pgd20 is accepted for it when steps = 20
+PGD_KEY = re.compile(r"pgd(\d+)")
+
+
+def pgd_key(steps: int) -> str:
+  """The column of PGD-``steps`` in eval.json: ``pgd20`` for the paper's PGD-20, ``pgd50`` for PGD-50."""
+  return f"pgd{int(steps)}"
+
+
+def column_name(key: str) -> str:
+  """``'PGD-50'`` for ``'pgd50'``; Natural, AA, RD for the others."""
+  m = PGD_KEY.fullmatch(key)
+  return f"PGD-{m.group(1)}" if m else {"natural": "Natural", "aa": "AA", "rd": "RD"}.get(key, key)
 
 
 def eval_config():
   """The evaluation's settings, overridden on the command line as ``--eval.<key>=<value>`` in the
-  style of ``launch.py``'s ``--config.<key>=<value>`` (budgets in /255, lists comma-separated)."""
+  style of ``launch.py``'s ``--config.<key>=<value>`` (budgets in /255, lists comma-separated);
+  :data:`SETTING_HELP` says what each means."""
   import ml_collections
   from ml_collections.config_dict import placeholder
 
   c = ml_collections.ConfigDict()
-  c.checkpoints = "best,last"  # comma list of best,last
+  c.checkpoints = "best,last"
   c.attacks = ",".join(ATTACKS)
-  c.eps = placeholder(float)  # test budget in /255; None: the run's eval.eps (8 for CIFAR)
-  c.alpha = placeholder(float)  # PGD-20 step in /255; None: the run's eval.alpha (2 for CIFAR)
-  c.num_test = 0  # the first N test points; 0: all of them
-  c.batch_size = placeholder(int)  # None: the run's eval.batch_size
+  c.eps = placeholder(float)
+  c.alpha = placeholder(float)
+  c.steps = 20
+  c.restarts = 1
+  c.num_test = 0
+  c.batch_size = placeholder(int)
   c.aa_version = "standard"
-  c.sweep = ""  # budgets in /255 for the RD sweep, e.g. 0,2,4,...,16; 'default': 0..16 by 2
-  c.sweep_attack = "pgd"  # pgd or aa
-  c.data_dir = placeholder(str)  # None: the run's data.data_dir
-  c.seed = placeholder(int)  # None: the random starts of the run's own per-epoch evaluation
-  c.weights = "raw"  # raw, or ema (runs with ema.decay > 0)
-  c.dtype = placeholder(str)  # compute dtype, float32 or bfloat16; None: the run's model.dtype
+  c.sweep = ""
+  c.sweep_attack = "pgd"
+  c.data_dir = placeholder(str)
+  c.seed = placeholder(int)
+  c.weights = "raw"
+  c.dtype = placeholder(str)
   return c
+
+
+SETTING_HELP = {
+    "checkpoints": "which checkpoints, a comma list of best,last (one at the same epoch with the same weights "
+                   "as the other is evaluated once)",
+    "attacks": "columns, a comma list of natural, pgd (PGD-<steps>; pgd20 also works with steps=20), aa "
+               "(AutoAttack)",
+    "eps": "test budget in /255; default: the run's eval.eps (8 for CIFAR, 32 for digits)",
+    "alpha": "PGD step size in /255; default: the run's eval.alpha (2 for CIFAR)",
+    "steps": "PGD steps: 20 is the paper's PGD-20 (column pgd20); another k is stored and shown as PGD-k (pgd<k>)",
+    "restarts": "PGD random starts per point, the worst one counting (1: the paper's single random start)",
+    "num_test": "the first N test points; 0: all of them",
+    "batch_size": "points per batch; default: the run's eval.batch_size",
+    "aa_version": "AutoAttack version: standard, plus or rand",
+    "sweep": "budgets in /255 of the accuracy-against-eps sweep and its RD (Fig. 1(a)), e.g. 0,2,4,...,16; "
+             "'default': 0 to 16 by 2; empty: no sweep. Its PGD follows the released code (alpha 2/255, "
+             "2.5 steps per 1/255), whatever --eval.steps",
+    "sweep_attack": "the sweep's attack: pgd or aa",
+    "data_dir": "data location; default: the run's data.data_dir",
+    "seed": "seed of the random starts; default: those of the run's own per-epoch evaluation (so PGD-20 "
+            "repeats its numbers)",
+    "weights": "raw, or ema (runs trained with ema.decay > 0)",
+    "dtype": "compute dtype, float32 or bfloat16; default: the run's model.dtype",
+}
 
 
 USAGE = """python -m saat_jax.evaluate --workdir runs/x [--eval.<key>=<value> ...] [--out eval.json]
@@ -56,8 +104,25 @@ USAGE = """python -m saat_jax.evaluate --workdir runs/x [--eval.<key>=<value> ..
 Natural / PGD-20 / AutoAttack accuracy of a run's checkpoints (Table 1) and accuracy against the
 test budget with RD (Fig. 1a). Results are merged into <workdir>/eval.json: what an earlier
 evaluation measured and this one does not is kept; an eval.json measured with other settings (eps,
-alpha, weights, points, seed) is kept as eval-<time>.json. Settings (budgets in /255):
+alpha, PGD steps or restarts, weights, points, seed) is kept as eval-<time>.json. Settings
+(--eval.<key>=<default>: meaning; budgets in /255, '?' for a default taken from the run):
 """
+
+
+def usage_text() -> str:
+  """``--help``: the usage and every setting with its default and meaning."""
+  import textwrap
+
+  rows = [(f"--eval.{k}={'?' if v is None else v}", SETTING_HELP[k]) for k, v in eval_config().items()]
+  rows += [("--workdir DIR", "the run (launch.py --workdir); required"),
+           ("--out PATH", "the JSON written (default <workdir>/eval.json)")]
+  lines = []
+  for flag, what in rows:
+    if len(flag) > 26:
+      lines.append(f"  {flag}")
+    lead = f"  {flag:<26} " if len(flag) <= 26 else " " * 29
+    lines.append(textwrap.fill(what, width=100, initial_indent=lead, subsequent_indent=" " * 29))
+  return USAGE + "\n".join(lines)
 
 
 def _fail(msg: str) -> int:
@@ -72,15 +137,33 @@ def _parse_list(s, what: str, cast=float):
     raise ValueError(f"--eval.{what} must be a comma-separated list, got {s!r}") from None
 
 
+def normalize_attacks(attacks, steps: int = 20) -> list[str]:
+  """``attacks`` as :data:`ATTACKS` names: ``pgd<k>`` is ``pgd`` when ``k == steps`` (``pgd20`` with
+  the default steps); ValueError for another ``k`` or an unknown attack."""
+  out = []
+  for a in attacks:
+    m = PGD_KEY.fullmatch(a)
+    if m and int(m.group(1)) != steps:
+      raise ValueError(f"--eval.attacks: {a} asks for PGD-{m.group(1)} but --eval.steps={steps}; write pgd "
+                       f"(the PGD of --eval.steps) or set --eval.steps={m.group(1)}")
+    a = "pgd" if m else a
+    if a not in ATTACKS:
+      raise ValueError(f"--eval.attacks: unknown attack {a!r}; choose from {', '.join(ATTACKS)}")
+    if a not in out:
+      out.append(a)
+  return out
+
+
 def _check_settings(ev) -> tuple[list, list, list]:
   """(checkpoints, attacks, sweep) of the settings, or ValueError saying which flag is wrong."""
   from saat_jax import checkpointing
 
   kinds = _parse_list(ev.checkpoints, "checkpoints", str)
-  attacks = _parse_list(ev.attacks, "attacks", str)
-  for a in attacks:
-    if a not in ATTACKS:
-      raise ValueError(f"--eval.attacks: unknown attack {a!r}; choose from {', '.join(ATTACKS)}")
+  if not ev.steps >= 1:
+    raise ValueError(f"--eval.steps must be >= 1 (the PGD steps; 20 for the paper's PGD-20), got {ev.steps}")
+  if not ev.restarts >= 1:
+    raise ValueError(f"--eval.restarts must be >= 1 (random starts per point), got {ev.restarts}")
+  attacks = normalize_attacks(_parse_list(ev.attacks, "attacks", str), ev.steps)
   for k in kinds:
     if k not in checkpointing.KINDS:
       raise ValueError(f"--eval.checkpoints: unknown checkpoint {k!r}; choose from {', '.join(checkpointing.KINDS)}")
@@ -119,7 +202,7 @@ def main(argv=None) -> int:
   flags.DEFINE_string("workdir", None, "The run's work dir (launch.py --workdir).", flag_values=fv)
   flags.DEFINE_string("out", None, "JSON path (default <workdir>/eval.json).", flag_values=fv)
   if {"-h", "--help", "-help", "--helpfull"} & set(argv):
-    print(USAGE + "\n".join(f"  --eval.{k}={v}" for k, v in eval_config().items()))
+    print(usage_text())
     return 0
   try:
     config_flags.DEFINE_config_dict("eval", eval_config(), "Evaluation settings.", flag_values=fv,
@@ -151,12 +234,18 @@ def main(argv=None) -> int:
                           alpha=None if ev.alpha is None else ev.alpha / 255,
                           num_test=ev.num_test, batch_size=ev.batch_size, aa_version=ev.aa_version,
                           sweep=sweep, sweep_attack=ev.sweep_attack, data_dir=ev.data_dir,
-                          seed=ev.seed, progress=True, weights=ev.weights, dtype=ev.dtype)
+                          seed=ev.seed, progress=True, weights=ev.weights, dtype=ev.dtype,
+                          steps=ev.steps, restarts=ev.restarts)
   except (checkpointing.CheckpointError, DataError, ValueError) as e:
     return _fail(str(e))
   out = fv.out or os.path.join(workdir, "eval.json")
+  measured = report
   report, kept = merge_into(out, report)
   print(format_table(report))
+  for kind, row in measured["checkpoints"].items():
+    if row.get("same_as"):
+      print(f"{kind}: the same checkpoint as {row['same_as']} (epoch {row['epoch']}, identical weights); "
+            f"evaluated once, its numbers copied")
   if sweep:
     png = os.path.splitext(out)[0] + "_sweep.png"
     plot_sweep(report, png)
@@ -167,8 +256,11 @@ def main(argv=None) -> int:
   return 0
 
 
-# What makes two evaluations comparable: the numbers of both may share one eval.json.
-SETTINGS = ("eps_255", "alpha_255", "weights", "num_test", "seed", "aa_version", "sweep_attack", "dtype")
+# What makes two evaluations comparable: the numbers of both may share one eval.json. A setting an
+# older eval.json does not record had the value of SETTING_DEFAULTS.
+SETTINGS = ("eps_255", "alpha_255", "weights", "num_test", "seed", "aa_version", "sweep_attack", "dtype",
+            "pgd_steps", "pgd_restarts")
+SETTING_DEFAULTS = {"pgd_steps": 20, "pgd_restarts": 1}
 
 
 def merge_into(path: str, report: dict) -> tuple[dict, Optional[str]]:
@@ -190,7 +282,8 @@ def merge_into(path: str, report: dict) -> tuple[dict, Optional[str]]:
         raise ValueError("not an evaluation")
     except ValueError:
       old = None
-    if old is None or any(old.get(k) != report.get(k) for k in SETTINGS):
+    if old is None or any(old.get(k, SETTING_DEFAULTS.get(k)) != report.get(k, SETTING_DEFAULTS.get(k))
+                          for k in SETTINGS):
       stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
       root, ext = os.path.splitext(path)
       kept = f"{root}-{stamp}{ext}"
@@ -220,23 +313,42 @@ def merge_into(path: str, report: dict) -> tuple[dict, Optional[str]]:
   return report, kept
 
 
+def _same_weights(a, b) -> bool:
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return (jax.tree.structure(a) == jax.tree.structure(b)
+          and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)))
+
+
 def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20", "aa"), eps=None, alpha=None,
                  num_test=0, batch_size=None, aa_version="standard", sweep=(), sweep_attack="pgd",
-                 data_dir=None, seed=0, progress=False, weights="raw", dtype=None) -> dict:
+                 data_dir=None, seed=0, progress=False, weights="raw", dtype=None, steps=20, restarts=1) -> dict:
   """Evaluate checkpoints of a run; returns a JSON-able report (see ``format_table``).
 
   ``eps``/``alpha`` default to the run's own ``eval.eps``/``eval.alpha``, and PGD starts from the
   same random points as the per-epoch evaluation of training, so PGD-20 here repeats those numbers.
+  The PGD column is PGD-``steps`` with ``restarts`` random starts, stored under ``pgd<steps>``
+  (``attacks`` names it ``pgd``, or ``pgd<steps>``). A checkpoint at the epoch of one already
+  evaluated, with identical weights (``best`` when the last epoch was the best), is not evaluated
+  again: its row is a copy, with ``same_as`` naming the other.
   """
   from tqdm.auto import tqdm
 
   from saat_jax.data import load_dataset
 
+  attacks = normalize_attacks(attacks, steps)
+  key_pgd = pgd_key(steps)
   report = {"workdir": workdir, "checkpoints": {}, "sweep_attack": sweep_attack, "weights": weights,
-            "aa_version": aa_version, "seed": seed, "dtype": dtype}
+            "aa_version": aa_version, "seed": seed, "dtype": dtype, "pgd_steps": int(steps),
+            "pgd_restarts": int(restarts)}
   data = None
+  done = []  # (kind, epoch, variables) evaluated so far
   for kind in kinds:
     model, variables, meta, cfg = restore_for_eval(workdir, kind, weights, dtype)
+    twin = next((k for k, e, v in done if e == meta["epoch"] and _same_weights(v, variables)), None)
+    if twin is not None:
+      report["checkpoints"][kind] = {**copy.deepcopy(report["checkpoints"][twin]), "same_as": twin}
+      continue
+    done.append((kind, meta["epoch"], variables))
     if data is None:
       eps = float(cfg.eval.eps) if eps is None else eps
       alpha = float(cfg.eval.alpha) if alpha is None else alpha
@@ -253,19 +365,26 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
     row = {"epoch": meta["epoch"] + 1, "num_test": int(len(labels))}
     todo = [a for a in attacks]
     bar = tqdm(total=len(todo) + len(sweep), desc=f"{kind}", disable=not progress, leave=False)
-    if "natural" in todo or "pgd20" in todo:
-      acc = RobustnessEvaluator(model.apply, eps=eps, alpha=alpha, steps=20, batch_size=batch_size).run(
-          variables, images, labels, key)
-      for attack, name in (("natural", "natural_accuracy"), ("pgd20", "pgd_accuracy")):
+    if "natural" in todo or "pgd" in todo:
+      acc = RobustnessEvaluator(model.apply, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
+                                batch_size=batch_size).run(variables, images, labels, key)
+      for attack, col, name in (("natural", "natural", "natural_accuracy"), ("pgd", key_pgd, "pgd_accuracy")):
         if attack in todo:
-          row[attack] = acc[name]
+          row[col] = acc[name]
           bar.update(1)
     if "aa" in todo:
       aa = autoattack_evaluation(logits_fn, images, labels, eps=eps, version=aa_version, seed=seed or 0,
                                  batch_size=batch_size)
       row["aa"], row["checks"] = aa["accuracy"], aa["checks"]
       bar.update(1)
-    row.setdefault("checks", []).append(accuracy_order_check(row, num_points=len(labels)))
+    if key_pgd == "pgd20":
+      check = accuracy_order_check(row, num_points=len(labels))
+    else:  # PGD-k of another k: the same check (AA <= PGD-k <= natural) under the column's own name
+      from saat_jax.autoattack.checks import check_accuracy_order
+      from saat_jax.log import warn as project_warn
+
+      check = check_accuracy_order(row, order=("aa", key_pgd, "natural"), num_points=len(labels), warn=project_warn)
+    row.setdefault("checks", []).append(check)
     if sweep:
       accs = []
       for e255 in sweep:
@@ -273,8 +392,8 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
           acc = autoattack_accuracy(logits_fn, images, labels, eps=e255 / 255, version=aa_version,
                                     seed=seed or 0, batch_size=batch_size)
         else:
-          sweep_alpha, steps = sweep_pgd_schedule(e255)
-          acc = RobustnessEvaluator(model.apply, eps=e255 / 255, alpha=sweep_alpha, steps=steps,
+          sweep_alpha, sweep_steps = sweep_pgd_schedule(e255)  # its own: the next checkpoint's PGD keeps steps
+          acc = RobustnessEvaluator(model.apply, eps=e255 / 255, alpha=sweep_alpha, steps=sweep_steps,
                                     batch_size=batch_size).run(variables, images, labels, key)["pgd_accuracy"]
         accs.append(acc)
         bar.update(1)
@@ -288,11 +407,14 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
 
 def format_table(report: dict) -> str:
   """Table 1's layout: one row per checkpoint, accuracies in percent."""
-  cols = [c for c in ("natural", "pgd20", "aa", "rd") if any(c in r for r in report["checkpoints"].values())]
-  names = {"natural": "Natural", "pgd20": "PGD-20", "aa": "AA", "rd": "RD"}
-  head = f"{'checkpoint':<12}{'epoch':>6}" + "".join(f"{names[c]:>10}" for c in cols)
+  rows = report["checkpoints"].values()
+  pgds = sorted({k for r in rows for k in r if PGD_KEY.fullmatch(k)}, key=lambda k: int(k[3:]))
+  cols = [c for c in ("natural", *pgds, "aa", "rd") if any(c in r for r in rows)]
+  head = f"{'checkpoint':<12}{'epoch':>6}" + "".join(f"{column_name(c):>10}" for c in cols)
   units = "accuracies in %" + (", RD in % of accuracy lost per 1/255 of budget (Sec. 3.1)" if "rd" in cols else "")
-  lines = [f"eps = {report['eps_255']:.3g}/255; {units}", head, "-" * len(head)]
+  restarts = report.get("pgd_restarts", 1)
+  pgd = f"; PGD with {restarts} random starts" if restarts > 1 and pgds else ""
+  lines = [f"eps = {report['eps_255']:.3g}/255; {units}{pgd}", head, "-" * len(head)]
   for kind, r in report["checkpoints"].items():
     # RD is computed from fractions (accuracy lost per 1/255); shown, as the accuracies, in %.
     cells = "".join(f"{100 * r[c]:>10.2f}" if c in r else f"{'-':>10}" for c in cols)
@@ -308,10 +430,12 @@ def plot_sweep(report: dict, path: str) -> None:
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(5, 3.6))
+  twins = {r["same_as"]: kind for kind, r in report["checkpoints"].items() if r.get("same_as")}
   for kind, r in report["checkpoints"].items():
-    if "sweep" not in r:
-      continue
-    label = f"{kind} (RD {100 * r['rd']:.2f} %/(1/255))" if "rd" in r else kind
+    if "sweep" not in r or r.get("same_as"):
+      continue  # a copy of another checkpoint's row is that curve
+    name = f"{kind} = {twins[kind]}" if kind in twins else kind
+    label = f"{name} (RD {100 * r['rd']:.2f} %/(1/255))" if "rd" in r else name
     ax.plot(r["sweep"]["eps_255"], 100 * np.asarray(r["sweep"]["accuracy"]), marker="o", label=label)
   ax.set_xlabel("test budget eps (/255)")
   ax.set_ylabel(f"accuracy under {report['sweep_attack'].upper()} (%)")

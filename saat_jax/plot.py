@@ -40,23 +40,25 @@ def load(run_dir: str) -> report.Run:
       raise ReportError(f"{path} has no epoch yet: nothing to plot; plot again after the first epoch")
   run = report.load_run(run_dir)
   run.name = os.path.basename(os.path.normpath(run_dir))
+  run.label = report.run_label(run)
   return run
 
 
 def plot_loss_lr(run: report.Run, path: str) -> dict:
   """Training loss, learning rate (log scale) and seconds per epoch (train, evaluation)."""
-  plt = report._pyplot()
+  plt = report.pyplot()
   ep = np.asarray([r["epoch"] + 1 for r in run.metrics])
-  loss, lr = report._series(run.metrics, "train_loss"), report._series(run.metrics, "lr")
-  t_train, t_eval = report._series(run.metrics, "train_time_s"), report._series(run.metrics, "eval_time_s")
+  loss, lr = report.metric_series(run.metrics, "train_loss"), report.metric_series(run.metrics, "lr")
+  t_train = report.metric_series(run.metrics, "train_time_s")
+  t_eval = report.metric_series(run.metrics, "eval_time_s")
   data = {"epoch": ep.tolist()}
-  with plt.rc_context(report._RC):
+  with plt.rc_context(report.RC):
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     if loss is not None:
-      report._plot_series(ax, ep, loss, color="C3", lw=1.6, label="training loss (outer loss, adversarial inputs)")
+      report.plot_series(ax, ep, loss, color="C3", lw=1.6, label="training loss (outer loss, adversarial inputs)")
       data["train_loss"] = loss.tolist()
     ax.set_ylabel("training loss")
-    ax.set_title(f"{report._run_title(run)}: loss and learning rate")
+    ax.set_title(f"{report.run_title(run)}: loss and learning rate")
     ax.grid(alpha=0.3)
     handles = list(ax.get_legend_handles_labels()[0])
     if lr is not None and np.nanmax(lr) > 0:
@@ -66,43 +68,49 @@ def plot_loss_lr(run: report.Run, path: str) -> dict:
       ax_lr.set_yscale("log")
       ax_lr.set_ylabel("learning rate")
       data["lr"] = lr.tolist()
-    if handles:
-      ax.legend(handles=handles, loc="lower left", framealpha=0.9)
     for y, label, color in ((t_train, "training", "C0"), (t_eval, "evaluation", "C1")):
       if y is not None:
-        ax2.plot(ep, y, color=color, lw=1.4, label=label)
+        handles += ax2.plot(ep, y, color=color, lw=1.4, label=f"seconds per epoch: {label}")
         data[f"{label}_time_s"] = y.tolist()
     ax2.set_ylabel("seconds per epoch")
     ax2.set_xlabel("epoch")
-    report._integer_x(ax2)
+    report.integer_x(ax2)
     ax2.grid(alpha=0.3)
-    if t_train is not None or t_eval is not None:
-      ax2.legend(loc="best", framealpha=0.9)
-    report._save(fig, path)
+    if handles:  # under the figure: the twin axes' curves cannot cross it
+      report.legend_below(fig, handles, ncol=2)
+    report.save_figure(fig, path)
   return data
 
 
 def plot_compare(runs: Sequence[report.Run], path: str) -> dict:
-  """Test natural (dashed) and PGD-20 (solid) accuracy of several runs per epoch."""
-  plt = report._pyplot()
+  """Test natural (dashed) and PGD-20 (solid) accuracy of several runs per epoch; each run its own
+  colour and marker (:func:`saat_jax.report.series_styles`), named by its label."""
+  from matplotlib.lines import Line2D
+
+  plt = report.pyplot()
   data = {}
-  with plt.rc_context(report._RC):
+  with plt.rc_context(report.RC):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, run in enumerate(runs):
+    handles = []
+    for style, run in zip(report.series_styles(len(runs), linestyles=False), runs):
       ep = np.asarray([r["epoch"] + 1 for r in run.metrics])
       pre = report.metrics_prefix(run)
-      for key, ls, what in ((f"{pre}test_pgd_accuracy", "-", "PGD-20"), (f"{pre}test_natural_accuracy", "--", "natural")):
-        y = report._series(run.metrics, key, 100)
+      for key, ls in ((f"{pre}test_pgd_accuracy", "-"), (f"{pre}test_natural_accuracy", "--")):
+        y = report.metric_series(run.metrics, key, 100)
         if y is not None:
-          report._plot_series(ax, ep, y, color=f"C{i % 10}", ls=ls, lw=1.5, label=f"{run.name} {what}")
+          report.plot_series(ax, ep, y, ls=ls, lw=1.5, ms=5, **style)
           data[f"{run.name}/{key}"] = y.tolist()
+      handles.append(Line2D([], [], lw=1.5, ms=5, label=run.label or run.name, **style))
+    data["labels"] = [h.get_label() for h in handles]
+    handles += [Line2D([], [], color="k", ls="-", label="PGD-20"), Line2D([], [], color="k", ls="--", label="natural")]
     ax.set_xlabel("epoch")
-    report._integer_x(ax)
+    report.integer_x(ax)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy: PGD-20 (solid), natural (dashed)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, framealpha=0.9)
-    report._save(fig, path)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), framealpha=0.9,
+              fontsize=8 if len(handles) > 10 else 9)
+    report.save_figure(fig, path)
   return data
 
 
@@ -112,6 +120,8 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None) -> list[str]:
   if not run_dirs:
     raise ReportError("no run given; pass --workdir RUN [RUN ...]")
   runs = [load(d) for d in run_dirs]
+  for run, label in zip(runs, report.run_labels(runs)):
+    run.label = label
   written = []
   for run in runs:
     where = os.path.join(out, run.name) if out and len(runs) > 1 else (out or os.path.join(run.dir, "plots"))
@@ -119,7 +129,8 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None) -> list[str]:
     report.plot_curves(run, report.checkpoint_numbers(run), os.path.join(where, "curves.png"))
     plot_loss_lr(run, os.path.join(where, "loss_lr.png"))
     written += [os.path.join(where, "curves.png"), os.path.join(where, "loss_lr.png")]
-    if report.run_method(run) in report.SAAT_METHODS and report._series(run.metrics, "attack_eps_q50") is not None:
+    if (report.run_method(run) in report.SAAT_METHODS
+        and report.metric_series(run.metrics, "attack_eps_q50") is not None):
       report.plot_budget(run, os.path.join(where, "budget.png"))
       written.append(os.path.join(where, "budget.png"))
   if len(runs) > 1:

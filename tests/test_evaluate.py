@@ -16,6 +16,9 @@ sys.path.insert(0, str(ROOT))
 from configs import saat_digits  # noqa: E402
 
 
+AA_POINTS = 20  # AutoAttack is the costly part: its tests attack few points
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
   from saat_jax.train import train_and_evaluate
@@ -63,17 +66,17 @@ def test_cli_autoattack_column(digits_run, capsys):
   workdir, _ = digits_run
   out = workdir / "eval_aa.json"
   rc = evaluate.main(["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.attacks=natural,pgd20,aa",
-                      "--eval.num_test=64", "--out", str(out)])
+                      f"--eval.num_test={AA_POINTS}", "--out", str(out)])
   assert rc == 0
   row = json.loads(out.read_text())["checkpoints"]["last"]
-  assert row["num_test"] == 64
+  assert row["num_test"] == AA_POINTS
   assert row["aa"] <= row["natural"]          # AA only keeps correctly classified points
-  assert row["aa"] <= row["pgd20"] + 1 / 64   # and is at least as strong as PGD-20
+  assert row["aa"] <= row["pgd20"] + 1 / AA_POINTS   # and is at least as strong as PGD-20
   # the CLI's number is the driver's, run directly on the same checkpoint, points, eps and seed
   model, variables, _, cfg = run_state.restore_for_eval(str(workdir), "last")
   data = load_dataset("digits", None)
-  res = autoattack(jax.jit(lambda x: model.apply(variables, x, train=False)), to_float(data.test_images[:64]),
-                   jnp.asarray(data.test_labels[:64]), eps=float(cfg.eval.eps), seed=0)
+  res = autoattack(jax.jit(lambda x: model.apply(variables, x, train=False)), to_float(data.test_images[:AA_POINTS]),
+                   jnp.asarray(data.test_labels[:AA_POINTS]), eps=float(cfg.eval.eps), seed=0)
   assert row["aa"] == pytest.approx(float(np.mean(np.asarray(res.robust))))
   assert "AA" in capsys.readouterr().out
   # the AutoAttack self-checks and the table's order check are in the JSON
@@ -81,7 +84,7 @@ def test_cli_autoattack_column(digits_run, capsys):
   assert {"randomized", "probabilities", "zero_gradients", "dynamic", "settings", "verification",
           "accuracy_order"} <= set(checks)
   assert checks["verification"]["status"] == "ok"
-  assert checks["verification"]["n_verified"] == round(64 * (1 - row["aa"]))
+  assert checks["verification"]["n_verified"] == round(AA_POINTS * (1 - row["aa"]))
 
 
 def test_accuracy_order_violation_is_reported(digits_run, monkeypatch, capsys):
@@ -108,7 +111,7 @@ def test_a_second_evaluation_keeps_what_the_first_measured(digits_run, tmp_path,
   with the same settings; an evaluation with other settings moves the earlier file aside."""
   workdir, _ = digits_run
   out = tmp_path / "eval.json"
-  common = ["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.num_test=32", "--out", str(out)]
+  common = ["--workdir", str(workdir), "--eval.checkpoints=last", f"--eval.num_test={AA_POINTS}", "--out", str(out)]
   assert evaluate.main([*common, "--eval.attacks=natural,aa"]) == 0
   first = json.loads(out.read_text())["checkpoints"]["last"]
   assert evaluate.main([*common, "--eval.attacks=pgd20"]) == 0
@@ -198,3 +201,184 @@ def test_cli_rejects_bad_arguments(digits_run, capsys, argv, match):
 def test_cli_without_checkpoint(tmp_path, capsys):
   assert evaluate.main(["--workdir", str(tmp_path)]) == 2
   assert "no checkpoint" in capsys.readouterr().err
+
+
+def _fake_autoattack(calls):
+  """AutoAttack replaced by a counter (the tests below count evaluations, not AutoAttack's numbers)."""
+  def fake(logits_fn, images, labels, **kwargs):
+    calls["aa"] = calls.get("aa", 0) + 1
+    return {"accuracy": 1 / len(labels), "checks": []}
+  return fake
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+  """A tiny digits AT run of one epoch: its best checkpoint is its last."""
+  from configs import digits
+  from saat_jax.train import train_and_evaluate
+
+  workdir = tmp_path_factory.mktemp("one_epoch")
+  c = digits.get_config("at")
+  c.update_from_flattened_dict(TINY)
+  train_and_evaluate(c, str(workdir))
+  return workdir, c
+
+
+TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64, "eval.train_subset": 0,
+        "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 1}
+
+
+def _perturbed_best(real_restore):
+  """restore_for_eval whose `best` weights differ from `last`'s (at the same epoch, in a one-epoch run)."""
+  import jax
+
+  def restore(w, kind, *args, **kwargs):
+    model, variables, meta, cfg = real_restore(w, kind, *args, **kwargs)
+    return model, (jax.tree.map(lambda x: x * 1.01, variables) if kind == "best" else variables), meta, cfg
+
+  return restore
+
+
+@pytest.mark.parametrize("same_weights", [True, False])
+def test_best_at_the_last_epoch_is_evaluated_once(one_epoch_run, tmp_path, monkeypatch, capsys, same_weights):
+  """A one-epoch run's best checkpoint is its last (same epoch, identical weights): AutoAttack and PGD
+  run once and `last`'s row is a copy that says so. The same epoch with other weights (best's
+  weights perturbed here) is evaluated twice."""
+  workdir, _ = one_epoch_run
+  calls = {}
+  real_run, real_restore = evaluate.RobustnessEvaluator.run, evaluate.restore_for_eval
+
+  def counted_run(self, *args, **kwargs):
+    calls["pgd"] = calls.get("pgd", 0) + 1
+    return real_run(self, *args, **kwargs)
+
+  if not same_weights:
+    monkeypatch.setattr(evaluate, "restore_for_eval", _perturbed_best(real_restore))
+  monkeypatch.setattr(evaluate, "autoattack_evaluation", _fake_autoattack(calls))
+  monkeypatch.setattr(evaluate.RobustnessEvaluator, "run", counted_run)
+  out = tmp_path / "eval.json"
+  assert evaluate.main(["--workdir", str(workdir), "--eval.num_test=32", "--out", str(out)]) == 0
+  rows = json.loads(out.read_text())["checkpoints"]
+  printed = capsys.readouterr().out
+  if same_weights:
+    assert calls == {"aa": 1, "pgd": 1}  # AutoAttack once, natural and PGD-20 (one evaluator run) once
+    assert rows["best"]["epoch"] == 1 and rows["last"] == {**rows["best"], "same_as": "best"}
+    assert "last: the same checkpoint as best (epoch 1, identical weights); evaluated once, its numbers copied" in printed
+  else:
+    assert calls == {"aa": 2, "pgd": 2} and "same_as" not in rows["last"] and "same checkpoint" not in printed
+
+
+def test_pgd_steps_and_restarts_from_the_cli(digits_run, tmp_path, monkeypatch, capsys):
+  """--eval.steps=5 --eval.restarts=2 reach the evaluator; the column is pgd5 (PGD-5), never pgd20; an
+  evaluation with other steps does not merge into the same eval.json; pgd20 with steps 5 is refused."""
+  workdir, _ = digits_run
+  made = []
+  real_init = evaluate.RobustnessEvaluator.__init__
+
+  def init(self, *args, **kwargs):
+    made.append((kwargs["steps"], kwargs["restarts"]))
+    real_init(self, *args, **kwargs)
+
+  monkeypatch.setattr(evaluate.RobustnessEvaluator, "__init__", init)
+  out = tmp_path / "eval.json"
+  common = ["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.num_test=32", "--out", str(out)]
+  assert evaluate.main([*common, "--eval.attacks=natural,pgd", "--eval.steps=5", "--eval.restarts=2"]) == 0
+  report = json.loads(out.read_text())
+  row = report["checkpoints"]["last"]
+  assert made == [(5, 2)] and report["pgd_steps"] == 5 and report["pgd_restarts"] == 2
+  assert "pgd5" in row and "pgd20" not in row and row["pgd5"] <= row["natural"]
+  assert row["checks"][-1]["check"] == "accuracy_order" and row["checks"][-1]["message"] == "pgd5 <= natural"
+  printed = capsys.readouterr().out
+  assert "PGD-5" in printed and "PGD-20" not in printed and "PGD with 2 random starts" in printed
+  assert evaluate.main([*common, "--eval.attacks=natural,pgd20"]) == 0  # PGD-20, one start: other settings
+  (kept,) = tmp_path.glob("eval-*.json")
+  assert "pgd5" in json.loads(kept.read_text())["checkpoints"]["last"]
+  now = json.loads(out.read_text())
+  assert "pgd20" in now["checkpoints"]["last"] and "pgd5" not in now["checkpoints"]["last"]
+  assert made[-1] == (20, 1) and now["pgd_steps"] == 20
+  capsys.readouterr()
+  assert evaluate.main([*common, "--eval.attacks=pgd20", "--eval.steps=5"]) == 2
+  assert ("--eval.attacks: pgd20 asks for PGD-20 but --eval.steps=5; write pgd (the PGD of --eval.steps) or set "
+          "--eval.steps=20") in capsys.readouterr().err
+  assert evaluate.main([*common, "--eval.restarts=0"]) == 2
+  assert "--eval.restarts must be >= 1" in capsys.readouterr().err
+
+
+def test_the_sweep_leaves_the_next_checkpoints_pgd_alone(one_epoch_run, monkeypatch):
+  """Each checkpoint's PGD column is PGD-<steps> at the run's alpha, also after the previous
+  checkpoint's sweep, whose PGD has its own schedule (20 steps of 2/255 at 8/255)."""
+  workdir, _ = one_epoch_run
+  made, real_init = [], evaluate.RobustnessEvaluator.__init__
+
+  def init(self, *args, **kwargs):
+    made.append((kwargs["steps"], kwargs.get("restarts", 1), round(kwargs["alpha"] * 255, 6)))
+    real_init(self, *args, **kwargs)
+
+  monkeypatch.setattr(evaluate.RobustnessEvaluator, "__init__", init)
+  monkeypatch.setattr(evaluate, "restore_for_eval", _perturbed_best(evaluate.restore_for_eval))
+  report = evaluate.evaluate_run(str(workdir), kinds=("best", "last"), attacks=("natural", "pgd"), num_test=16,
+                                 sweep=[8], steps=5, restarts=2)
+  assert made == [(5, 2, 8.0), (20, 1, 2.0), (5, 2, 8.0), (20, 1, 2.0)]  # digits: alpha 8/255
+  assert set(report["checkpoints"]["last"]) >= {"pgd5", "sweep"} and "same_as" not in report["checkpoints"]["last"]
+
+
+def test_an_eval_json_from_before_steps_were_recorded_merges_with_pgd20(tmp_path):
+  """Files written before pgd_steps/pgd_restarts existed were PGD-20 with one start: they merge."""
+  out = str(tmp_path / "eval.json")
+  base = {"workdir": "w", "eps_255": 8.0, "alpha_255": 2.0, "weights": "raw", "num_test": 10, "seed": None,
+          "aa_version": "standard", "sweep_attack": "pgd", "dtype": None}
+  Path(out).write_text(json.dumps({**base, "checkpoints": {"last": {"epoch": 5, "aa": 0.3}}}))
+  merged, kept = evaluate.merge_into(out, {**base, "pgd_steps": 20, "pgd_restarts": 1,
+                                           "checkpoints": {"last": {"epoch": 5, "pgd20": 0.4}}})
+  assert kept is None and merged["checkpoints"]["last"] == {"epoch": 5, "aa": 0.3, "pgd20": 0.4}
+  _, kept = evaluate.merge_into(out, {**base, "pgd_steps": 20, "pgd_restarts": 3, "checkpoints": {}})
+  assert kept is not None
+
+
+def test_help_lists_every_setting_with_its_default_and_meaning(capsys):
+  assert evaluate.main(["--help"]) == 0
+  text = capsys.readouterr().out
+  assert set(evaluate.SETTING_HELP) == set(evaluate.eval_config())
+  for key, default in evaluate.eval_config().items():
+    flag = f"--eval.{key}={'?' if default is None else default}"
+    line = next(l for l in text.splitlines() if l.strip().startswith(flag))
+    first_words = " ".join(evaluate.SETTING_HELP[key].split()[:3])
+    assert first_words in line or first_words in text.split(flag, 1)[1].splitlines()[1], key
+  assert "--eval.steps=20" in text and "--eval.restarts=1" in text
+
+
+def test_an_extended_run_is_reported_with_its_new_last_epoch_and_the_command_works(one_epoch_run, tmp_path,
+                                                                                  monkeypatch):
+  """Issue 17's stale report: a run evaluated after 1 epoch, then extended to 2 (num_epochs 1 -> 2).
+  The report shows last epoch 2, marks what eval.json measured on epoch 1, and the command its warning
+  gives measures it again, after which nothing is flagged."""
+  import shlex
+  import shutil
+
+  from saat_jax.report import report_runs
+  from saat_jax.train import train_and_evaluate
+
+  workdir, config = one_epoch_run
+  run = tmp_path / "run"
+  shutil.copytree(workdir, run, ignore=shutil.ignore_patterns("eval*", "plots"))
+  calls = {}
+  monkeypatch.setattr(evaluate, "autoattack_evaluation", _fake_autoattack(calls))
+  assert evaluate.main(["--workdir", str(run), "--eval.checkpoints=last", "--eval.num_test=32"]) == 0
+  c = config.copy_and_resolve_references()
+  c.num_epochs = 2
+  train_and_evaluate(c, str(run))
+  logs = []
+  rep = report_runs([str(run)], str(tmp_path / "out"), log=logs.append)
+  last = rep["runs"]["run"]["checkpoints"]["last"]
+  assert last["epoch"] == 2 and rep["runs"]["run"]["num_epochs"] == 2 and last["natural"]["source"] == "metrics.jsonl"
+  assert last["aa"]["measured_epoch"] == 1 and rep["tables"]["runs"]["rows"][0]["text"]["last"]["aa"] == "3.12†"
+  (warning,) = [s for s in logs if "trained on after" in s]
+  cmd = warning.split("Measure them again with: ")[1]
+  assert cmd == f"python -m saat_jax.evaluate --workdir {run} --eval.checkpoints=last --eval.num_test=32"
+  assert evaluate.main(shlex.split(cmd)[3:]) == 0
+  assert list(run.glob("eval-*.json")) == []  # the same settings: merged into eval.json
+  logs = []
+  rep = report_runs([str(run)], str(tmp_path / "out"), log=logs.append)
+  last = rep["runs"]["run"]["checkpoints"]["last"]
+  assert last["epoch"] == 2 and last["aa"]["source"] == "eval.json" and "measured_epoch" not in last["aa"]
+  assert rep["runs"]["run"]["older_evaluations"] == [] and not any("trained on after" in s for s in logs)

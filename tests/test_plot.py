@@ -55,7 +55,7 @@ def test_the_figures_show_the_runs_numbers(runs):
   assert data["lr"][2] == pytest.approx(data["lr"][0] / 10)  # milestone at epoch 2: lr /10 in epoch 3
   cmp = plot.plot_compare([run, plot.load(str(runs / "at"))], str(runs / "compare.png"))
   np.testing.assert_allclose(cmp["saat_up/test_pgd_accuracy"], [100 * r["test_pgd_accuracy"] for r in recs])
-  assert len(cmp) == 4
+  assert len(cmp) == 5 and cmp["labels"] == ["digits saat_up", "digits at"]  # the configs' labels, not folders
 
 
 def test_default_output_is_the_runs_plots_folder_and_a_running_run_plots(runs, tmp_path):
@@ -79,3 +79,23 @@ def test_nothing_to_plot_is_a_clear_error(tmp_path, capsys, make, match):
   assert plot.main(["--workdir", str(d)]) == 2
   assert match in capsys.readouterr().err
   assert not (d / "plots").exists()
+
+
+def test_the_loss_lr_legend_is_under_the_panels(runs, tmp_path, monkeypatch):
+  """One legend under the figure: the learning rate's twin axis cannot draw across it."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+  from saat_jax import report
+
+  figs, real = [], report.save_figure
+  monkeypatch.setattr(report, "save_figure", lambda fig, path: (real(fig, path), figs.append(fig)))
+  plot.plot_loss_lr(plot.load(str(runs / "saat_up")), str(tmp_path / "loss_lr.png"))
+  (fig,) = figs
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  top = fig.legends[0].get_window_extent(renderer).y1
+  assert len(fig.axes) == 3 and all(ax.get_legend() is None and top <= ax.get_window_extent(renderer).y0
+                                    for ax in fig.axes)
+  texts = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert texts[:3] == ["training loss (outer loss, adversarial inputs)", "learning rate", "seconds per epoch: training"]

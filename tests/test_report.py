@@ -82,11 +82,13 @@ def test_transcription_matches_paper_text():
 
 
 def make_run(root, name, *, row="", seed=0, dataset="cifar10", method="saat", rho=1.7, eps_max=14,
-             model="preact_resnet18", num_epochs=4, n_records=None, base=0.6, trainsub=True, evals=()):
+             model="preact_resnet18", num_epochs=4, n_records=None, base=0.6, trainsub=True, evals=(),
+             data_format=None, label=None):
   """A run dir as launch.py and saat_jax.evaluate write it; ``evals``: [(file name, dict), ...]."""
   d = Path(root) / name
   d.mkdir(parents=True)
-  config = {"seed": seed, "method": method, "num_epochs": num_epochs, "experiment": {"row": row},
+  config = {"seed": seed, "method": method, "num_epochs": num_epochs,
+            "experiment": {"row": row, **({"label": label} if label is not None else {})},
             "data": {"name": dataset}, "model": {"name": model},
             "saat": {"rho": rho, "eps_max": eps_max / 255}, "at": {"eps": 8 / 255},
             "eval": {"eps": 8 / 255, "alpha": 2 / 255}}
@@ -101,6 +103,8 @@ def make_run(root, name, *, row="", seed=0, dataset="cifar10", method="saat", rh
          "attack_eps_q50": 2.0 + e, "attack_eps_q75": 4.0 + e, "attack_eps_q90": 6.0 + e,
          "attack_steps_mean": 4.0 + e, "attack_frac_satisfied": 0.9 - 0.05 * e,
          "test_natural_accuracy": base + 0.03 * e, "test_pgd_accuracy": pgd, "best_epoch": best}
+    if data_format is not None:
+      r["data_format"] = data_format
     if trainsub:
       r["trainsub_natural_accuracy"] = base + 0.05 * e
       r["trainsub_pgd_accuracy"] = pgd + 0.02 * e * rho
@@ -318,3 +322,199 @@ def test_runs_evaluated_every_other_epoch_are_reported(tmp_path):
   text = (tmp_path / "out" / "table.md").read_text()
   assert "70.00" in text and "65.00" in text  # best PGD-20 at epoch 2, last at epoch 3
   assert out
+
+
+def test_a_run_trained_on_after_its_evaluation_shows_its_new_last_epoch(tmp_path):
+  """eval.json measured 'last' at epoch 3, then the run went on to 4 epochs (num_epochs 3 -> 4): the
+  report says last epoch 4, takes Natural/PGD-20 from metrics.jsonl's epoch 4, marks the older AA and
+  RD (†) beside the cells and in a note, and warns with the command that measures them again."""
+  ev = eval_json((0.7, 0.4, 0.3), (0.71, 0.41, 0.31), sweep_drop=0.02)
+  ev["checkpoints"]["last"]["epoch"] = 3  # the best (epoch 3) is still current
+  a = make_run(tmp_path, "a", evals=[("eval.json", ev)])
+  logs = []
+  r = report_runs([a], str(tmp_path / "out"), log=logs.append)
+  last = r["runs"]["a"]["checkpoints"]["last"]
+  assert last["epoch"] == 4 and r["runs"]["a"]["num_epochs"] == 4
+  assert last["natural"] == {"value": pytest.approx(100 * (0.6 + 0.03 * 3)), "source": "metrics.jsonl",
+                             "num_test": None}
+  assert last["aa"] == {"value": pytest.approx(31.0), "source": "eval.json", "num_test": 10000, "measured_epoch": 3}
+  assert last["rd"]["measured_epoch"] == 3 and "measured_epoch" not in r["runs"]["a"]["checkpoints"]["best"]["aa"]
+  assert {(o["key"], o["shown"]) for o in last["older"]} == {("natural", "metrics.jsonl"), ("pgd20", "metrics.jsonl"),
+                                                            ("aa", "marked"), ("sweep", "marked")}
+  (row,) = r["tables"]["runs"]["rows"]
+  assert row["text"]["last"]["aa"] == "31.00†" and row["text"]["best"]["aa"] == "30.00"
+  assert row["text"]["last"]["rd"] == "2.00†"
+  cmd = f"python -m saat_jax.evaluate --workdir {a} --eval.checkpoints=last --eval.sweep=0,2,4,8"
+  (older,) = r["runs"]["a"]["older_evaluations"]
+  assert older["command"] == cmd and older["marked"] == ["aa", "sweep"] and older["replaced"] == ["natural", "pgd20"]
+  (warning,) = [s for s in logs if "trained on after" in s]
+  assert warning.startswith(f"warning: {a}: eval.json measured the last checkpoint at epoch 3, but the run's last "
+                            "checkpoint is now epoch 4")
+  assert "AA/the eps sweep and its RD are shown marked † (older checkpoint)" in warning
+  assert "Natural/PGD-20 are the epoch-4 numbers of metrics.jsonl" in warning and warning.endswith(cmd)
+  md = (tmp_path / "out" / "table.md").read_text()
+  assert "| 31.00† | 2.00† |" in md
+  assert "† measured on an older checkpoint than the run's current one" in md
+  assert "a last AA, RD (eval.json of epoch 3; the checkpoint is now epoch 4)" in md
+  assert r"31.00$^\dagger$" in (tmp_path / "out" / "table.tex").read_text()
+
+
+def test_an_older_checkpoints_numbers_do_not_override_the_current_ones(tmp_path):
+  """eval files merge newest last, but a newer file's value of an older epoch (say one copied back)
+  does not replace the value measured on the run's checkpoint now."""
+  old = eval_json((0.5, 0.2, 0.1), (0.5, 0.2, 0.1))
+  old["checkpoints"]["last"]["epoch"] = 2
+  a = make_run(tmp_path, "a", evals=[("eval.json", eval_json((0.7, 0.4, 0.3), (0.7, 0.4, 0.3))),
+                                     ("eval-old.json", old)])
+  r = report_runs([a], str(tmp_path / "out"), log=lambda s: None)
+  last = r["runs"]["a"]["checkpoints"]["last"]
+  assert last["aa"] == {"value": pytest.approx(30.0), "source": "eval.json", "num_test": 10000}
+  assert "older" not in last and r["runs"]["a"]["older_evaluations"] == []
+  assert r["runs"]["a"]["checkpoints"]["best"]["aa"]["source"] == "eval-old.json"  # same epoch: newest wins
+
+
+def test_nested_runs_are_all_found_and_skipped_paths_said(tmp_path):
+  """The README's layout: runs/digits is a run and holds runs/digits/<method>. Every run is found
+  from the parent folder; `runs/digits/*` (a run's files and checkpoints/ among the runs) skips those
+  paths with a reason each; paths holding no run at all are an error."""
+  root = tmp_path / "runs"
+  top = make_run(root, "digits", dataset="digits", method="saat", label="digits saat")
+  (root / "digits" / "checkpoints" / "best" / "3").mkdir(parents=True)
+  (root / "digits" / "plots").mkdir()
+  at = make_run(root, "digits/at", dataset="digits", method="at", label="digits at")
+  up = make_run(root, "digits/saat_up", dataset="digits", method="saat", label="digits saat_up")
+  for paths in ([str(root)], [top]):
+    r = report_runs(paths, str(tmp_path / "out"), log=lambda s: None)
+    assert sorted(v["dir"] for v in r["runs"].values()) == sorted([top, at, up]) and r["skipped_paths"] == []
+  logs = []
+  r = report_runs(sorted(str(p) for p in (root / "digits").iterdir()), str(tmp_path / "out2"), log=logs.append)
+  assert sorted(v["dir"] for v in r["runs"].values()) == [at, up]
+  reasons = {os.path.basename(s["path"]): s["reason"] for s in r["skipped_paths"]}
+  assert [s.get("of_run") for s in r["skipped_paths"]] == [None, top, top, None]  # sorted: checkpoints first
+  assert reasons == {"config.json": f"a file of the run {top}, not a run directory",
+                     "metrics.jsonl": f"a file of the run {top}, not a run directory",
+                     "checkpoints": f"the checkpoint folder of the run {top}, not a run directory",
+                     "plots": reasons["plots"]}
+  assert reasons["plots"].startswith("no config.json in it or below it")
+  assert f"warning: skipped {top}/checkpoints: the checkpoint folder of the run {top}, not a run directory" in logs
+  assert (f"warning: skipped config.json, metrics.jsonl in {top}: files of the run {top}, not run directories (pass {top} "
+          "itself to report that run)") in logs
+  with pytest.raises(ReportError, match=r"plots holds no run: no config\.json in it or below it"):
+    report_runs([str(root / "digits" / "plots")], str(tmp_path / "out3"), log=lambda s: None)
+  with pytest.raises(ReportError, match=r"no run directory among the paths given: .*config\.json: a file of the run"):
+    report_runs([top + "/config.json", top + "/plots"], str(tmp_path / "out3"), log=lambda s: None)
+  with pytest.raises(ReportError, match=r"runs/nope does not exist"):
+    report_runs([str(root / "nope"), at], str(tmp_path / "out3"), log=lambda s: None)
+  assert not (tmp_path / "out3").exists()
+
+
+def test_runs_on_jpeg_reencoded_data_are_marked(tmp_path):
+  """metrics.jsonl records with data_format 'image-folder-jpeg' (the JPEG-q75 CIFAR copy): a ‡ beside
+  the row's name, a footnote in Markdown and LaTeX, fields in report.json; other formats and records
+  without the key: no mark."""
+  a = make_run(tmp_path, "jpeg", row="at", method="at", data_format="image-folder-jpeg")
+  b = make_run(tmp_path, "official", method="at", seed=1, data_format="cifar10-python")
+  c = make_run(tmp_path, "old", method="trades", seed=2)
+  r = report_runs([a, b, c], str(tmp_path / "out"), log=lambda s: None)
+  note = "data: JPEG re-encoded, not the official CIFAR-10"
+  assert r["runs"]["jpeg"]["data_format"] == "image-folder-jpeg" and r["runs"]["jpeg"]["data_note"] == note
+  assert r["runs"]["official"]["data_note"] is None and r["runs"]["old"]["data_format"] is None
+  at = _row(r, "table1", "at")
+  assert at["lead"][0] == "AT ‡" and at["data_note"] == note
+  assert r["tables"]["table1"]["notes"] == [f"‡ {note}: AT (jpeg)."] and at["data_note_runs"] == ["jpeg"]
+  assert all("data_note" not in row for row in r["tables"]["runs"]["rows"]) and "notes" not in r["tables"]["runs"]
+  md = (tmp_path / "out" / "table.md").read_text()
+  assert "| AT ‡ | 1 |" in md and f"\n‡ {note}: AT (jpeg).\n" in md
+  tex = (tmp_path / "out" / "table.tex").read_text()
+  assert r"AT $^\ddagger$ & 1" in tex and r"\footnotesize $^\ddagger$ data: JPEG re-encoded" in tex
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+  """The figures the report saves, by file name (saved, so their layout is final)."""
+  from saat_jax.report import figures
+
+  out, real = {}, figures.save_figure
+
+  def capture(fig, path):
+    real(fig, path)
+    out[os.path.basename(path)] = fig
+
+  monkeypatch.setattr(figures, "save_figure", capture)
+  return out
+
+
+def _legend_below_every_axes(fig) -> bool:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+  canvas = FigureCanvasAgg(fig)  # the saved figure's canvas is gone with pyplot.close
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  top = fig.legends[0].get_window_extent(renderer).y1
+  return all(ax.get_legend() is None and top <= ax.get_window_extent(renderer).y0 for ax in fig.axes)
+
+
+METHODS11 = ("natural", "at", "saat_down", "saat_up", "trades", "sa_trades_up", "awp_at", "awp_saat_down",
+             "awp_saat_up", "awp_trades", "awp_sa_trades_up")
+
+
+def test_eleven_runs_in_one_figure_are_told_apart_and_named_by_their_labels(tmp_path, drawn):
+  """Every digits method in one acc_vs_eps figure: 11 curves of 11 different (marker, line style),
+  legend entries by config.experiment.label (not the folder), the y axis naming the attack."""
+  from saat_jax.report.figures import SWEEP_PGD_NOTE
+
+  dirs = [make_run(tmp_path, f"runs/{m}", dataset="digits", method="at", model="small_cnn", label=f"digits {m}",
+                   seed=0, evals=[("eval.json", eval_json((0.9 - 0.01 * i,) * 3, (0.9 - 0.01 * i,) * 3, 0.01))])
+          for i, m in enumerate(METHODS11)]
+  report_runs(dirs, str(tmp_path / "out"), log=lambda s: None)
+  fig = drawn["acc_vs_eps.png"]
+  for ax in fig.axes:
+    lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert len(lines) == 11
+    # not told apart by colour alone (a colormap band): each curve its own marker or line style
+    assert len({(line.get_marker(), line.get_linestyle()) for line in lines}) == 11
+    assert sorted(line.get_label().split(" (RD")[0] for line in lines) == sorted(f"digits {m}" for m in METHODS11)
+    assert ax.get_ylabel() == "accuracy under PGD (%)"
+  assert fig.get_supxlabel() == SWEEP_PGD_NOTE
+  assert drawn["curves_awp_at.png"].axes[0].get_title() == "digits awp_at, seed 0"
+
+
+def test_the_budget_legend_is_outside_the_panels(tmp_path, drawn):
+  """The SA-PGD budget figure's legend sits under both panels, so no curve (of the twin axis either)
+  crosses it (it did inside the lower panel)."""
+  a = make_run(tmp_path, "a", label="digits saat_up")
+  report_runs([a], str(tmp_path / "out"), log=lambda s: None)
+  fig = drawn["budget_a.png"]
+  assert len(fig.axes) == 3 and _legend_below_every_axes(fig)
+  assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+      "q10-q90", "q25-q75", "median", "mean", "eps_max = 14/255", "loss >= rho reached (%)", "mean PGD steps"]
+
+
+def test_runs_are_named_by_label_row_or_method_and_folders_break_ties(tmp_path):
+  from saat_jax.report import load_run, run_labels
+
+  dirs = [make_run(tmp_path, "x/s0", label="digits at", method="at"),
+          make_run(tmp_path, "x/s1", label="digits at", method="at", seed=1),
+          make_run(tmp_path, "copy/s1", label="digits at", method="at", seed=1),
+          make_run(tmp_path, "row", row="saat_up_e14_r1.7"),
+          make_run(tmp_path, "plain", method="trades")]
+  runs = [load_run(d) for d in dirs]
+  for r, name in zip(runs, ("s0", "s1", "copy_s1", "row", "plain")):
+    r.name = name
+  assert run_labels(runs) == ["digits at, seed 0", "digits at, seed 1 [s1]", "digits at, seed 1 [copy_s1]",
+                              "SAAT_up (eps_max=14, rho=1.7)", "trades, preact_resnet18"]
+
+
+def test_another_pgd_step_count_is_never_reported_as_pgd20(tmp_path):
+  """An eval.json of --eval.steps=50 holds pgd50: the PGD-20 column keeps metrics.jsonl's PGD-20, and
+  the PGD-50 number stays beside it in report.json under its own key."""
+  ev = eval_json((0.7, 0.4, 0.3), (0.7, 0.4, 0.3))
+  for ck in ev["checkpoints"].values():
+    ck["pgd50"] = ck.pop("pgd20") - 0.05
+  ev["pgd_steps"] = 50
+  a = make_run(tmp_path, "a", evals=[("eval.json", ev)])
+  r = report_runs([a], str(tmp_path / "out"), log=lambda s: None)
+  last = r["runs"]["a"]["checkpoints"]["last"]
+  assert last["pgd20"]["source"] == "metrics.jsonl" and last["pgd50"]["value"] == pytest.approx(35.0)
+  assert last["aa"]["source"] == "eval.json"
+  assert "pgd50" not in r["tables"]["runs"]["metrics"]["last"]
