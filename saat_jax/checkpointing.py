@@ -126,24 +126,38 @@ def _describe(e: BaseException) -> str:
   return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
+def _orbax_leftover(unraisable) -> bool:
+  """Whether an "Exception ignored in ..." report is the noise of a failed Orbax read (see
+  :func:`_drop_failed_read`): a read left pending on the event loop Orbax closed, or TensorStore
+  completing it there from its own thread ("Event loop is closed")."""
+  code = getattr(unraisable.object, "cr_code", None)
+  if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+    return True
+  return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
 def _drop_failed_read() -> None:
   """Orbax runs a restore's array reads on an event loop of its own and closes it when one read
-  fails, the others still pending; each of those coroutines, when collected, prints "Exception
-  ignored in: <coroutine object _read_array_index_and_device_put ...>" and a traceback ("Event loop
-  is closed", or Orbax's wrapper of the GeneratorExit that closes it): what evaluating a damaged
-  checkpoint showed. Collect them now, once the failure is summed up, without those lines."""
+  fails, the others still pending: each of those coroutines, when collected, and TensorStore, when
+  it completes one of them from its thread, report "Exception ignored in: ..." with a traceback
+  (what evaluating a damaged checkpoint printed, after its error). From the first failed read on,
+  those reports -- and only those -- are dropped (a filter in front of ``sys.unraisablehook``), and
+  the pending reads are collected now, once the failure is summed up."""
+  hook = sys.unraisablehook
+  if not getattr(hook, "drops_orbax_leftovers", False):
 
-  def hook(unraisable):
-    code = getattr(unraisable.object, "cr_code", None)
-    if code is None or f"{os.sep}orbax{os.sep}" not in code.co_filename:
-      previous(unraisable)
+    def filtered(unraisable, previous=hook):
+      if not _orbax_leftover(unraisable):
+        previous(unraisable)
 
-  previous, asyncio_log = sys.unraisablehook, logging.getLogger("asyncio")
-  disabled, sys.unraisablehook, asyncio_log.disabled = asyncio_log.disabled, hook, True  # "Task was destroyed"
+    filtered.drops_orbax_leftovers = True
+    sys.unraisablehook = filtered
+  asyncio_log = logging.getLogger("asyncio")  # "Task was destroyed but it is pending!"
+  disabled, asyncio_log.disabled = asyncio_log.disabled, True
   try:
     gc.collect()
   finally:
-    sys.unraisablehook, asyncio_log.disabled = previous, disabled
+    asyncio_log.disabled = disabled
 
 
 class _Unreadable(Exception):
