@@ -1,22 +1,19 @@
 """What identifies a run (its model spec and random keys) and its weights read back for evaluation.
 
 Evaluation restores only the weights -- ``params`` and ``batch_stats``, or their EMA -- of a
-checkpoint written by :func:`saat_jax.train.train_and_evaluate`. The restore target is built from
-the checkpoint's own array metadata, so it needs neither the optimizer nor the image shape, and the
-optimizer state is not read. The model is then checked against the weights (abstractly, no
-initialisation) at the image shape recorded in ``meta`` (a guess from the dataset for checkpoints
-written before ``image_shape`` was recorded).
+checkpoint written by :func:`saat_jax.train.train_and_evaluate`, through the one reader of
+:mod:`saat_jax.checkpointing` (newest readable checkpoint, arrays verified against their
+checksums). The restore target is built from the checkpoint's own array metadata, so it needs
+neither the optimizer nor the image shape, and the optimizer state is not read. The model is then
+checked against the weights (abstractly, no initialisation) at the image shape recorded in
+``meta`` (a guess from the dataset for checkpoints written before ``image_shape`` was recorded).
 """
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 
 from saat_jax import checkpointing
 from saat_jax.models import create_model
@@ -56,16 +53,6 @@ def image_shape(meta: dict) -> tuple:
   return (8, 8, 1) if meta["config"]["data"]["name"] == "digits" else (32, 32, 3)
 
 
-def _reader(workdir: str, kind: str) -> ocp.CheckpointManager:
-  where = checkpointing.checkpoint_dir(workdir, kind)
-  if not os.path.isdir(where):
-    raise checkpointing.CheckpointError(f"no {kind!r} checkpoint in {where}")
-  # PyTreeCheckpointHandler reads what StandardSave wrote and can restore a part of it.
-  return ocp.CheckpointManager(where, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                                                     "meta": ocp.JsonCheckpointHandler()},
-                               options=ocp.CheckpointManagerOptions(create=False))
-
-
 def variables_of(params, batch_stats) -> dict:
   """Flax variables ``{'params', 'batch_stats'?}``: a model without BatchNorm has no batch_stats."""
   v = {"params": params}
@@ -80,29 +67,17 @@ def _variables(tree: dict) -> dict:
 
 def restore_weights(workdir: str, kind: str = "last", weights: str = "raw", epoch=None) -> tuple[dict, dict]:
   """``(variables, meta)`` of a checkpoint: ``{'params', 'batch_stats'?}`` (``weights='raw'``) or
-  their EMA (``'ema'``), as host arrays, without reading the optimizer state."""
+  their EMA (``'ema'``), as host arrays, without reading the optimizer state. The checkpoint is the
+  newest readable one of ``kind``, its arrays verified, as training's restore
+  (:func:`saat_jax.checkpointing.restore_part`)."""
   if weights not in WEIGHTS:
     raise ValueError(f"weights={weights!r}; use one of {WEIGHTS}")
-  mngr = _reader(workdir, kind)
-  try:
-    epoch = mngr.latest_step() if epoch is None else epoch
-    if epoch is None:
-      raise checkpointing.CheckpointError(f"no {kind!r} checkpoint in {checkpointing.checkpoint_dir(workdir, kind)}")
-    saved = dict(mngr.item_metadata(epoch)["state"])
-    names = ("ema",) if weights == "ema" else ("params", "batch_stats")
-    if weights == "ema" and not jax.tree_util.tree_leaves(saved.get("ema")):
-      raise ValueError(f"{workdir} was trained without an EMA of the weights (ema.decay = 0); "
-                       "evaluate its raw weights (--weights raw)")
-    part = {k: saved[k] for k in names if jax.tree_util.tree_leaves(saved.get(k))}
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), part)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    out = mngr.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True),
-        meta=ocp.args.JsonRestore()))
-  finally:
-    mngr.close()
-  tree = out.state["ema"] if weights == "ema" else out.state
-  return _variables(tree), dict(out.meta)
+  names = ("ema",) if weights == "ema" else ("params", "batch_stats")
+  part, meta = checkpointing.restore_part(workdir, kind, names, epoch)
+  if weights == "ema" and "ema" not in part:
+    raise ValueError(f"{workdir} was trained without an EMA of the weights (ema.decay = 0); "
+                     "evaluate its raw weights (--weights raw)")
+  return _variables(part["ema"] if weights == "ema" else part), meta
 
 
 def check_weights_fit(model, variables: dict, shape, where: str) -> None:

@@ -341,6 +341,19 @@ def _last_good(ckpts: checkpointing.RunCheckpoints, workdir: str) -> str:
   return f"the last good checkpoint, epoch {epoch + 1}, is kept in {where}"
 
 
+def _divergence_advice(ckpts: checkpointing.RunCheckpoints, workdir: str) -> str:
+  """What a non-finite loss says about the checkpoints and what to do. A restored checkpoint was
+  verified against its checksums: the state is the one saved, so the training itself diverged.
+  One written before checksums were recorded (``ckpts.unverified``, until the run saves its own)
+  may be damaged: the message names it first."""
+  if ckpts.unverified:
+    return (f"the run resumed from {ckpts.unverified}, which has no checksums (written before saat_jax recorded "
+            f"them) and so could not be verified, and has saved nothing since: a damaged file in that checkpoint "
+            f"would do this. Move that directory aside and run the same command to resume from the one before it; "
+            f"if the checkpoint is sound, lower optim.lr or check the data")
+  return f"{_last_good(ckpts, workdir)}. Lower optim.lr or check the data."
+
+
 # --------------------------------------------------------------------------------------------
 # Training and per-epoch evaluation
 # --------------------------------------------------------------------------------------------
@@ -402,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
       trained_on = (saved.get("record") or {}).get("data_format")
       if trained_on not in (None, "unknown", data.data_format) and not config.get("allow_config_change", False):
         raise workdir_files.refuse_data_change(workdir, done, trained_on, data.data_format)
-      history, damage = workdir_files.history_at(metrics_path, saved)
+      history, damage = workdir_files.history_at(metrics_path, saved, checkpointing.kept_records(workdir))
       repaired = (f"{metrics_path} was damaged: {'; '.join(damage)}. Kept the {len(history)} records of "
                   f"epochs up to {done} (the checkpoint's) and rewrote the file.")
       if done >= num_epochs:
@@ -423,7 +436,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     if saved is not None:
       state, meta = ckpts.restore("last", state)
       if int(meta["epoch"]) != int(saved["epoch"]):  # the newest was unreadable: one epoch back
-        history, damage = workdir_files.history_at(metrics_path, meta)
+        history, damage = workdir_files.history_at(metrics_path, meta, checkpointing.kept_records(workdir))
         done = int(meta["epoch"]) + 1
       start_epoch = int(meta["epoch"]) + 1
       best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
@@ -589,8 +602,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
           if not np.isfinite(mm["loss"]):
             raise TrainingDiverged(
                 f"training loss became {float(mm['loss'])} at step {gs} (epoch {epoch + 1}, batch {gs - epoch * steps_per_epoch}); "
-                f"stopped without saving this epoch; {_last_good(ckpts, workdir)}. "
-                f"Lower optim.lr or check the data.")
+                f"stopped without saving this epoch; {_divergence_advice(ckpts, workdir)}")
           step_metrics.append(mm)
         pending = []
         if step_metrics:

@@ -42,20 +42,30 @@ def epoch_list(epochs: list[int]) -> str:
   return shown + (f", ... ({len(epochs)} in all)" if len(epochs) > 10 else "")
 
 
-def history_at(path: str, meta: dict) -> tuple[list[dict], list[str]]:
+def history_at(path: str, meta: dict, kept: list = ()) -> tuple[list[dict], list[str]]:
   """The records of ``metrics.jsonl`` up to the checkpoint's epoch, one per epoch, and what had to
   be repaired (lines that do not parse, epochs without a record). The checkpoint is the truth:
-  records of later epochs (a run killed between its metrics and its checkpoint) are dropped, and
-  the checkpoint's own epoch record, kept in its meta, fills a missing last line."""
+  records of later epochs (a run killed between its metrics and its checkpoint) are dropped, and an
+  epoch without a line gets the record kept in a checkpoint's meta: the checkpoint's own
+  (``meta['record']``) or one of ``kept``, the records of the other kept checkpoints (the ``last``
+  before, ``best``: :func:`saat_jax.checkpointing.kept_records`)."""
   records, problems = read_metrics(path)
   last = int(meta["epoch"])
   by_epoch = {}
   for r in records:
     if 0 <= r["epoch"] <= last:
       by_epoch[r["epoch"]] = r
-  if last not in by_epoch and isinstance(meta.get("record"), dict):
-    by_epoch[last] = meta["record"]
+  saved = {r["epoch"]: r for r in kept if isinstance(r.get("epoch"), int) and not isinstance(r["epoch"], bool)}
+  if isinstance(meta.get("record"), dict):
+    saved[last] = meta["record"]
+  restored = [e for e in sorted(saved) if 0 <= e <= last and e not in by_epoch]
+  for e in restored:
+    by_epoch[e] = saved[e]
+  if restored == [last]:
     problems.append(f"the record of epoch {last + 1} was missing and is restored from the checkpoint")
+  elif restored:
+    problems.append(f"the records of epoch(s) {epoch_list([e + 1 for e in restored])} were missing and are restored "
+                    "from the checkpoints")
   missing = [e + 1 for e in range(last + 1) if e not in by_epoch]
   if missing:
     problems.append(f"epoch(s) {epoch_list(missing)} have no record")

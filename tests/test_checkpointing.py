@@ -375,3 +375,297 @@ def test_stale_locks_are_taken_over_and_live_or_foreign_ones_refused(tmp_path, c
     pass
   assert "(unreadable and 6" in capsys.readouterr().err
   assert not os.path.exists(path)
+
+
+# ---- checksums, a partial restore, checkpoints from before checksums -------------------------------
+
+
+def meta_file(workdir, kind, step):
+  return os.path.join(workdir, "checkpoints", kind, str(step), "meta", "metadata")
+
+
+def edit_meta(workdir, kind, step, edit):
+  """Rewrite a checkpoint's meta (a JSON file Orbax wrote) through ``edit(meta)``."""
+  path = meta_file(workdir, kind, step)
+  with open(path) as f:
+    meta = json.load(f)
+  edit(meta)
+  with open(path, "w") as f:
+    json.dump(meta, f)
+
+
+def test_every_array_has_its_checksum_in_the_meta_on_disk_not_in_the_meta_returned(ck, tmp_path):
+  import hashlib
+
+  s = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.asarray(7, np.int32)}
+  ck.save("last", 0, s, {"epoch": 0})
+  on_disk = json.loads(open(meta_file(tmp_path, "last", 0)).read())
+  assert on_disk["checksums"] == {"sha256": {
+      "state.w": ["float32", [2, 3], hashlib.sha256(s["w"].tobytes()).hexdigest()],
+      "state.step": ["int32", [], hashlib.sha256(s["step"].tobytes()).hexdigest()]}}
+  like = {"w": np.zeros((2, 3), np.float32), "step": np.asarray(0, np.int32)}
+  assert ck.restore("last", like)[1] == {"epoch": 0} == ck.restore_meta() == checkpointing.read_meta(str(tmp_path))
+  ck.save_partial(3, s, {"step": 3}, {"loss": np.arange(2, dtype=np.float32)})
+  sums = json.loads(open(meta_file(tmp_path, "partial", 3)).read())["checksums"]["sha256"]
+  assert sorted(sums) == ["state.step", "state.w", "step_metrics.loss"]
+  assert ck.restore_partial(like, after_step=0)[1] == {"step": 3}
+
+
+def test_leaf_names_are_orbaxs_and_the_same_for_a_dataclass_and_its_dicts():
+  import jax
+
+  from saat_jax.train import TrainState
+
+  ts = TrainState(step=np.int32(1), params={"conv": {"kernel": np.ones(2)}}, batch_stats={},
+                  opt_state=({"trace": {"conv": {"kernel": np.zeros(2)}}}, ()), ema=None)
+  names = [checkpointing.leaf_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(ts)[0]]
+  assert names == ["step", "params.conv.kernel", "opt_state.0.trace.conv.kernel"]
+  as_dicts = {"params": {"conv": {"kernel": np.ones(2)}}}  # what a restore of a part gives
+  assert set(checkpointing.checksums({"state": as_dicts})) <= set(checkpointing.checksums({"state": ts}))
+
+
+def test_an_array_that_does_not_match_its_checksum_makes_the_checkpoint_unreadable(ck, tmp_path, capsys):
+  for epoch in range(2):
+    ck.save("last", epoch, state(epoch + 1), {"epoch": epoch})
+
+  def forge(meta):  # as if the bytes on disk had changed since: the recorded sum is another's
+    meta["checksums"]["sha256"]["state.w"][2] = "0" * 64
+
+  edit_meta(tmp_path, "last", 1, forge)
+  capsys.readouterr()
+  got, meta = ck.restore("last", state(0))
+  assert meta["epoch"] == 0 and float(got["w"][0]) == 1.0
+  err = capsys.readouterr().err
+  assert (f"the 'last' checkpoint {tmp_path / 'checkpoints' / 'last' / '1'} is unreadable (ChecksumError: state.w "
+          "does not match its checksum (sha256 ") in err and ", 0000000000000000... when saved)" in err
+  ck.save("last", 1, state(2), {"epoch": 1})
+  edit_meta(tmp_path, "last", 1, lambda m: m["checksums"]["sha256"]["state.w"].__setitem__(1, [4]))
+  with pytest.raises(CheckpointError, match=r"step 1: ChecksumError: state.w does not match its checksum \(float32 "
+                                            r"\(3,\), float32 \(4,\) when saved\)"):
+    ck.restore("last", state(0), epoch=1)
+  edit_meta(tmp_path, "last", 1, lambda m: m["checksums"]["sha256"].pop("state.w"))
+  with pytest.raises(CheckpointError, match=r"ChecksumError: state.w has no checksum in the checkpoint's meta"):
+    ck.restore("last", state(0), epoch=1)
+
+
+def test_a_partial_restore_reads_and_verifies_only_its_part(tmp_path, capsys):
+  ck = RunCheckpoints(str(tmp_path))
+  full = {"params": {"w": np.arange(3, dtype=np.float32)}, "batch_stats": {}, "opt": {"m": np.ones(4, np.float32)}}
+  for epoch in range(2):
+    ck.save("last", epoch, full, {"epoch": epoch})
+  ck.close()
+  part, meta = checkpointing.restore_part(str(tmp_path), "last", ("params", "batch_stats"))
+  assert meta == {"epoch": 1} and list(part) == ["params"]  # no arrays in batch_stats
+  np.testing.assert_array_equal(part["params"]["w"], full["params"]["w"])
+  assert isinstance(part["params"]["w"], np.ndarray)
+  # a damaged optimizer state does not concern a restore of the weights; damaged weights do
+  edit_meta(tmp_path, "last", 1, lambda m: m["checksums"]["sha256"]["state.opt.m"].__setitem__(2, "f" * 64))
+  assert checkpointing.restore_part(str(tmp_path), "last", ("params",))[1] == {"epoch": 1}
+  edit_meta(tmp_path, "last", 1, lambda m: m["checksums"]["sha256"]["state.params.w"].__setitem__(2, "f" * 64))
+  capsys.readouterr()
+  assert checkpointing.restore_part(str(tmp_path), "last", ("params",))[1] == {"epoch": 0}
+  assert "the 'last' checkpoint" in capsys.readouterr().err
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "last")) == ["0", "1"]  # evaluation moves nothing
+  assert checkpointing.restore_part(str(tmp_path), "last", ("ema",)) == ({}, {"epoch": 1})  # read nothing, so fine
+  edit_meta(tmp_path, "last", 0, lambda m: m["checksums"]["sha256"]["state.params.w"].__setitem__(2, "f" * 64))
+  with pytest.raises(CheckpointError, match=r"^no 'last' checkpoint in \S+ can be read: it is damaged \(step 1: "
+                                            r"ChecksumError: .*; step 0: ChecksumError: .*\)\. Evaluate another "
+                                            r"checkpoint \(--eval.checkpoints\), or restore \S+ from a backup$"):
+    checkpointing.restore_part(str(tmp_path), "last", ("params",))
+  with pytest.raises(CheckpointError, match="no 'best' checkpoint in .*best$"):
+    checkpointing.restore_part(str(tmp_path / "elsewhere"), "best", ("params",))
+
+
+def test_a_checkpoint_without_checksums_loads_with_one_note_unless_it_holds_nan(ck, tmp_path, capsys):
+  """Checkpoints written before checksums were recorded: used unverified (one info line), but a
+  saved state never holds NaN or inf, so one that does is unreadable."""
+  for epoch in range(2):
+    ck.save("last", epoch, state(epoch + 1), {"epoch": epoch})
+  for step in (0, 1):
+    edit_meta(tmp_path, "last", step, lambda m: m.pop("checksums"))
+  capsys.readouterr()
+  got, meta = ck.restore("last", state(0))
+  out, err = capsys.readouterr()
+  assert meta == {"epoch": 1} and float(got["w"][0]) == 2.0 and err == ""
+  note = (f"the 'last' checkpoint {tmp_path / 'checkpoints' / 'last' / '1'} has no checksums (written before "
+          "saat_jax recorded them): its arrays are used unverified\n")
+  assert out == note
+  assert ck.unverified == str(tmp_path / "checkpoints" / "last" / "1")
+  ck.save("last", 2, state(3), {"epoch": 2})
+  assert ck.unverified is None  # the run's own state is saved: a NaN from here on is the run's
+  assert checkpointing.restore_part(str(tmp_path), "last", ("w",), epoch=1)[1] == {"epoch": 1}
+  assert capsys.readouterr().out == note
+
+  ck.save("last", 3, {"w": np.array([1.0, np.inf, 0.0], np.float32), "step": np.asarray(4, np.int32)}, {"epoch": 3})
+  edit_meta(tmp_path, "last", 3, lambda m: m.pop("checksums"))
+  got, meta = ck.restore("last", state(0))
+  assert meta["epoch"] == 2 and ck.unverified is None
+  assert "is unreadable (ValueError: state.w holds NaN or inf, which a saved training state never does)" in \
+      capsys.readouterr().err
+
+
+def test_orbax_bare_exception_is_damage_and_a_wrapped_ctrl_c_is_not(capsys):
+  """Orbax re-raises a failed read of an array as ``Exception(...) from`` TensorStore's ValueError,
+  whose one-line message the warning quotes; it wraps a KeyboardInterrupt the same way."""
+
+  def orbax_wrapped(cause):
+    try:
+      raise cause
+    except BaseException as e:
+      try:
+        raise Exception("Encountered error while reading array index: (slice(0, 3, 1),).\n"
+                        "  See full TensorStore details: {\n 'driver': 'zarr',\n}") from e
+      except Exception as wrapped:
+        return wrapped
+
+  read_error = orbax_wrapped(ValueError('OUT_OF_RANGE: Error reading "params.w/0" in OCDBT database at\nlocal file'))
+
+  def read(step):
+    if step == 1:
+      raise read_error
+    return "older"
+
+  capsys.readouterr()
+  assert checkpointing._newest_readable("/w", "last", [0, 1], read) == ("older", 0)
+  assert ('warning: the \'last\' checkpoint /w/1 is unreadable (ValueError: OUT_OF_RANGE: Error reading "params.w/0" '
+          'in OCDBT database at local file); using the one before it, step 0\n') == capsys.readouterr().err
+  with pytest.raises(KeyboardInterrupt):
+    checkpointing._newest_readable("/w", "last", [0], lambda step: (_ for _ in ()).throw(
+        orbax_wrapped(KeyboardInterrupt())))
+  with pytest.raises(ZeroDivisionError):  # a bug is not damage
+    checkpointing._newest_readable("/w", "last", [1, 0], lambda step: 1 / 0)
+
+
+# ---- a save: Ctrl-C held back, Orbax's log of a failure in a file --------------------------------
+
+
+def test_ctrl_c_during_a_save_is_delivered_once_the_checkpoint_is_complete(ck, tmp_path, monkeypatch):
+  import signal
+
+  import orbax.checkpoint as ocp
+
+  real_wait = ocp.CheckpointManager.wait_until_finished
+  arrived = []
+
+  def ctrl_c_then_wait(self):
+    if not arrived:  # once, while Orbax's thread writes
+      os.kill(os.getpid(), signal.SIGINT)
+      arrived.append(os.path.isdir(tmp_path / "checkpoints" / "last" / "0"))
+    real_wait(self)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", ctrl_c_then_wait)
+  with pytest.raises(KeyboardInterrupt):
+    ck.save("last", 0, state(1), {"epoch": 0})
+  assert arrived == [False]  # it arrived before the checkpoint was complete ...
+  assert ck.latest_epoch() == 0  # ... and was raised after
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  monkeypatch.undo()
+  assert ck.restore("last", state(0))[1] == {"epoch": 0}
+  ck.save_partial(3, state(1), {"step": 3}, {"loss": np.zeros(2, np.float32)})
+  real_delete = ocp.CheckpointManager.delete
+
+  def ctrl_c_then_delete(self, step):
+    os.kill(os.getpid(), signal.SIGINT)
+    real_delete(self, step)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "delete", ctrl_c_then_delete)
+  with pytest.raises(KeyboardInterrupt):
+    ck.clear_partial()  # deleting the positions inside an epoch is held back the same way
+  assert steps(tmp_path, "partial") == []
+  monkeypatch.undo()
+
+  def ctrl_c_in_a_failing_save(self, *a, **kw):
+    os.kill(os.getpid(), signal.SIGINT)
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", ctrl_c_in_a_failing_save)
+  with pytest.raises(CheckpointSaveError, match="No space left on device"):  # its own error ends the run
+    ck.save("last", 1, state(2), {"epoch": 1})
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_real_failed_write_keeps_orbaxs_tracebacks_off_the_console_and_in_errors_log(tmp_path, capfd, caplog):
+  """TensorStore's write fails for real past the file size limit (EFBIG; Python ignores SIGXFSZ);
+  Orbax logs it from its threads, with tracebacks, several times over."""
+  import logging
+
+  resource = pytest.importorskip("resource")
+  ck = RunCheckpoints(str(tmp_path))
+  ck.save("last", 0, {"a": np.zeros(3)}, {"epoch": 0})
+  capfd.readouterr()
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))
+  try:
+    with caplog.at_level(logging.INFO), pytest.raises(CheckpointSaveError) as e:
+      ck.save("last", 1, {"a": np.random.default_rng(0).random(400_000)}, {"epoch": 1})
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+  log_path = tmp_path / "checkpoints" / "errors.log"
+  assert re.fullmatch(r"could not save the 'last' checkpoint of epoch 2 in \S+: ValueError: [^\n]+ The previous "
+                      r"'last' checkpoint \(epoch 1\) is intact\. [^\n]+ What Orbax logged about it \([1-9][0-9]* "
+                      rf"records\) and the traceback are in {re.escape(str(log_path))}\.", str(e.value))
+  out, err = capfd.readouterr()
+  assert out == err == "" and not [r for r in caplog.records if r.name == "absl"]
+  written = log_path.read_text()
+  assert "ERROR [" in written and "Traceback (most recent call last)" in written and "Error writing" in written
+  assert ck.errors_log() == str(log_path)
+  ck.close()
+
+
+# ---- the records kept in checkpoints, for the repair of metrics.jsonl ----------------------------
+
+
+def test_kept_records_are_those_of_every_readable_checkpoint_and_fill_the_gaps_of_the_history(tmp_path):
+  from saat_jax.workdir import history_at
+
+  workdir = str(tmp_path / "run")
+  assert checkpointing.kept_records(workdir) == []  # nothing there, nothing created
+  assert not os.path.exists(workdir)
+  c = RunCheckpoints(workdir)
+  rec = {e: {"epoch": e, "loss": float(e)} for e in range(5)}
+  for e in (2, 3, 4):
+    c.save("last", e, state(e), {"epoch": e, "record": rec[e]})
+  c.save("best", 1, state(1), {"epoch": 1, "record": rec[1]})
+  c.save("best", 5, state(1), {"epoch": 5})  # a meta without a record (from before records were kept)
+  c.close()
+  kept = checkpointing.kept_records(workdir)  # last 3 and 4 (two kept); best 5 replaced best 1, and has no record
+  assert sorted(r["epoch"] for r in kept) == [3, 4]
+  open(meta_file(workdir, "last", 3), "w").write("{not json")
+  assert [r["epoch"] for r in checkpointing.kept_records(workdir)] == [4]
+
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text(json.dumps({**rec[0], "loss": -1.0}) + "\n" + json.dumps(rec[4]) + "\n")
+  kept = [rec[1], {**rec[4], "loss": 9.0}, {**rec[2], "epoch": True}, {"epoch": 5}]  # past epoch 4, or no epoch
+  hist, problems = history_at(str(metrics), {"epoch": 3, "record": rec[3]}, kept)
+  # the file's lines first; the checkpoint's own record and the kept ones fill what it lacks, up to its epoch
+  assert hist == [{**rec[0], "loss": -1.0}, rec[1], rec[3]]
+  assert problems == ["the records of epoch(s) 2, 4 were missing and are restored from the checkpoints",
+                      "epoch(s) 3 have no record"]
+  hist, problems = history_at(str(metrics), {"epoch": 1, "record": rec[1]})
+  assert hist == [{**rec[0], "loss": -1.0}, rec[1]]
+  assert problems == ["the record of epoch 2 was missing and is restored from the checkpoint"]
+
+
+def test_only_the_reports_of_orbaxs_pending_reads_are_dropped_after_a_failed_read(monkeypatch):
+  """After a failed read, "Exception ignored in ..." reports of Orbax's coroutines left on its closed
+  event loop, or of TensorStore completing them there, are dropped; any other report goes through."""
+  import logging
+  import types
+
+  from orbax.checkpoint._src.serialization import serialization
+
+  got = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: got.append((u.object, str(u.exc_value))))
+  checkpointing._drop_failed_read()
+  checkpointing._drop_failed_read()  # one filter, not two in a row
+  previous = sys.unraisablehook.__defaults__[0]  # what the filter passes the other reports on to
+  assert sys.unraisablehook.drops_orbax_leftovers and not hasattr(previous, "drops_orbax_leftovers")
+  orbax_coroutine = serialization._read_array_index_and_device_put.__code__
+  report = lambda obj, exc: types.SimpleNamespace(object=obj, exc_value=exc, exc_type=type(exc), err_msg=None)
+  mine = (lambda: (yield))()  # any object that is not one of Orbax's coroutines
+  sys.unraisablehook(report(types.SimpleNamespace(cr_code=orbax_coroutine), Exception("Encountered error while ...")))
+  sys.unraisablehook(report(None, RuntimeError("Event loop is closed")))
+  sys.unraisablehook(report(None, RuntimeError("something else")))
+  sys.unraisablehook(report(mine, ValueError("mine")))
+  assert got == [(None, "something else"), (mine, "mine")]
+  assert not logging.getLogger("asyncio").disabled  # silenced only while collecting
