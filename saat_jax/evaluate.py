@@ -377,14 +377,7 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
                                  batch_size=batch_size)
       row["aa"], row["checks"] = aa["accuracy"], aa["checks"]
       bar.update(1)
-    if key_pgd == "pgd20":
-      check = accuracy_order_check(row, num_points=len(labels))
-    else:  # PGD-k of another k: the same check (AA <= PGD-k <= natural) under the column's own name
-      from saat_jax.autoattack.checks import check_accuracy_order
-      from saat_jax.log import warn as project_warn
-
-      check = check_accuracy_order(row, order=("aa", key_pgd, "natural"), num_points=len(labels), warn=project_warn)
-    row.setdefault("checks", []).append(check)
+    row.setdefault("checks", []).append(accuracy_order_check(row, num_points=len(labels), pgd_key=key_pgd))
     if sweep:
       accs = []
       for e255 in sweep:

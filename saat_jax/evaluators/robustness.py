@@ -111,14 +111,16 @@ def autoattack_accuracy(logits_fn, images: np.ndarray, labels: np.ndarray, **kwa
 
 
 def accuracy_order_check(row: dict, num_points: int | None = None,
-                         warn: Callable[[str], None] | None = None) -> dict:
-  """The check that AA <= PGD-20 <= natural accuracy in an evaluation row (on the same points);
-  a violation is reported through ``warn`` (default: the project's warning line) and flagged in
-  the returned record (:func:`saat_jax.autoattack.checks.check_accuracy_order`)."""
+                         warn: Callable[[str], None] | None = None, pgd_key: str = "pgd20") -> dict:
+  """The check that AA <= PGD-k <= natural accuracy in an evaluation row (on the same points;
+  ``pgd_key`` names the PGD column, ``pgd20`` by default); a violation is reported through ``warn``
+  (default: the project's warning line) and flagged in the returned record
+  (:func:`saat_jax.autoattack.checks.check_accuracy_order`)."""
   from saat_jax.autoattack.checks import check_accuracy_order
   from saat_jax.log import warn as project_warn
 
-  return check_accuracy_order(row, num_points=num_points, warn=project_warn if warn is None else warn)
+  return check_accuracy_order(row, order=("aa", pgd_key, "natural"), num_points=num_points,
+                              warn=project_warn if warn is None else warn)
 
 
 def robustness_disparity(eps_list, accuracies) -> float:
