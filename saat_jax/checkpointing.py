@@ -338,7 +338,7 @@ def _unverified_note(kind: str, path: str) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts_held():
+def interrupts_held():
   """Hold Ctrl-C (SIGINT) back while a checkpoint is written and deliver it once the write is
   complete, to the handler of before (Python's raises KeyboardInterrupt): a KeyboardInterrupt
   inside Orbax's save would leave its thread writing (and printing a traceback) and the message
@@ -435,7 +435,7 @@ class RunCheckpoints:
     args = {"state": ocp.args.StandardSave(items["state"]), "meta": ocp.args.JsonSave(meta)}
     # (not "metrics": CheckpointManager keeps that item name for its own use)
     args.update({k: ocp.args.StandardSave(v) for k, v in items.items() if k != "state"})
-    with _interrupts_held(), _orbax_log_held() as held:
+    with interrupts_held(), _orbax_log_held() as held:
       try:
         mngr.save(step, args=ocp.args.Composite(**args), force=force)
         mngr.wait_until_finished()
@@ -528,7 +528,7 @@ class RunCheckpoints:
   def clear_partial(self) -> None:
     """Remove the positions inside an epoch (called once the epoch's ``last`` is saved)."""
     mngr = self._managers[PARTIAL]
-    with _interrupts_held():
+    with interrupts_held():
       for step in mngr.all_steps():
         mngr.delete(step)
 

@@ -158,6 +158,12 @@ def quiet_unless_primary() -> None:
     os.close(devnull)
 
 
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process; every process calls this at the same point (a
+  collective), so all of them get the same answer (e.g. whether any could read a checkpoint)."""
+  return agree_on_stop(flag, 0)[0]
+
+
 def agree_on_stop(flag: bool, next_step: int) -> tuple[bool, int]:
   """``(whether flag is set on any process, process 0's next_step)``: one allgather of two integers
   (``multihost_utils.process_allgather``), which every process calls at the same point (a

@@ -660,18 +660,20 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
               "method": config.method, "image_shape": list(data.train_images.shape[1:]),
               "config": workdir_files.config_json(config), "record": record}
       host_state = jax.device_get(state)
-      if is_best:
-        ckpts.save("best", epoch, host_state, meta)
-      ckpts.save("last", epoch, host_state, meta)
-      ckpts.clear_partial()  # the epoch is complete: its positions inside are not needed
-      history.append(record)
-      if writer.primary:
-        try:
-          writer.write(history)
-        except OSError as e:
-          raise checkpointing.WorkdirError(
-              f"could not write {writer.path} ({type(e).__name__}: {e}); the checkpoint of epoch {epoch + 1} is "
-              f"saved and a rerun restores the record from it: free disk space and run the same command") from e
+      # Ctrl-C waits for the epoch's checkpoints and its metrics line: the run stops with both written.
+      with checkpointing.interrupts_held():
+        if is_best:
+          ckpts.save("best", epoch, host_state, meta)
+        ckpts.save("last", epoch, host_state, meta)
+        ckpts.clear_partial()  # the epoch is complete: its positions inside are not needed
+        history.append(record)
+        if writer.primary:
+          try:
+            writer.write(history)
+          except OSError as e:
+            raise checkpointing.WorkdirError(
+                f"could not write {writer.path} ({type(e).__name__}: {e}); the checkpoint of epoch {epoch + 1} is "
+                f"saved and a rerun restores the record from it: free disk space and run the same command") from e
       if evaluated:
         tested = (f"test nat {record['test_natural_accuracy']:.4f} pgd{int(ev.steps)} "
                   f"{record['test_pgd_accuracy']:.4f}")
