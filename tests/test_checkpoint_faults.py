@@ -30,9 +30,8 @@ from saat_jax import checkpointing, evaluate, run_state, train
 from saat_jax.run_state import model_from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import launch  # noqa: E402
-from configs import digits  # noqa: E402
+from saat_jax import main as launch
+from saat_jax.config_base import digits_config
 from saat_jax.health import MACHINE_DEPENDENT_KEYS  # noqa: E402
 
 TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
@@ -42,7 +41,7 @@ MOMENTUM = "opt_state.1.0.trace.fc1.kernel/0.0"
 
 
 def cfg(**over):
-  c = digits.get_config("natural")
+  c = digits_config("natural")
   c.update_from_flattened_dict({**TINY, **over})
   return c
 
@@ -287,10 +286,9 @@ def test_with_two_processes_a_checkpoint_one_of_them_cannot_read_is_unreadable_f
   """Every process restores and verifies what it read (after Orbax's read, which the processes make
   together); they agree on each checkpoint, so that all go on from the same one (one that went on
   from another would train apart), and only process 0 moves the unreadable one aside."""
-  sys.path.insert(0, str(Path(__file__).resolve().parent))
-  from test_distributed import Procs, _has_cpu_collectives, free_port
+  from saat_jax.testing.processes import Procs, free_port, has_cpu_collectives
 
-  if not _has_cpu_collectives():
+  if not has_cpu_collectives():
     pytest.skip("this jaxlib has no CPU collectives (gloo)")
   workdir = tmp_path / "run"
   ck = checkpointing.RunCheckpoints(str(workdir))

@@ -3,7 +3,6 @@ and several steps per jitted dispatch (lax.scan) give the parameters and metrics
 bit for bit; the remainder of an epoch that k does not divide runs as one shorter dispatch."""
 
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -13,8 +12,7 @@ import pytest
 from saat_jax import run_state, train
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import digits  # noqa: E402
+from saat_jax.config_base import digits_config
 
 # 5 steps an epoch, augmentation on (crops and flips drawn inside the step), SA-PGD's while loop
 TINY = {"data.num_train": 160, "batch_size": 32, "eval.num_test": 64, "eval.batch_size": 64,
@@ -24,7 +22,7 @@ from saat_jax.health import MACHINE_DEPENDENT_KEYS as MACHINE_DEPENDENT  # noqa:
 
 
 def run(tmp_path, name, **over):
-  c = digits.get_config("saat_up")
+  c = digits_config("saat_up")
   c.update_from_flattened_dict({**TINY, **over})
   train.train_and_evaluate(c, str(tmp_path / name))
   _, variables, _, _ = run_state.restore_for_eval(str(tmp_path / name), "last")
@@ -53,7 +51,7 @@ def test_one_dispatch_of_k_steps_equals_k_host_steps():
   from saat_jax.data import epoch_batches, load_dataset
   from saat_jax.run_state import model_from_spec, model_spec, run_keys
 
-  c = digits.get_config("saat_up")
+  c = digits_config("saat_up")
   c.update_from_flattened_dict(TINY)
   data = load_dataset("digits", None)
   x_all, y_all = data.train_images[:160], data.train_labels[:160]
@@ -96,7 +94,7 @@ def test_runs_with_several_steps_per_dispatch_and_a_shorter_remainder(tmp_path, 
     ({"steps_per_dispatch": -2}, "steps_per_dispatch must be an integer >= 1"),
 ])
 def test_bad_settings_are_refused(over, match):
-  c = digits.get_config("saat_up")
+  c = digits_config("saat_up")
   c.update_from_flattened_dict(TINY)
   c.update_from_flattened_dict(over)  # (a float or a string is refused by ml_collections' own types)
   with pytest.raises(ValueError, match=match):

@@ -20,10 +20,8 @@ of time.
 """
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -34,71 +32,15 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_parallel import BATCH, CONFIGS, OFFSET  # noqa: E402  (SA-PGD whose decisions are far from flipping)
+from saat_jax.testing.one_step import BATCH, CONFIGS, OFFSET  # SA-PGD whose decisions are far from flipping
+from saat_jax.testing.processes import TIMEOUT_S, Procs, free_port, has_cpu_collectives
 
-TIMEOUT_S = 240  # for one group of processes; a hang fails here instead of stalling CI
 TOL = 1e-6
 
 
-def _has_cpu_collectives() -> bool:
-  try:
-    from jax._src.lib import _jax
-  except ImportError:
-    return False
-  return hasattr(_jax, "make_gloo_tcp_collectives")
-
-
-pytestmark = pytest.mark.skipif(not _has_cpu_collectives(),
+pytestmark = pytest.mark.skipif(not has_cpu_collectives(),
                                 reason="this jaxlib has no CPU collectives (gloo): several processes cannot "
                                        "share a computation on CPU")
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def env(devices: int) -> dict:
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
-class Procs:
-  """Processes started together, their output in files; ``wait`` kills them all on a timeout."""
-
-  def __init__(self, logdir: Path, commands: list[list[str]], devices: int = 2):
-    logdir.mkdir(parents=True, exist_ok=True)
-    self.logs = [(logdir / f"p{i}.out", logdir / f"p{i}.err") for i in range(len(commands))]
-    self.procs = []
-    for cmd, (out, err) in zip(commands, self.logs):
-      with open(out, "w") as o, open(err, "w") as e:
-        self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(devices), stdout=o, stderr=e))
-
-  def kill(self) -> None:
-    for p in self.procs:
-      if p.poll() is None:
-        p.send_signal(signal.SIGKILL)
-    for p in self.procs:
-      p.wait()
-
-  def text(self, i: int) -> tuple[str, str]:
-    return self.logs[i][0].read_text(), self.logs[i][1].read_text()
-
-  def wait(self, timeout: float = TIMEOUT_S) -> list[int]:
-    deadline = time.monotonic() + timeout
-    try:
-      for p in self.procs:
-        p.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-      self.kill()
-      pytest.fail(f"processes still running after {timeout} s, killed:\n" + self.dump())
-    return [p.returncode for p in self.procs]
-
-  def dump(self) -> str:
-    return "\n".join(f"--- process {i} (rc {p.returncode}):\n{o[-3000:]}\n{e[-3000:]}"
-                     for i, p in enumerate(self.procs) for o, e in [self.text(i)])
 
 
 @pytest.fixture
@@ -119,12 +61,12 @@ _STEP = textwrap.dedent("""
     from saat_jax import distributed
     if nproc > 1:
       distributed.initialize(f"localhost:{port}", nproc, pid, timeout_s=120)
-    from configs import saat_digits
+    from saat_jax.config_base import saat_digits_config
     from saat_jax import parallel, train
     from saat_jax.data import load_dataset
     from saat_jax.run_state import model_from_spec, model_spec, run_keys
 
-    cfg = saat_digits.get_config()
+    cfg = saat_digits_config()
     cfg.update_from_flattened_dict(json.loads(overrides))
     data = load_dataset("digits")
     model = model_from_spec(model_spec(cfg, data.num_classes))

@@ -2,7 +2,6 @@
 themselves, RD included: tests/test_evaluators.py)."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,7 @@ from saat_jax import evaluate, run_state
 from saat_jax.evaluators import robustness_disparity
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import saat_digits  # noqa: E402
+from saat_jax.config_base import saat_digits_config
 
 
 AA_POINTS = 20  # AutoAttack is the costly part: its tests attack few points
@@ -23,7 +21,7 @@ AA_POINTS = 20  # AutoAttack is the costly part: its tests attack few points
 def digits_run(tmp_path_factory):
   from saat_jax.train import train_and_evaluate
   workdir = tmp_path_factory.mktemp("run")
-  c = saat_digits.get_config()
+  c = saat_digits_config()
   c.progress = False
   c.num_epochs = 2
   hist = train_and_evaluate(c, str(workdir))
@@ -214,11 +212,11 @@ def _fake_autoattack(calls):
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory):
   """A tiny digits AT run of one epoch: its best checkpoint is its last."""
-  from configs import digits
+  from saat_jax.config_base import digits_config
   from saat_jax.train import train_and_evaluate
 
   workdir = tmp_path_factory.mktemp("one_epoch")
-  c = digits.get_config("at")
+  c = digits_config("at")
   c.update_from_flattened_dict(TINY)
   train_and_evaluate(c, str(workdir))
   return workdir, c

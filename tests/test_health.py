@@ -2,18 +2,15 @@
 from the same seed run after run). The 30-epoch figures are benchmarks/health.py's."""
 
 import json
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import pytest
 
 from saat_jax import health
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import digits  # noqa: E402
+from saat_jax.config_base import digits_config
 
 TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
         "eval.train_subset": 64, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3}
@@ -44,7 +41,7 @@ def test_host_rss_is_this_process_memory():
 
 def run(tmp_path, name):
   from saat_jax.train import train_and_evaluate
-  c = digits.get_config("saat_up")
+  c = digits_config("saat_up")
   c.update_from_flattened_dict(TINY)
   train_and_evaluate(c, str(tmp_path / name))
   return [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]

@@ -6,7 +6,6 @@ loops per step (and per example for SA-PGD), its own KL, its own AWP rule and a 
 ``torch.optim.SGD`` update. Both sides draw the same random numbers (same keys, same order).
 """
 
-import sys
 from pathlib import Path
 
 import jax
@@ -20,8 +19,7 @@ from saat_jax.data import load_dataset
 from saat_jax.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import digits, paper  # noqa: E402
+from saat_jax.config_base import digits_config, paper_config
 
 B = 16
 
@@ -33,7 +31,7 @@ def batch():
 
 
 def _config(method, **over):
-  c = digits.get_config(method)
+  c = digits_config(method)
   c.model.kwargs = {"width": 4, "use_bn": False}
   c.optim.lr = 0.05
   c.update_from_flattened_dict(over)
@@ -320,8 +318,8 @@ def test_trades_updates_running_stats_as_the_reference_s_three_train_mode_passes
 
 
 def test_headline_config_is_table1_saat_up_e14_r17_as_released():
-  from configs import saat_cifar10, saat_cifar10_algorithm1
-  c = saat_cifar10.get_config()
+  from saat_jax.config_help import load_config  # the files themselves, loaded by path as --config does
+  c = load_config(str(ROOT / "configs" / "saat_cifar10.py"))
   assert c.experiment.row == "saat_up_e14_r1.7" and c.method == "saat"
   s = c.saat
   assert (s.rho, s.start, s.k) == (1.7, "pgd", 3)
@@ -330,7 +328,7 @@ def test_headline_config_is_table1_saat_up_e14_r17_as_released():
   assert c.data.pad_mode == "reflect" and c.model.normalization == "cifar10"
   assert tuple(c.optim.lr_milestones) == (100, 150) and c.num_epochs == 200
   assert c.attack_bn == "train" and c.eval.steps == 20
-  a = saat_cifar10_algorithm1.get_config().saat
+  a = load_config(str(ROOT / "configs" / "saat_cifar10_algorithm1.py")).saat
   assert a.start == "zero" and len(budget_schedule(a.eps_max, a.tau)) == 8
 
 
@@ -343,7 +341,7 @@ def test_headline_config_is_table1_saat_up_e14_r17_as_released():
     ("fig3a_r0.4", "zero", list(range(0, 129, 2))),
 ])
 def test_saat_rows_build_the_attack_they_claim(row, start, stages):
-  c = paper.get_config(row)
+  c = paper_config(row)
   s = c.saat
   assert s.start == start
   eps_init = s.start_eps if start == "pgd" else 0.0
@@ -352,22 +350,22 @@ def test_saat_rows_build_the_attack_they_claim(row, start, stages):
 
 
 def test_paper_rows_set_method_data_model_and_awp():
-  assert paper.get_config("cifar100_saat_up").model.normalization == "cifar100"
-  assert paper.get_config("cifar100_at").data.name == "cifar100"
-  assert paper.get_config("wrn34_10_awp_at").model.name == "wrn34_10"
-  t = paper.get_config("awp_trades")
+  assert paper_config("cifar100_saat_up").model.normalization == "cifar100"
+  assert paper_config("cifar100_at").data.name == "cifar100"
+  assert paper_config("wrn34_10_awp_at").model.name == "wrn34_10"
+  t = paper_config("awp_trades")
   # AWP from the 10th epoch on, as trades_AWP's `epoch >= 10` with epochs counted from 1
   assert (t.method, t.awp.gamma, t.awp.warmup, t.attack_bn, t.trades.beta) == ("trades", 5e-3, 9, "eval", 6.0)
   assert t.trades.eps == pytest.approx(8 / 255)
-  t = paper.get_config("trades")
+  t = paper_config("trades")
   assert (t.trades.eps, t.trades.alpha, t.trades.steps, t.awp.gamma) == (0.031, 0.007, 10, 0.0)
-  a = paper.get_config("awp_at")
+  a = paper_config("awp_at")
   assert (a.method, a.awp.gamma, a.awp.proxy_lr, a.awp.warmup) == ("at", 0.01, 0.01, 0)
-  assert paper.get_config("fig1b_at_e16").at.eps == pytest.approx(16 / 255)
+  assert paper_config("fig1b_at_e16").at.eps == pytest.approx(16 / 255)
   with pytest.raises(ValueError, match="saat_up_e14_r1.7"):
-    paper.get_config("saat_up_e14_r17")
+    paper_config("saat_up_e14_r17")
   with pytest.raises(ValueError, match="unknown method"):
-    digits.get_config("mart")
+    digits_config("mart")
 
 
 # ---- resume == uninterrupted, for every method ------------------------------------------------

@@ -4,7 +4,6 @@ the saat_jax logger's stdout/stderr split."""
 
 import json
 import struct
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from saat_jax import log, metric_writer
 from saat_jax.metric_writer import MetricWriter
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def read_events(path: Path) -> list:
@@ -92,10 +90,10 @@ def test_other_processes_write_nothing(tmp_path):
 
 
 def test_a_training_run_logs_its_epochs_to_tensorboard(tmp_path):
-  from configs import digits
+  from saat_jax.config_base import digits_config
   from saat_jax.train import train_and_evaluate
 
-  c = digits.get_config("at")
+  c = digits_config("at")
   c.update_from_flattened_dict({"data.num_train": 128, "batch_size": 64, "eval.num_test": 64,
                                 "eval.batch_size": 64, "eval.train_subset": 64, "progress": False,
                                 "model.kwargs": {"width": 4}, "num_epochs": 2})

@@ -1,7 +1,6 @@
 """Mixed precision (config.model.dtype='bfloat16'): what stays float32, what runs in bfloat16, the
 exactness of the attacks' budgets, the error for an unknown dtype, and bf16 vs float32 accuracy."""
 
-import sys
 from pathlib import Path
 
 import jax
@@ -17,15 +16,14 @@ from saat_jax.models import create_model, init_variables
 from saat_jax.run_state import model_from_spec, model_spec, run_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import digits  # noqa: E402
+from saat_jax.config_base import digits_config
 
 BF16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
 
 
 def saat_up(dtype, **overrides):
   """configs/digits.py:saat_up (PGD-10 warm start, then SA-PGD up to 56/255) in ``dtype``."""
-  c = digits.get_config("saat_up")
+  c = digits_config("saat_up")
   c.progress = False
   c.model.dtype = dtype
   c.update_from_flattened_dict(overrides)

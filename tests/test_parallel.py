@@ -33,26 +33,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from saat_jax.testing.one_step import BATCH, CONFIGS, OFFSET
+
 ROOT = Path(__file__).resolve().parents[1]
 
-# The first BATCH training digits from OFFSET, split 8 per device on 4 devices.
-OFFSET, BATCH = 96, 32
-# Overrides of configs/saat_digits.py (small_cnn, which has BatchNorm, on 8x8 digits).
-CONFIGS = {
-    # SA-PGD, Algorithm 1: budgets 8, 16, 24/255, K=2 steps each. With rho=2.6 the batch mixes
-    # examples done at line 4 (clean loss >= rho: 4), stopping at 8/255 (2) and 16/255 (2), and
-    # exhausting eps_max unsatisfied (24).
-    "saat": {"method": "saat", "saat.rho": 2.6, "saat.eps_max": 24 / 255, "saat.tau": 8 / 255,
-             "saat.k": 2, "saat.alpha": 8 / 255},
-    # Standard AT: PGD-3 at 16/255 with a random start.
-    "at": {"method": "at", "at.eps": 16 / 255, "at.alpha": 8 / 255, "at.steps": 3},
-    # TRADES' outer loss (its three train-mode passes through BatchNorm) with the attack's start
-    # only: KL-ascent steps start where the KL's gradient nearly vanishes, so their signs are not
-    # a tight quantity across reduction orders (the margin check below refuses them).
-    "trades": {"method": "trades", "attack_bn": "eval", "trades.eps": 16 / 255, "trades.steps": 0},
-    # AWP on AT: the proxy step, the rescaled perturbation and the step at the perturbed weights.
-    "awp_at": {"method": "at", "at.eps": 16 / 255, "at.alpha": 8 / 255, "at.steps": 3, "awp.gamma": 0.01},
-}
 LOSS_MARGIN = 1e-4  # min |loss - rho| over the step's losses (measured 1.3e-3 for "saat")
 GRAD_MARGIN = 1e-4  # min |input grad| / median |input grad| (measured 4.4e-4 "saat", 5.2e-4 "at")
 TOL = 1e-5  # rtol and atol for parameters, BatchNorm statistics, loss (differences measured: <= 6e-8)
@@ -63,7 +47,7 @@ _SCRIPT = textwrap.dedent("""
     configs, offset, batch = json.loads(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
     sys.path.insert(0, root)
     import jax, numpy as np
-    from configs import saat_digits
+    from saat_jax.config_base import saat_digits_config
     from saat_jax import parallel, train
     from saat_jax.data import load_dataset
     from saat_jax.models import create_model
@@ -93,7 +77,7 @@ _SCRIPT = textwrap.dedent("""
     tap.defvjp(lambda x: (x, None), tap_bwd)
 
     for name, overrides in configs.items():
-      c = saat_digits.get_config()
+      c = saat_digits_config()
       c.update_from_flattened_dict(overrides)
       model = create_model(c.model.name, data.num_classes, normalization=c.model.normalization)
       tx = train.make_optimizer(c, 10)[0]

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,7 @@ import pytest
 from saat_jax import plot
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import digits  # noqa: E402
+from saat_jax.config_base import digits_config
 
 TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
         "eval.train_subset": 64, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3,
@@ -24,7 +22,7 @@ def runs(tmp_path_factory):
   from saat_jax.train import train_and_evaluate
   root = tmp_path_factory.mktemp("runs")
   for method in ("saat_up", "at"):
-    c = digits.get_config(method)
+    c = digits_config(method)
     c.update_from_flattened_dict(TINY)
     train_and_evaluate(c, str(root / method))
   return root

@@ -23,8 +23,7 @@ from saat_jax import checkpointing, parallel, preemption, run_state, train
 from saat_jax.workdir import TrainingPreempted
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import digits  # noqa: E402
+from saat_jax.config_base import digits_config
 
 # 5 steps an epoch, augmentation on, SA-PGD: every source of randomness is in play
 TINY = {"data.num_train": 160, "batch_size": 32, "eval.num_test": 64, "eval.batch_size": 64,
@@ -34,7 +33,7 @@ from saat_jax.health import MACHINE_DEPENDENT_KEYS as MACHINE_DEPENDENT  # noqa:
 
 
 def config(**over):
-  c = digits.get_config("saat_up")
+  c = digits_config("saat_up")
   c.update_from_flattened_dict({**TINY, **over})
   return c
 

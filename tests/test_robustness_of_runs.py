@@ -23,9 +23,8 @@ from saat_jax import workdir
 from saat_jax.train import ConfigChangeError, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import launch  # noqa: E402
-from configs import digits  # noqa: E402
+from saat_jax import main as launch
+from saat_jax.config_base import digits_config
 
 TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
         "eval.train_subset": 64, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3,
@@ -33,7 +32,7 @@ TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batc
 
 
 def cfg(method="natural", **over):
-  c = digits.get_config(method)
+  c = digits_config(method)
   c.update_from_flattened_dict({**TINY, **over})
   return c
 

@@ -19,8 +19,7 @@ from saat_jax.models.torch_export import export_state_dict, save_state_dict
 from saat_jax.models.torch_import import convert_state_dict, read_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import saat_digits  # noqa: E402
+from saat_jax.config_base import saat_digits_config
 
 try:
   import torch
@@ -198,7 +197,7 @@ def digits_run(tmp_path_factory):
   from saat_jax.train import train_and_evaluate
 
   root = tmp_path_factory.mktemp("export")
-  c = saat_digits.get_config()
+  c = saat_digits_config()
   c.progress, c.num_epochs, c.data.num_train, c.eval.num_test = False, 1, 64, 64
   c.eval.batch_size, c.eval.train_subset = 64, 0
   train_and_evaluate(c, str(root / "runs" / "saat"))

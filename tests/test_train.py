@@ -3,7 +3,6 @@
 1 vs 4 devices is compared where it is tight, one step: tests/test_parallel.py."""
 
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -14,12 +13,11 @@ from saat_jax import checkpointing, train
 from saat_jax.train import TrainingDiverged, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import saat_digits  # noqa: E402
+from saat_jax.config_base import saat_digits_config
 
 
 def digits_config(**overrides):
-  c = saat_digits.get_config()
+  c = saat_digits_config()
   c.progress = False
   c.update_from_flattened_dict(overrides)
   return c

@@ -83,9 +83,9 @@ def test_ema_starts_as_a_copy_in_its_own_buffers():
 
 
 def digits(**overrides):
-  from configs import saat_digits
+  from saat_jax.config_base import saat_digits_config
 
-  c = saat_digits.get_config()
+  c = saat_digits_config()
   c.update_from_flattened_dict(overrides)
   return c
 
