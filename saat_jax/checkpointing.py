@@ -137,13 +137,10 @@ def _orbax_leftover(unraisable) -> bool:
   return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
 
 
-def _drop_failed_read() -> None:
-  """Orbax runs a restore's array reads on an event loop of its own and closes it when one read
-  fails, the others still pending: each of those coroutines, when collected, and TensorStore, when
-  it completes one of them from its thread, report "Exception ignored in: ..." with a traceback
-  (what evaluating a damaged checkpoint printed, after its error). From the first failed read on,
-  those reports -- and only those -- are dropped (a filter in front of ``sys.unraisablehook``), and
-  the pending reads are collected now, once the failure is summed up."""
+def _filter_orbax_leftovers() -> None:
+  """Put the filter of :func:`_orbax_leftover` in front of ``sys.unraisablehook`` (once per hook):
+  before every read, since TensorStore may report a read left pending from its own thread while the
+  failed restore is still unwinding, before :func:`_drop_failed_read` runs."""
   hook = sys.unraisablehook
   if not getattr(hook, "drops_orbax_leftovers", False):
 
@@ -153,6 +150,16 @@ def _drop_failed_read() -> None:
 
     filtered.drops_orbax_leftovers = True
     sys.unraisablehook = filtered
+
+
+def _drop_failed_read() -> None:
+  """Orbax runs a restore's array reads on an event loop of its own and closes it when one read
+  fails, the others still pending: each of those coroutines, when collected, and TensorStore, when
+  it completes one of them from its thread, report "Exception ignored in: ..." with a traceback
+  (what evaluating a damaged checkpoint printed, after its error). Those reports -- and only those
+  -- are dropped (:func:`_filter_orbax_leftovers`, in place from before the read), and the pending
+  reads are collected now, once the failure is summed up."""
+  _filter_orbax_leftovers()
   asyncio_log = logging.getLogger("asyncio")  # "Task was destroyed but it is pending!"
   disabled, asyncio_log.disabled = asyncio_log.disabled, True
   try:
@@ -252,6 +259,7 @@ def _read(mngr: ocp.CheckpointManager, step: int, target: Any = None, step_metri
   top-level entries ``part`` that hold arrays (as host arrays, the rest -- the optimizer state --
   not read; needs a manager with :func:`_part_reader`'s handlers); the ``step_metrics`` of a
   ``partial`` one when asked. ``verified``: whether the meta had checksums to verify them with."""
+  _filter_orbax_leftovers()
   meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
   sums = meta.pop(CHECKSUMS, None)
   sums = sums.get(HASH) if isinstance(sums, dict) else None

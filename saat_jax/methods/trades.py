@@ -63,6 +63,11 @@ def trades_outer_loss(beta: float, awp: bool = False):
   return loss
 
 
+def _with_awp(config) -> bool:
+  """Whether the run wraps the method in AWP (``awp.gamma > 0``; a config without the section has none)."""
+  return float((config.get("awp") or {}).get("gamma", 0.0)) > 0
+
+
 def trades(config) -> Method:
   t = config.trades
   eps, alpha, steps = float(t.eps), float(t.alpha), int(t.steps)
@@ -71,7 +76,7 @@ def trades(config) -> Method:
     x_adv = trades_pgd(net.logits, x, eps=eps, alpha=alpha, steps=steps, key=key)
     return fixed_budget(x_adv, net.batch_stats, eps=eps, steps=steps)
 
-  return Method("trades", adversary, trades_outer_loss(float(t.beta), awp=float(config.awp.gamma) > 0))
+  return Method("trades", adversary, trades_outer_loss(float(t.beta), awp=_with_awp(config)))
 
 
 def sa_trades(config) -> Method:
@@ -96,4 +101,4 @@ def sa_trades(config) -> Method:
       start = (x_noise, 0.0, 0, net.batch_stats)
     return sa_pgd_adversary(net, x, y, s, start=start, loss_fn=loss_fn)
 
-  return Method("sa_trades", adversary, trades_outer_loss(float(t.beta), awp=float(config.awp.gamma) > 0))
+  return Method("sa_trades", adversary, trades_outer_loss(float(t.beta), awp=_with_awp(config)))
