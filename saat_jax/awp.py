@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,4 +112,40 @@ def perturb(params: Params, diff: Params, sign=1.0) -> Params:
   return jax.tree_util.tree_map(lambda p, d: p + sign * d, params, diff)
 
 
-__all__ = ["weight_perturbation", "perturb", "AWP_EPS"]
+def awp_config_problems(a) -> list:
+  """What is impossible in a ``config.awp`` section (``gamma``, ``proxy_lr``, ``warmup``), one line
+  each with the reference's values; :func:`saat_jax.train.validate_config` reports them."""
+  out = []
+  if not a.gamma >= 0 or not math.isfinite(a.gamma):
+    out.append(f"awp.gamma must be finite and >= 0, got {a.gamma} (0: no AWP; AWP-AT uses 0.01)")
+  if not a.proxy_lr > 0:
+    out.append(f"awp.proxy_lr must be > 0, got {a.proxy_lr} (AWP-AT uses 0.01)")
+  if not a.warmup >= 0:
+    out.append(f"awp.warmup must be >= 0 epochs, got {a.warmup}")
+  return out
+
+
+def with_awp(update: Callable, *, gamma: float, proxy_lr: float, start_step: int = 0) -> Callable:
+  """An optimiser update that trains at AWP-perturbed weights, from global step ``start_step`` on.
+
+  ``update(params, opt_state, objective, step) -> (params, opt_state, loss, aux)`` takes one step on
+  ``objective(params) -> (loss, aux)`` (:func:`saat_jax.train.sgd_update`). The wrapped update finds
+  ``v = weight_perturbation(objective's loss, params)`` (zeros before ``start_step``: the warm-up),
+  calls ``update`` at ``params + v`` (the gradient, weight decay and momentum all at the perturbed
+  weights) and subtracts ``v`` from the result: the reference's ``awp_adversary.perturb(awp)``,
+  ``optimizer.step()``, ``awp_adversary.restore(awp)``.
+  """
+
+  def awp_update(params, opt_state, objective, step):
+    def find(p):
+      return weight_perturbation(lambda q: objective(q)[0], p, gamma=gamma, proxy_lr=proxy_lr)
+
+    zeros = lambda p: jax.tree_util.tree_map(jnp.zeros_like, p)
+    diff = jax.lax.cond(step >= start_step, find, zeros, params)
+    new_params, opt_state, loss, aux = update(perturb(params, diff), opt_state, objective, step)
+    return perturb(new_params, diff, -1.0), opt_state, loss, aux
+
+  return awp_update
+
+
+__all__ = ["weight_perturbation", "perturb", "with_awp", "awp_config_problems", "AWP_EPS"]

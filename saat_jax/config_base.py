@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from saat_jax.methods import method_def, method_sections
 from saat_jax.paper import get_row
 
 
@@ -24,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   prints it (:mod:`saat_jax.config_help`), so a new key gets one on its line or just above it."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # the parameters' init, the batch order, augmentation and attack starts; --config.seed=N
-  c.method = "saat"  # natural | at | saat | trades | sa_trades (saat_jax.methods)
+  c.method = "saat"  # a registered method (saat_jax.methods.METHODS): natural | at | saat | trades | sa_trades
   # Which experiment of the paper this run is (configs/paper.py sets it; the report groups by it).
   c.experiment = ml_collections.ConfigDict()
   c.experiment.row = ""  # an id of saat_jax.paper.ROWS, e.g. saat_up_e14_r1.7; '' for other runs
@@ -57,35 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
   # statistics, losses and the attacks' inputs and perturbations stay float32; saat_jax.models).
   c.model.dtype = "float32"
 
-  # Standard AT: PGD-10, eps 8/255, alpha 2/255, uniform random start (Madry et al.; Rice et al.).
-  c.at = ml_collections.ConfigDict()
-  c.at.eps = 8 / 255  # the training budget (L-inf)
-  c.at.alpha = 2 / 255  # the step size
-  c.at.steps = 10  # PGD steps
-
-  # SA-PGD (Algorithm 1) and its hyper-parameters from Sec. 4.1.
-  c.saat = ml_collections.ConfigDict()
-  c.saat.rho = 1.5  # an example stops once its loss l(f(x'), y) >= rho (Eq. 5)
-  c.saat.eps_max = 14 / 255  # the largest budget
-  c.saat.tau = 2 / 255  # the budget grows by tau per stage
-  c.saat.k = 3  # PGD steps per budget stage (K)
-  c.saat.alpha = 2 / 255  # the step size
-  c.saat.start = "zero"  # zero: Algorithm 1 (x' = x, eps = 0) | pgd: the released code's warm start
-  c.saat.start_eps = 8 / 255  # start=pgd: the warm start's budget, where the stages begin
-  c.saat.start_alpha = 2 / 255  # start=pgd: its step size
-  c.saat.start_steps = 10  # start=pgd: its steps (PGD-10, random start)
-
-  # TRADES (Zhang et al. 2019; yaodongyu/TRADES train_trades_cifar10.py): beta 6, PGD on the KL with
-  # eps 0.031, step 0.007, 10 steps, BatchNorm in eval mode during the attack (attack_bn='eval').
-  c.trades = ml_collections.ConfigDict()
-  c.trades.beta = 6.0  # the weight of the KL term of the outer loss
-  c.trades.eps = 0.031  # the attack's budget
-  c.trades.alpha = 0.007  # its step size
-  c.trades.steps = 10  # its steps
-  # SA-TRADES (our design, see saat_jax/methods/trades.py): SA-PGD's schedule (config.saat) driving
-  # TRADES' KL ascent; an example stops when stop_loss (ce: l(f(x'), y) as Eq. 5 | kl) reaches rho.
-  c.sa_trades = ml_collections.ConfigDict()
-  c.sa_trades.stop_loss = "ce"  # ce (Eq. 5's cross-entropy, so rho means what it means in SAAT) | kl
+  # The sections the training methods own (config.at, config.saat, config.trades, config.sa_trades,
+  # and any registered since): each method's defaults and their comments are in its file in
+  # saat_jax/methods/ (saat_jax.methods.MethodDef).
+  for section, defaults in method_sections().items():
+    c[section] = defaults
 
   # AWP (Wu et al. 2020; csdongxian/AWP): gamma 0 is off; AWP-AT: gamma 0.01, proxy lr 0.01, no
   # warm-up; AWP-TRADES: gamma 5e-3, proxy lr = the lr (0.1), 9 epochs without AWP (the reference's
@@ -167,17 +144,18 @@ def paper_config(row: str = "saat_up_e14_r1.7") -> ml_collections.ConfigDict:
   if r.method == "at":
     eps = (r.train_eps_255 or 8.0) / 255
     c.at.eps, c.at.alpha = eps, eps / 4  # Figure 1(b): step N/4 /255 (8 -> 2/255, as AT)
-  if r.method in ("saat", "sa_trades"):
+  m = method_def(r.method)
+  if m.uses_sa_pgd:
     c.saat.eps_max = r.eps_max_255 / 255
     c.saat.rho = r.rho
     # SAAT_up: the released code's PGD-10 warm start; SAAT_down and the sweeps: Algorithm 1.
     c.saat.start = "pgd" if "_up" in r.id else "zero"
-  if r.method in ("trades", "sa_trades"):
+  if m.family == "TRADES":
     c.attack_bn = "eval"
     if r.awp:
       c.trades.eps, c.trades.alpha = 8 / 255, 2 / 255  # csdongxian/AWP trades_AWP/train_trades_cifar.py
   if r.awp:
-    if r.method in ("trades", "sa_trades"):
+    if m.family == "TRADES":
       # trades_AWP/train_trades_cifar.py: --awp-warmup 10, `for epoch in range(1, epochs + 1)` and
       # `if epoch >= args.awp_warmup`: AWP from the 10th epoch on, i.e. 9 epochs without it
       # (awp.warmup counts the epochs without AWP).
@@ -250,10 +228,11 @@ def digits_config(method: str = "saat_up") -> ml_collections.ConfigDict:
     c.saat.eps_max, c.saat.rho, c.saat.start = 32 / 255, 1.5, "zero"
   elif base in ("saat_up", "sa_trades_up"):
     c.saat.eps_max, c.saat.rho, c.saat.start = 56 / 255, 1.7, "pgd"
-  if c.method in ("trades", "sa_trades"):
+  trades_family = method_def(c.method).family == "TRADES"
+  if trades_family:
     c.attack_bn = "eval"
   if method.startswith("awp_"):
-    if c.method in ("trades", "sa_trades"):
+    if trades_family:
       c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 5e-3, c.optim.lr, 2
     else:
       c.awp.gamma, c.awp.proxy_lr, c.awp.warmup = 0.01, 0.01, 0

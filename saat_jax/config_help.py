@@ -1,7 +1,8 @@
 """What each config key means: ``saat-train --config <file> --config_help`` lists them.
 
-The meanings are the comments of :func:`saat_jax.config_base.base_config`, read from its source
-(one place to document a key, next to its default): a comment on the line that sets a key, or the
+The meanings are the comments of :func:`saat_jax.config_base.base_config` and of the training
+methods' ``defaults`` (the sections they own, :class:`saat_jax.methods.MethodDef`), read from their
+source (one place to document a key, next to its default): a comment on the line that sets a key, or the
 comment lines just above it, belong to that key; above a section (``c.at = ConfigDict(...)``) they
 belong to the section and are printed as its heading. The values shown are the loaded config's,
 overrides included.
@@ -21,13 +22,12 @@ import ml_collections
 
 WIDTH = 120  # the help's line width
 _SET = re.compile(r"^\s*c\.([A-Za-z_][\w.]*)\s*=")
+_NEW_SECTION = re.compile(r"^\s*c\s*=")
 
 
-def key_comments() -> dict[str, str]:
-  """``{dotted key: comment}`` from the source of ``base_config`` (keys and sections)."""
-  from saat_jax import config_base
-
-  source = inspect.getsource(config_base.base_config)
+def _source_comments(source: str, prefix: str = "", section: str = "") -> dict[str, str]:
+  """``{prefix + key: comment}`` of the ``c.<key> = ...`` lines of ``source``; with ``section``, the
+  comment lines above ``c = ...`` (a method's ``defaults``) are that section's."""
   lines = source.splitlines()
   trailing, standalone = {}, {}
   for tok in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -46,8 +46,28 @@ def key_comments() -> dict[str, str]:
     if m:
       text = " ".join(pending + ([trailing[row]] if row in trailing else []))
       if text:
-        out[m.group(1)] = text
+        out[prefix + m.group(1)] = text
+    elif section and _NEW_SECTION.match(line) and pending:
+      out[section] = " ".join(pending)
     pending = [] if line.strip() or m else pending
+  return out
+
+
+def key_comments() -> dict[str, str]:
+  """``{dotted key: comment}`` from the source of ``base_config`` (keys and sections) and of the
+  registered methods' section defaults (:class:`saat_jax.methods.MethodDef`), which also say which
+  other sections a method reads."""
+  from saat_jax import config_base
+  from saat_jax.methods import METHODS
+
+  out = _source_comments(inspect.getsource(config_base.base_config))
+  for d in METHODS.values():
+    if d.section:
+      found = _source_comments(textwrap.dedent(inspect.getsource(d.defaults)), f"{d.section}.", d.section)
+      if d.reads:
+        found[d.section] = (found.get(d.section, "") + f" Method {d.name!r} also reads the section(s) "
+                            + ", ".join(d.reads) + ".").strip()
+      out.update(found)
   return out
 
 

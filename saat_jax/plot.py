@@ -129,7 +129,7 @@ def plot_runs(run_dirs: Sequence[str], out: Optional[str] = None) -> list[str]:
     report.plot_curves(run, report.checkpoint_numbers(run), os.path.join(where, "curves.png"))
     plot_loss_lr(run, os.path.join(where, "loss_lr.png"))
     written += [os.path.join(where, "curves.png"), os.path.join(where, "loss_lr.png")]
-    if (report.run_method(run) in report.SAAT_METHODS
+    if (report.uses_sa_pgd(report.run_method(run))
         and report.metric_series(run.metrics, "attack_eps_q50") is not None):
       report.plot_budget(run, os.path.join(where, "budget.png"))
       written.append(os.path.join(where, "budget.png"))

@@ -20,7 +20,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -33,13 +33,12 @@ from tqdm.auto import tqdm
 from saat_jax import checkpointing, conv_layout, distributed, health, log, parallel, preemption
 from saat_jax import workdir as workdir_files
 from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, TrainingPreempted, config_changes
-from saat_jax.attack import check_sa_pgd_hparams
-from saat_jax.awp import perturb, weight_perturbation
+from saat_jax.awp import awp_config_problems, with_awp
 from saat_jax.evaluators import RobustnessEvaluator
 from saat_jax.data import PAD_MODES, augment, epoch_batches, load_dataset, to_float
 from saat_jax.losses import correct
 from saat_jax.metric_writer import MetricWriter, write_jsonl
-from saat_jax.methods import ATTACK_BN, METHODS, STOP_LOSSES, AttackNet, get_method
+from saat_jax.methods import ATTACK_BN, AttackNet, get_method, method_problems
 from saat_jax.models import compute_dtype, count_params, init_variables
 from saat_jax.run_state import model_from_spec, model_spec, run_dtype, run_keys, variables_of
 
@@ -81,38 +80,8 @@ class TrainingDiverged(FloatingPointError):
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raise ``ValueError`` naming every impossible value, before anything is read or written."""
   problems = []
-  if config.method not in METHODS:
-    problems.append(f"method={config.method!r} is unknown; use one of {tuple(METHODS)}")
-  if config.method in ("saat", "sa_trades"):
-    s = config.saat
-    try:
-      check_sa_pgd_hparams(rho=s.rho, eps_max=s.eps_max, tau=s.tau, k=s.k, alpha=s.alpha,
-                           eps_init=s.start_eps if s.start == "pgd" else 0.0)
-    except ValueError as e:
-      problems.append(str(e).replace("sa_pgd: ", "saat."))
-    if s.start not in ("zero", "pgd"):
-      problems.append(f"saat.start={s.start!r} is unknown; use 'zero' (Algorithm 1) or 'pgd' (released code)")
-    if s.start == "pgd" and s.start_eps > s.eps_max:
-      problems.append(f"saat.start_eps={s.start_eps} exceeds saat.eps_max={s.eps_max}")
-  if config.method in ("trades", "sa_trades"):
-    t = config.trades
-    if not t.beta >= 0:
-      problems.append(f"trades.beta must be >= 0, got {t.beta} (TRADES uses 6; 0 is natural training)")
-    if not t.eps >= 0 or not t.alpha > 0 or int(t.steps) < 0:
-      problems.append(f"trades: need eps >= 0, alpha > 0, steps >= 0, got eps={t.eps}, alpha={t.alpha}, "
-                      f"steps={t.steps} (TRADES: 0.031, 0.007, 10)")
-    if config.attack_bn == "train_update":
-      problems.append("attack_bn='train_update' is for attacks in train mode; TRADES attacks with "
-                      "BatchNorm in eval mode: use attack_bn='eval'")
-  if config.method == "sa_trades" and config.sa_trades.stop_loss not in STOP_LOSSES:
-    problems.append(f"sa_trades.stop_loss={config.sa_trades.stop_loss!r} is unknown; use one of {STOP_LOSSES}")
-  a = config.awp
-  if not a.gamma >= 0 or not math.isfinite(a.gamma):
-    problems.append(f"awp.gamma must be finite and >= 0, got {a.gamma} (0: no AWP; AWP-AT uses 0.01)")
-  if not a.proxy_lr > 0:
-    problems.append(f"awp.proxy_lr must be > 0, got {a.proxy_lr} (AWP-AT uses 0.01)")
-  if not a.warmup >= 0:
-    problems.append(f"awp.warmup must be >= 0 epochs, got {a.warmup}")
+  problems += method_problems(config)  # the method's own section(s): saat_jax.methods.MethodDef.validate
+  problems += awp_config_problems(config.awp)
   if not 0 <= config.ema.decay < 1:
     problems.append(f"ema.decay must be in [0, 1), got {config.ema.decay} (0: no EMA; e.g. 0.999)")
   if config.eval.best_weights not in ("raw", "ema"):
@@ -125,13 +94,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     problems.append(f"model.{e}")
   if config.data.pad_mode not in PAD_MODES:
     problems.append(f"data.pad_mode={config.data.pad_mode!r} is unknown; use one of {PAD_MODES}")
-  if config.method == "at":
-    if not config.at.eps >= 0:
-      problems.append(f"at.eps must be >= 0, got {config.at.eps}")
-    if not config.at.alpha > 0:
-      problems.append(f"at.alpha must be > 0, got {config.at.alpha}")
-    if int(config.at.steps) < 1:
-      problems.append(f"at.steps must be >= 1, got {config.at.steps}")
   if config.attack_bn not in ATTACK_BN:
     problems.append(f"attack_bn={config.attack_bn!r}; use 'train' (batch statistics), 'train_update' "
                     "(batch statistics, attack passes update the running ones, as the PyTorch code) or 'eval'")
@@ -219,19 +181,48 @@ def train_forward(apply_fn, params):
   return forward
 
 
+def sgd_update(tx) -> Callable:
+  """``update(params, opt_state, objective, step) -> (params, opt_state, loss, aux)``: one step of
+  ``tx`` on ``objective(params) -> (loss, aux)``. AWP wraps it (:func:`saat_jax.awp.with_awp`)."""
+
+  def update(params, opt_state, objective, step):
+    del step
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, aux
+
+  return update
+
+
+def ema_update(decay: float):
+  """``average(ema, params, batch_stats) -> ema``: the EMA of the weights moved by ``1 - decay``
+  (``optax.incremental_update``); a run without one (``ema`` None) keeps None."""
+
+  def average(ema, params, batch_stats):
+    if ema is None:
+      return None
+    return optax.incremental_update({"params": params, "batch_stats": batch_stats}, ema, step_size=1.0 - decay)
+
+  return average
+
+
 def make_train_step(config: ml_collections.ConfigDict, apply_fn, tx, steps_per_epoch: int = 1):
   """``train_step(state, images_uint8, labels, key) -> (state, metrics)``: Algorithm 2, lines 5-9.
 
   The method's adversary makes ``x'`` (line 7); theta takes one step on the method's outer loss
   (line 9). With AWP (``awp.gamma > 0``, from epoch ``awp.warmup`` on, the epoch being
-  ``step // steps_per_epoch``) the weights are perturbed against that same loss first, the gradient
-  and the optimizer step (weight decay included) are taken at the perturbed weights, and the
-  perturbation is removed afterwards, as ``AdvWeightPerturb`` of the AWP code.
+  ``step // steps_per_epoch``) the update is :func:`saat_jax.awp.with_awp`'s: the weights are
+  perturbed against that same loss first, the gradient and the optimizer step (weight decay
+  included) are taken at the perturbed weights, and the perturbation is removed afterwards, as
+  ``AdvWeightPerturb`` of the AWP code. With ``ema.decay > 0`` the EMA follows each step.
   """
   method = get_method(config)
   d, awp_cfg = config.data, config.awp
-  gamma, proxy_lr, warmup = float(awp_cfg.gamma), float(awp_cfg.proxy_lr), float(awp_cfg.warmup)
-  ema_decay = float(config.ema.decay)
+  update = sgd_update(tx)
+  if float(awp_cfg.gamma) > 0:
+    update = with_awp(update, gamma=float(awp_cfg.gamma), proxy_lr=float(awp_cfg.proxy_lr),
+                      start_step=int(math.ceil(float(awp_cfg.warmup) * steps_per_epoch)))
+  average = ema_update(float(config.ema.decay))
 
   def train_step(state: TrainState, images, labels, key):
     aug_key, attack_key = jax.random.split(key)
@@ -244,23 +235,9 @@ def make_train_step(config: ml_collections.ConfigDict, apply_fn, tx, steps_per_e
       loss, logits, new_bs = method.loss(train_forward(apply_fn, params), adv.batch_stats, x, x_adv, labels)
       return loss, (logits, new_bs)
 
-    params = state.params
-    if gamma > 0:
-      def awp_diff(p):
-        return weight_perturbation(lambda q: objective(q)[0], p, gamma=gamma, proxy_lr=proxy_lr)
-
-      zeros = lambda p: jax.tree_util.tree_map(jnp.zeros_like, p)
-      diff = jax.lax.cond(state.step >= int(math.ceil(warmup * steps_per_epoch)), awp_diff, zeros, params)
-      params = perturb(params, diff)
-    (loss, (logits, new_bs)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, state.opt_state, params)
-    params = optax.apply_updates(params, updates)
-    if gamma > 0:
-      params = perturb(params, diff, -1.0)
-    ema = state.ema
-    if ema is not None:
-      ema = optax.incremental_update({"params": params, "batch_stats": new_bs}, ema, step_size=1.0 - ema_decay)
-    new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state, ema=ema)
+    params, opt_state, loss, (logits, new_bs) = update(state.params, state.opt_state, objective, state.step)
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state,
+                           ema=average(state.ema, params, new_bs))
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(correct(logits, labels)),

@@ -7,9 +7,11 @@ cross-entropy at the adversarial examples.
 
 from __future__ import annotations
 
+import ml_collections
+
 from saat_jax.attack import pgd
 from saat_jax.losses import ce_loss_fn, cross_entropy
-from saat_jax.methods.base import Method, fixed_budget
+from saat_jax.methods.base import Method, MethodDef, fixed_budget, register
 
 
 def pgd_adversary(net, x, y, key, *, eps: float, alpha: float, steps: int):
@@ -22,6 +24,26 @@ def pgd_adversary(net, x, y, key, *, eps: float, alpha: float, steps: int):
   return x_adv, bs
 
 
+def defaults() -> ml_collections.ConfigDict:
+  # Standard AT: PGD-10, eps 8/255, alpha 2/255, uniform random start (Madry et al.; Rice et al.).
+  c = ml_collections.ConfigDict()
+  c.eps = 8 / 255  # the training budget (L-inf)
+  c.alpha = 2 / 255  # the step size
+  c.steps = 10  # PGD steps
+  return c
+
+
+def problems(config) -> list:
+  a, out = config.at, []
+  if not a.eps >= 0:
+    out.append(f"at.eps must be >= 0, got {a.eps}")
+  if not a.alpha > 0:
+    out.append(f"at.alpha must be > 0, got {a.alpha}")
+  if int(a.steps) < 1:
+    out.append(f"at.steps must be >= 1, got {a.steps}")
+  return out
+
+
 def at(config) -> Method:
   a = config.at
   eps, alpha, steps = float(a.eps), float(a.alpha), int(a.steps)
@@ -31,3 +53,6 @@ def at(config) -> Method:
     return fixed_budget(x_adv, bs, eps=eps, steps=steps)
 
   return Method("at", adversary)
+
+
+AT = register(MethodDef("at", at, section="at", defaults=defaults, validate=problems))

@@ -1,6 +1,9 @@
 """What every training method is made of: an adversary (the inner maximisation) and an outer loss.
 
-A :class:`Method` is two pure functions. The training step (:mod:`saat_jax.train`) calls
+A :class:`Method` is two pure functions; a :class:`MethodDef` registers one under its name (with
+:func:`register`), together with the config section it owns, that section's defaults and checks,
+and what the report says of it. Adding a method is one file: its adversary, its outer loss and its
+``register(MethodDef(...))`` (``saat_jax/methods/at.py`` is the shortest example). The training step (:mod:`saat_jax.train`) calls
 ``adversary`` on the augmented clean batch, stops the gradient through its output, and minimises
 ``loss`` over the parameters; AWP (:mod:`saat_jax.awp`) wraps any method's ``loss`` from outside.
 
@@ -15,11 +18,13 @@ A :class:`Method` is two pure functions. The training step (:mod:`saat_jax.train
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import difflib
+from typing import Any, Callable, Optional
 
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from saat_jax.losses import cross_entropy
 
@@ -111,3 +116,91 @@ class Method:
   name: str
   adversary: Adversary
   loss: OuterLoss = ce_outer_loss
+
+
+def _no_problems(config) -> list:
+  del config
+  return []
+
+
+FAMILIES = ("AT", "TRADES")  # the outer loss's family: Tables 2-3's "AT" / "TRADES" column
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodDef:
+  """A training method as the rest of the project knows it, registered under ``name``.
+
+  ``build(config) -> Method``. ``section``: the config section the method owns (``config.<section>``),
+  whose defaults ``defaults() -> ConfigDict`` gives; :func:`saat_jax.config_base.base_config` adds
+  it, and ``saat-train --config_help`` prints the comments of ``defaults``' source beside its keys
+  (a comment on a key's line or the lines above it; the lines above ``c = ...ConfigDict()`` head
+  the section). ``reads``: the other sections ``build`` reads (SA-TRADES runs SAAT's budget schedule
+  with TRADES' beta), said in the help. ``validate(config) -> [problems]``: every impossible value
+  of what the method reads, as one line each saying the fix (:func:`saat_jax.train.validate_config`
+  adds them to its own). The report reads ``uses_sa_pgd`` (the adversary is SA-PGD: the run has a
+  rho, an eps_max and a budget plot), ``family`` and the section's ``eps`` (a fixed budget).
+  """
+
+  name: str
+  build: Callable[[ml_collections.ConfigDict], Method]
+  section: Optional[str] = None
+  defaults: Optional[Callable[[], ml_collections.ConfigDict]] = None
+  reads: tuple = ()
+  validate: Callable[[ml_collections.ConfigDict], list] = _no_problems
+  uses_sa_pgd: bool = False
+  family: str = "AT"
+
+  def __post_init__(self):
+    if (self.section is None) != (self.defaults is None):
+      raise ValueError(f"MethodDef {self.name!r}: give section and defaults together (or neither)")
+    if self.family not in FAMILIES:
+      raise ValueError(f"MethodDef {self.name!r}: family={self.family!r}; use one of {FAMILIES}")
+
+
+METHODS: dict[str, MethodDef] = {}  # name -> MethodDef, in registration order
+
+
+def register(definition: MethodDef, *, replace: bool = False) -> MethodDef:
+  """Add ``definition`` to :data:`METHODS` (``replace=True`` to redefine a name); returns it."""
+  if definition.name in METHODS and not replace:
+    raise ValueError(f"a method named {definition.name!r} is registered already; choose another name "
+                     "(or pass replace=True)")
+  taken = {d.section: d.name for d in METHODS.values() if d.section and d.name != definition.name}
+  if definition.section in taken:
+    raise ValueError(f"method {definition.name!r}: config section {definition.section!r} belongs to method "
+                     f"{taken[definition.section]!r}; choose another section (or read it: reads=(...))")
+  METHODS[definition.name] = definition
+  return definition
+
+
+def unknown_method(name) -> str:
+  """The error text for a method name that is not registered: the known ones, and the closest."""
+  close = difflib.get_close_matches(str(name), list(METHODS), n=1)
+  return (f"method={name!r} is unknown; use one of {tuple(METHODS)}"
+          + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
+def method_def(name: str) -> MethodDef:
+  """The :class:`MethodDef` registered as ``name``; ``ValueError`` listing the known ones if none is."""
+  try:
+    return METHODS[name]
+  except KeyError:
+    raise ValueError(unknown_method(name)) from None
+
+
+def get_method(config) -> Method:
+  """The :class:`Method` named by ``config.method``; an unknown name lists the known ones."""
+  return method_def(config.method).build(config)
+
+
+def method_problems(config) -> list:
+  """What is wrong in ``config`` for its method: the method's own checks (an unknown method is one
+  problem, naming the known ones)."""
+  if config.method not in METHODS:
+    return [unknown_method(config.method)]
+  return list(METHODS[config.method].validate(config))
+
+
+def method_sections() -> dict:
+  """``{section: defaults()}`` of the registered methods, in registration order (base_config's)."""
+  return {d.section: d.defaults() for d in METHODS.values() if d.section}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from saat_jax.methods.base import Method, fixed_budget
+from saat_jax.methods.base import Method, MethodDef, fixed_budget, register
 
 
 def natural(config) -> Method:
@@ -12,3 +12,6 @@ def natural(config) -> Method:
     return fixed_budget(x, net.batch_stats, eps=0.0, steps=0)
 
   return Method("natural", adversary)
+
+
+NATURAL = register(MethodDef("natural", natural))

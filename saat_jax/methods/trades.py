@@ -27,13 +27,55 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from saat_jax.attack import trades_pgd, trades_start
 from saat_jax.losses import cross_entropy, kl_divergence, trades_loss
-from saat_jax.methods.base import Method, fixed_budget
-from saat_jax.methods.saat import sa_pgd_adversary
+from saat_jax.methods.base import Method, MethodDef, fixed_budget, register
+from saat_jax.methods.saat import Schedule, sa_pgd_adversary, schedule_problems
 
 STOP_LOSSES = ("ce", "kl")
+
+
+def defaults() -> ml_collections.ConfigDict:
+  # TRADES (Zhang et al. 2019; yaodongyu/TRADES train_trades_cifar10.py): beta 6, PGD on the KL with
+  # eps 0.031, step 0.007, 10 steps, BatchNorm in eval mode during the attack (attack_bn='eval').
+  c = ml_collections.ConfigDict()
+  c.beta = 6.0  # the weight of the KL term of the outer loss
+  c.eps = 0.031  # the attack's budget
+  c.alpha = 0.007  # its step size
+  c.steps = 10  # its steps
+  return c
+
+
+def sa_trades_defaults() -> ml_collections.ConfigDict:
+  # SA-TRADES (our design, see saat_jax/methods/trades.py): SA-PGD's schedule (config.saat) driving
+  # TRADES' KL ascent with TRADES' beta (config.trades); an example stops when stop_loss (ce:
+  # l(f(x'), y) as Eq. 5 | kl) reaches rho.
+  c = ml_collections.ConfigDict()
+  c.stop_loss = "ce"  # ce (Eq. 5's cross-entropy, so rho means what it means in SAAT) | kl
+  return c
+
+
+def trades_problems(config) -> list:
+  """What is impossible in ``config.trades`` and for TRADES' eval-mode attack (TRADES, SA-TRADES)."""
+  t, out = config.trades, []
+  if not t.beta >= 0:
+    out.append(f"trades.beta must be >= 0, got {t.beta} (TRADES uses 6; 0 is natural training)")
+  if not t.eps >= 0 or not t.alpha > 0 or int(t.steps) < 0:
+    out.append(f"trades: need eps >= 0, alpha > 0, steps >= 0, got eps={t.eps}, alpha={t.alpha}, "
+               f"steps={t.steps} (TRADES: 0.031, 0.007, 10)")
+  if config.attack_bn == "train_update":
+    out.append("attack_bn='train_update' is for attacks in train mode; TRADES attacks with "
+               "BatchNorm in eval mode: use attack_bn='eval'")
+  return out
+
+
+def sa_trades_problems(config) -> list:
+  out = schedule_problems(config.saat) + trades_problems(config)
+  if config.sa_trades.stop_loss not in STOP_LOSSES:
+    out.append(f"sa_trades.stop_loss={config.sa_trades.stop_loss!r} is unknown; use one of {STOP_LOSSES}")
+  return out
 
 
 def trades_outer_loss(beta: float, awp: bool = False):
@@ -80,7 +122,7 @@ def trades(config) -> Method:
 
 
 def sa_trades(config) -> Method:
-  s, t = config.saat, config.trades
+  s, t = Schedule.from_config(config.saat), config.trades
   stop = config.sa_trades.stop_loss
 
   def adversary(net, x, y, key):
@@ -92,9 +134,8 @@ def sa_trades(config) -> Method:
       return kl, (cross_entropy(logits, ya) if stop == "ce" else kl)
 
     if s.start == "pgd":
-      x_init = trades_pgd(net.logits, x, eps=float(s.start_eps), alpha=float(s.start_alpha),
-                          steps=int(s.start_steps), key=key)
-      start = (x_init, float(s.start_eps), int(s.start_steps), net.batch_stats)
+      x_init = trades_pgd(net.logits, x, eps=s.start_eps, alpha=s.start_alpha, steps=s.start_steps, key=key)
+      start = (x_init, s.start_eps, s.start_steps, net.batch_stats)
     else:
       # TRADES' start at budget 0, in the pixel box (the KL's gradient vanishes at x itself).
       x_noise = jnp.clip(trades_start(x, key), 0.0, 1.0)
@@ -102,3 +143,9 @@ def sa_trades(config) -> Method:
     return sa_pgd_adversary(net, x, y, s, start=start, loss_fn=loss_fn)
 
   return Method("sa_trades", adversary, trades_outer_loss(float(t.beta), awp=_with_awp(config)))
+
+
+TRADES = register(MethodDef("trades", trades, section="trades", defaults=defaults, validate=trades_problems, family="TRADES"))
+SA_TRADES = register(MethodDef("sa_trades", sa_trades, section="sa_trades", defaults=sa_trades_defaults,
+                               reads=("saat", "trades"), validate=sa_trades_problems,
+                               uses_sa_pgd=True, family="TRADES"))

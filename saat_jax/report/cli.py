@@ -16,10 +16,10 @@ from saat_jax.paper import FIGURES
 from saat_jax.report.figures import (acc_vs_eps_data, all_groups, gen_gap_data, metric_series, plot_acc_vs_eps,
                                      plot_budget, plot_curves, plot_gen_gap, plot_rd_capacity, plot_sweep,
                                      rd_capacity_data, run_labels, sweep_data)
-from saat_jax.report.runs import (SAAT_METHODS, ReportError, Run, checkpoint_numbers, config_get, find_run_dirs,
+from saat_jax.report.runs import (ReportError, Run, checkpoint_numbers, config_get, find_run_dirs,
                                   load_run, metric_name, run_data_format, run_data_note, run_dataset,
                                   run_eps_max_255, run_method, run_model, run_rho, run_row_id, stale_numbers,
-                                  unique_names)
+                                  unique_names, uses_sa_pgd)
 from saat_jax.report.tables import OLDER_MARK, STD_NOTE, build_table, format_latex, format_markdown, group_runs
 
 def _stderr(msg: str) -> None:
@@ -105,7 +105,7 @@ def report_runs(run_dirs: Sequence[str], out_dir: str, *, log: Callable[[str], N
   for r in runs:
     figures[f"curves_{r.name}.png"] = plot_curves(r, numbers[r.name], out(f"curves_{r.name}.png"))
     name = f"budget_{r.name}.png"
-    if run_method(r) not in SAAT_METHODS:
+    if not uses_sa_pgd(run_method(r)):
       continue
     if metric_series(r.metrics, "attack_eps_q50") is None and metric_series(r.metrics, "attack_eps_mean") is None:
       skipped_figs[name] = "metrics.jsonl has no attack_eps_* statistics"

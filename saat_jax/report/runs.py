@@ -17,7 +17,6 @@ import numpy as np
 KINDS = ("best", "last")
 METRICS = ("natural", "pgd20", "aa")
 METRIC_NAMES = {"natural": "Natural", "pgd20": "PGD-20", "aa": "AA", "rd": "RD"}
-SAAT_METHODS = ("saat", "sa_trades")  # methods whose adversary is SA-PGD (Algorithm 1)
 REQUIRED_RECORD_KEYS = ("epoch", "test_natural_accuracy", "test_pgd_accuracy", "best_epoch")
 # What an eval.json was measured with (saat_jax.evaluate.SETTINGS), and the defaults of files written
 # before a setting was recorded.
@@ -304,6 +303,27 @@ def run_method(run: Run) -> str:
   return str(config_get(run.config, "method"))
 
 
+def method_info(method: str):
+  """The :class:`saat_jax.methods.MethodDef` registered as ``method`` (``uses_sa_pgd``, ``family``,
+  its config section), or None for a method this process does not know."""
+  from saat_jax.methods import METHODS  # the registry: built-in methods and any registered since
+
+  return METHODS.get(method)
+
+
+def uses_sa_pgd(method: str) -> bool:
+  """Whether ``method``'s adversary is SA-PGD (Algorithm 1): its runs have a rho, an eps_max and a
+  budget plot."""
+  d = method_info(method)
+  return bool(d and d.uses_sa_pgd)
+
+
+def method_family(method: str) -> str:
+  """Tables 2-3's outer-loss column of ``method``: ``AT`` or ``TRADES`` (``AT`` for an unknown one)."""
+  d = method_info(method)
+  return d.family if d else "AT"
+
+
 def run_model(run: Run) -> str:
   return str(config_get(run.config, "model.name"))
 
@@ -317,12 +337,12 @@ def run_awp(run: Run) -> bool:
 
 def run_rho(run: Run) -> Optional[float]:
   v = config_get(run.config, "saat.rho")
-  return float(v) if run_method(run) in SAAT_METHODS and v is not None else None
+  return float(v) if uses_sa_pgd(run_method(run)) and v is not None else None
 
 
 def run_eps_max_255(run: Run) -> Optional[float]:
   v = config_get(run.config, "saat.eps_max")
-  return float(v) * 255 if run_method(run) in SAAT_METHODS and v is not None else None
+  return float(v) * 255 if uses_sa_pgd(run_method(run)) and v is not None else None
 
 
 def metrics_prefix(run: Run) -> str:
@@ -346,11 +366,13 @@ def wrn_width(model: str) -> Optional[tuple[int, int]]:
 def run_key(run: Run) -> str:
   """A label grouping seeds of one setting among runs not tied to a paper row."""
   method = run_method(run)
+  info = method_info(method)
   prefix = "AWP-" if run_awp(run) and not method.startswith("awp") else ""
-  if method in SAAT_METHODS and run_rho(run) is not None and run_eps_max_255(run) is not None:
+  section_eps = config_get(run.config, f"{info.section}.eps") if info and info.section else None
+  if uses_sa_pgd(method) and run_rho(run) is not None and run_eps_max_255(run) is not None:
     hp = f" (eps_max={run_eps_max_255(run):g}, rho={run_rho(run):g})"
-  elif method in ("trades", "at") and config_get(run.config, f"{method}.eps") is not None:
-    hp = f" (eps={float(config_get(run.config, f'{method}.eps')) * 255:.3g})"
+  elif section_eps is not None:  # a fixed-budget method (AT, TRADES, ...): its training budget
+    hp = f" (eps={float(section_eps) * 255:.3g})"
   else:
     hp = ""
   return f"{prefix}{method}{hp}, {run_model(run)}"

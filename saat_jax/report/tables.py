@@ -12,8 +12,8 @@ import numpy as np
 
 from saat_jax import paper
 from saat_jax.paper import FIGURES, TABLES
-from saat_jax.report.runs import (KINDS, METRIC_NAMES, METRICS, ReportError, Run, config_get, metrics_prefix,
-                                  run_data_note, run_dataset, run_key, run_row_id, wrn_width)
+from saat_jax.report.runs import (KINDS, METRIC_NAMES, METRICS, ReportError, Run, config_get, method_family,
+                                  metrics_prefix, run_data_note, run_dataset, run_key, run_row_id, wrn_width)
 
 STD_NOTE = "sample standard deviation over seeds (ddof=1; no ± with a single seed)"
 DASH = "–"
@@ -184,7 +184,7 @@ def build_table(table: str, groups: Sequence[Group], numbers: dict[str, dict]) -
     if table in ("table2", "table3"):
       r = g.row
       lead_cells = [_dataset_name(r.dataset), network_name(r.model),
-                    "TRADES" if r.method in ("trades", "sa_trades") else "AT", g.label, str(n)]
+                    method_family(r.method), g.label, str(n)]
     elif table in FIGURES:
       lead_cells = [f"{g.x:g}", g.label, str(n)]
     elif table == "table1":
