@@ -153,10 +153,13 @@ def config_problems(evals, defaults=None, *, needs: Iterable[str] = ()) -> list[
     problems += [f"evals.{name}: {b}" for b in bad]
     if bad:
       continue
+    clash = {}
     for c in t.columns(settings):
       if c.name in seen:
-        problems.append(f"evals.{name} and evals.{seen[c.name]} both yield {c.name!r}; drop one or give it other settings")
+        clash.setdefault(seen[c.name], []).append(repr(c.name))
       seen.setdefault(c.name, name)
+    problems += [f"evals.{name} and evals.{other} both yield {', '.join(names)} (training records <split>_<name> "
+                 f"for each); keep one of them" for other, names in clash.items()]
   for n in needs:
     if n not in seen and not problems:
       problems.append(f"no entry of evals yields {n!r}, which selects the `best` checkpoint; keep an entry of type "
@@ -165,7 +168,7 @@ def config_problems(evals, defaults=None, *, needs: Iterable[str] = ()) -> list[
 
 
 def build_evaluators(evals, defaults=None, *, apply_fn, mesh=None) -> list:
-  """The evaluators of ``evals`` in its order: ``[(name, evaluator)]``. Each evaluator has the
+  """The evaluators of ``evals`` in its order (a ConfigDict lists its names sorted): ``[(name, evaluator)]``. Each evaluator has the
   ``columns`` of its type and settings and ``run(variables, images_u8, labels, key)``."""
   out = []
   for name, entry in _as_dict(evals).items():
