@@ -106,6 +106,15 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluate (test, val, trainsub) every N epochs and always at the last one; epochs in between
   # record no test metrics and cannot become `best`. 1: every epoch, as the paper.
   c.eval.every = 1
+  # The per-epoch evaluators, as big_vision's config.evals: {name: {type: ..., <settings>}}, types of
+  # saat_jax.evaluators (robustness, autoattack, sweep, or one added by register_evaluator). A
+  # setting an entry leaves out is read from eval (eps, alpha, steps, batch_size), else the type's
+  # default; each yields <split>_<name> records (test_natural_accuracy) on test, val and trainsub.
+  c.evals = ml_collections.ConfigDict()
+  # Natural and PGD-<eval.steps> accuracy with eval's eps, alpha and batch_size: test_natural_accuracy,
+  # test_pgd_accuracy (which selects `best`), val_..., trainsub_..., ema_...
+  c.evals.robustness = ml_collections.ConfigDict()
+  c.evals.robustness.type = "robustness"  # natural + PGD-k (saat_jax.evaluators.builtin)
 
   c.progress = True  # a progress bar per epoch (process 0)
   c.check_every = 20  # steps between NaN checks / progress updates

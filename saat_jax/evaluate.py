@@ -1,8 +1,12 @@
 """Evaluation of a run's checkpoints: ``python -m saat_jax.evaluate --workdir runs/x``.
 
 The Natural / PGD-20 / AA columns of Table 1 and accuracy against the test budget with RD (Fig. 1a).
-The numbers come from :mod:`saat_jax.evaluators` (the same evaluator as training's per-epoch
-evaluation) on weights restored by :mod:`saat_jax.run_state`. ``best`` and ``last`` at the same
+The numbers come from :mod:`saat_jax.evaluators` (the same evaluator types as training's per-epoch
+evaluation, ``config.evals``) on weights restored by :mod:`saat_jax.run_state`: the flags become
+evaluator entries (:func:`cli_evals`): ``natural`` and ``pgd`` of ``--eval.attacks`` the columns of
+a ``robustness`` entry, ``aa`` an ``autoattack`` one, ``--eval.sweep`` a ``sweep`` one; another
+name in ``--eval.attacks`` is an entry of the run's ``config.evals`` (or a registered type), stored
+under its own columns' keys. ``best`` and ``last`` at the same
 epoch with the same weights are evaluated once. ``--eval.steps=k`` / ``--eval.restarts=r`` set the
 PGD column's attack (PGD-20 with one random start by default); it is stored under ``pgd<k>``, so
 only PGD-20 fills the report's PGD-20 column.
@@ -24,9 +28,8 @@ from typing import Optional
 import jax
 import numpy as np
 
-from saat_jax import parallel
-from saat_jax.evaluators import (RobustnessEvaluator, accuracy_order_check, autoattack_accuracy,
-                                 autoattack_evaluation, robustness_disparity, sweep_pgd_schedule)
+from saat_jax import evaluators, parallel
+from saat_jax.evaluators import RobustnessEvaluator, accuracy_order_check  # noqa: F401  (RobustnessEvaluator: the tests patch it here)
 from saat_jax.run_state import restore_for_eval, run_keys
 
 
@@ -36,6 +39,10 @@ from saat_jax.run_state import restore_for_eval, run_keys
 
 ATTACKS = ("natural", "pgd", "aa")  # pgd: PGD-<eval.steps>; pgd20 is accepted for it when steps = 20
 PGD_KEY = re.compile(r"pgd(\d+)")
+# The evaluator type (saat_jax.evaluators) each of ATTACKS is a column of; a name of --eval.attacks
+# outside ATTACKS is an entry of the run's config.evals or a registered type of another kind.
+ATTACK_TYPES = {"natural": "robustness", "pgd": "robustness", "aa": "autoattack"}
+FLAG_TYPES = ("robustness", "autoattack", "sweep")  # the types the flags make; not named in --eval.attacks
 
 
 def pgd_key(steps: int) -> str:
@@ -44,9 +51,42 @@ def pgd_key(steps: int) -> str:
 
 
 def column_name(key: str) -> str:
-  """``'PGD-50'`` for ``'pgd50'``; Natural, AA, RD for the others."""
-  m = PGD_KEY.fullmatch(key)
-  return f"PGD-{m.group(1)}" if m else {"natural": "Natural", "aa": "AA", "rd": "RD"}.get(key, key)
+  """``'PGD-50'`` for ``'pgd50'``; Natural, AA, RD and the columns of other evaluators, as their
+  types name them (:func:`saat_jax.evaluators.column_display`)."""
+  return evaluators.column_display(key) or key
+
+
+def other_attacks(run_evals=None) -> list[str]:
+  """The names ``--eval.attacks`` takes besides :data:`ATTACKS`: the entries of the run's
+  ``config.evals`` and the registered evaluator types, other than those the flags make
+  (:data:`FLAG_TYPES`)."""
+  run_evals = {} if run_evals is None else (run_evals.to_dict() if hasattr(run_evals, "to_dict") else dict(run_evals))
+  names = [n for n, e in run_evals.items() if isinstance(e, dict) and e.get("type") not in FLAG_TYPES]
+  return names + [t for t in evaluators.EVALUATORS if t not in FLAG_TYPES and t not in names]
+
+
+def cli_evals(attacks, *, steps: int, sweep=(), sweep_attack: str = "pgd", run_evals=None) -> list:
+  """The evaluator entries of the flags, as ``config.evals`` writes them: ``[(name, entry, keep)]``,
+  ``keep`` the eval.json columns of that entry to store (``None``: all it yields). ``natural`` and
+  ``pgd`` are the columns of one ``robustness`` entry, ``aa`` of an ``autoattack`` one, ``sweep`` a
+  ``sweep`` entry; another name is the run's ``config.evals`` entry of that name, else an entry of the
+  registered type of that name. Their settings come from the flags (``settings`` of
+  :func:`evaluate_run`) unless the run's entry sets its own. In table order (the types' rank)."""
+  run_evals = {} if run_evals is None else (run_evals.to_dict() if hasattr(run_evals, "to_dict") else dict(run_evals))
+  allowed = other_attacks(run_evals)
+  out: dict = {}
+  for a in attacks:
+    if a in ATTACK_TYPES:
+      name, entry, keep = ATTACK_TYPES[a], {"type": ATTACK_TYPES[a]}, {"natural": "natural", "aa": "aa"}.get(a, pgd_key(steps))
+      out.setdefault(name, (entry, set()))[1].add(keep)
+    elif a in allowed:
+      out[a] = (run_evals.get(a, {"type": a}), None)
+    else:
+      raise ValueError(f"--eval.attacks: unknown attack {a!r}; choose from {', '.join([*ATTACKS, *allowed])}")
+  if sweep:
+    out["sweep"] = ({"type": "sweep", "budgets": list(sweep), "attack": sweep_attack}, None)
+  rank = lambda item: evaluators.registry.get_type(item[1][0]["type"]).rank
+  return [(name, entry, keep) for name, (entry, keep) in sorted(out.items(), key=rank)]
 
 
 def eval_config():
@@ -79,7 +119,8 @@ SETTING_HELP = {
     "checkpoints": "which checkpoints, a comma list of best,last (one at the same epoch with the same weights "
                    "as the other is evaluated once)",
     "attacks": "columns, a comma list of natural, pgd (PGD-<steps>; pgd20 also works with steps=20), aa "
-               "(AutoAttack)",
+               "(AutoAttack), or the name of an entry of the run's config.evals or of a registered evaluator type "
+               "(saat_jax.evaluators.register_evaluator)",
     "eps": "test budget in /255; default: the run's eval.eps (8 for CIFAR, 32 for digits)",
     "alpha": "PGD step size in /255; default: the run's eval.alpha (2 for CIFAR)",
     "steps": "PGD steps: 20 is the paper's PGD-20 (column pgd20); another k is stored and shown as PGD-k (pgd<k>)",
@@ -137,9 +178,10 @@ def _parse_list(s, what: str, cast=float):
     raise ValueError(f"--eval.{what} must be a comma-separated list, got {s!r}") from None
 
 
-def normalize_attacks(attacks, steps: int = 20) -> list[str]:
-  """``attacks`` as :data:`ATTACKS` names: ``pgd<k>`` is ``pgd`` when ``k == steps`` (``pgd20`` with
-  the default steps); ValueError for another ``k`` or an unknown attack."""
+def normalize_attacks(attacks, steps: int = 20, extra=()) -> list[str]:
+  """``attacks`` as :data:`ATTACKS` names (``pgd<k>`` is ``pgd`` when ``k == steps``, ``pgd20``
+  with the default steps) or names of ``extra`` (:func:`other_attacks`; ``None``: any other name,
+  checked by :func:`cli_evals`); ValueError for another ``k`` or an unknown attack."""
   out = []
   for a in attacks:
     m = PGD_KEY.fullmatch(a)
@@ -147,15 +189,27 @@ def normalize_attacks(attacks, steps: int = 20) -> list[str]:
       raise ValueError(f"--eval.attacks: {a} asks for PGD-{m.group(1)} but --eval.steps={steps}; write pgd "
                        f"(the PGD of --eval.steps) or set --eval.steps={m.group(1)}")
     a = "pgd" if m else a
-    if a not in ATTACKS:
-      raise ValueError(f"--eval.attacks: unknown attack {a!r}; choose from {', '.join(ATTACKS)}")
+    if a not in ATTACKS and extra is not None and a not in extra:
+      raise ValueError(f"--eval.attacks: unknown attack {a!r}; choose from {', '.join([*ATTACKS, *extra])}")
     if a not in out:
       out.append(a)
   return out
 
 
-def _check_settings(ev) -> tuple[list, list, list]:
-  """(checkpoints, attacks, sweep) of the settings, or ValueError saying which flag is wrong."""
+def run_evals(workdir: str) -> dict:
+  """The ``evals`` of the run's ``config.json`` (``{}`` without one): the names ``--eval.attacks``
+  may use besides :data:`ATTACKS`."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      evals = json.load(f).get("evals")
+  except (OSError, ValueError, AttributeError):
+    return {}
+  return evals if isinstance(evals, dict) else {}
+
+
+def _check_settings(ev, extra=()) -> tuple[list, list, list]:
+  """(checkpoints, attacks, sweep) of the settings, or ValueError saying which flag is wrong;
+  ``extra``: the attack names besides :data:`ATTACKS` (:func:`other_attacks`)."""
   from saat_jax import checkpointing
 
   kinds = _parse_list(ev.checkpoints, "checkpoints", str)
@@ -163,7 +217,7 @@ def _check_settings(ev) -> tuple[list, list, list]:
     raise ValueError(f"--eval.steps must be >= 1 (the PGD steps; 20 for the paper's PGD-20), got {ev.steps}")
   if not ev.restarts >= 1:
     raise ValueError(f"--eval.restarts must be >= 1 (random starts per point), got {ev.restarts}")
-  attacks = normalize_attacks(_parse_list(ev.attacks, "attacks", str), ev.steps)
+  attacks = normalize_attacks(_parse_list(ev.attacks, "attacks", str), ev.steps, extra)
   for k in kinds:
     if k not in checkpointing.KINDS:
       raise ValueError(f"--eval.checkpoints: unknown checkpoint {k!r}; choose from {', '.join(checkpointing.KINDS)}")
@@ -222,7 +276,7 @@ def main(argv=None) -> int:
     return _fail(f"--workdir is required\nusage: {USAGE.splitlines()[0]}")
   workdir, ev = fv.workdir, fv["eval"].value
   try:
-    kinds, attacks, sweep = _check_settings(ev)
+    kinds, attacks, sweep = _check_settings(ev, other_attacks(run_evals(workdir)))
   except ValueError as e:
     return _fail(str(e))
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -330,12 +384,17 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
   (``attacks`` names it ``pgd``, or ``pgd<steps>``). A checkpoint at the epoch of one already
   evaluated, with identical weights (``best`` when the last epoch was the best), is not evaluated
   again: its row is a copy, with ``same_as`` naming the other.
+
+  The columns are measured by the evaluators of :mod:`saat_jax.evaluators` that :func:`cli_evals`
+  makes of ``attacks`` and ``sweep`` (the types training's ``config.evals`` names), each storing its
+  values under its columns' keys; a name of ``attacks`` outside :data:`ATTACKS` is an entry of the
+  run's ``config.evals`` or a registered type, stored under its own columns' keys.
   """
   from tqdm.auto import tqdm
 
   from saat_jax.data import load_dataset
 
-  attacks = normalize_attacks(attacks, steps)
+  attacks = normalize_attacks(attacks, steps, extra=None)
   key_pgd = pgd_key(steps)
   report = {"workdir": workdir, "checkpoints": {}, "sweep_attack": sweep_attack, "weights": weights,
             "aa_version": aa_version, "seed": seed, "dtype": dtype, "pgd_steps": int(steps),
@@ -353,6 +412,13 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
       eps = float(cfg.eval.eps) if eps is None else eps
       alpha = float(cfg.eval.alpha) if alpha is None else alpha
       batch_size = int(cfg.eval.batch_size) if batch_size is None else batch_size
+      entries = cli_evals(attacks, steps=steps, sweep=sweep, sweep_attack=sweep_attack, run_evals=cfg.get("evals"))
+      # the flags' settings, which an entry of the run's config.evals may set otherwise
+      settings = {"eps": eps, "alpha": alpha, "steps": int(steps), "restarts": int(restarts), "batch_size": batch_size,
+                  "version": aa_version, "seed": seed or 0}
+      problems = evaluators.config_problems({n: e for n, e, _ in entries}, settings)
+      if problems:
+        raise ValueError("the evaluation's evaluators: " + "; ".join(problems))
       report["eps_255"], report["alpha_255"] = eps * 255, alpha * 255
       key = jax.random.fold_in(run_keys(int(cfg.seed))[2], 0) if seed is None else jax.random.key(seed)
       data = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, source=cfg.data.source,
@@ -361,48 +427,36 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
       n = num_test or len(data.test_labels)
       images, labels = data.test_images[:n], data.test_labels[:n]
       report["num_test"] = int(len(labels))
-    logits_fn = jax.jit(lambda x, v=variables, m=model: m.apply(v, x, train=False))
+    evs = evaluators.build_evaluators({n: e for n, e, _ in entries}, settings, apply_fn=model.apply)
+    keep = {n: k for n, _, k in entries}
     row = {"epoch": meta["epoch"] + 1, "num_test": int(len(labels))}
-    todo = [a for a in attacks]
-    bar = tqdm(total=len(todo) + len(sweep), desc=f"{kind}", disable=not progress, leave=False)
-    if "natural" in todo or "pgd" in todo:
-      acc = RobustnessEvaluator(model.apply, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
-                                batch_size=batch_size).run(variables, images, labels, key)
-      for attack, col, name in (("natural", "natural", "natural_accuracy"), ("pgd", key_pgd, "pgd_accuracy")):
-        if attack in todo:
-          row[col] = acc[name]
-          bar.update(1)
-    if "aa" in todo:
-      aa = autoattack_evaluation(logits_fn, images, labels, eps=eps, version=aa_version, seed=seed or 0,
-                                 batch_size=batch_size)
-      row["aa"], row["checks"] = aa["accuracy"], aa["checks"]
+    bar = tqdm(total=len(evs), desc=f"{kind}", disable=not progress, leave=False)
+    for name, evaluator in evs:
+      cols = {c.name: c.key for c in evaluator.columns}
+      for out, value in evaluator.run(variables, images, labels, key):
+        col = cols.get(out, out)
+        if out in cols and keep[name] is not None and col not in keep[name]:
+          continue  # natural without pgd: the column not asked for
+        if col == "checks":  # AutoAttack's self-checks (and the order check below) share one list
+          row.setdefault("checks", []).extend(value)
+        else:
+          row[col] = value
       bar.update(1)
     row.setdefault("checks", []).append(accuracy_order_check(row, num_points=len(labels), pgd_key=key_pgd))
-    if sweep:
-      accs = []
-      for e255 in sweep:
-        if sweep_attack == "aa":
-          acc = autoattack_accuracy(logits_fn, images, labels, eps=e255 / 255, version=aa_version,
-                                    seed=seed or 0, batch_size=batch_size)
-        else:
-          sweep_alpha, sweep_steps = sweep_pgd_schedule(e255)  # its own: the next checkpoint's PGD keeps steps
-          acc = RobustnessEvaluator(model.apply, eps=e255 / 255, alpha=sweep_alpha, steps=sweep_steps,
-                                    batch_size=batch_size).run(variables, images, labels, key)["pgd_accuracy"]
-        accs.append(acc)
-        bar.update(1)
-      row["sweep"] = {"eps_255": list(sweep), "accuracy": accs}
-      if 0 in sweep and any(e > 0 for e in sweep):
-        row["rd"] = robustness_disparity(sweep, accs)
+    row = {**{k: v for k, v in row.items() if k not in ("sweep", "rd")},  # the sweep after the columns
+           **{k: row[k] for k in ("sweep", "rd") if k in row}}
     bar.close()
     report["checkpoints"][kind] = row
   return report
 
 
 def format_table(report: dict) -> str:
-  """Table 1's layout: one row per checkpoint, accuracies in percent."""
+  """Table 1's layout: one row per checkpoint, accuracies in percent; the columns are the eval.json
+  keys the registered evaluator types name (:func:`saat_jax.evaluators.column_order`)."""
   rows = report["checkpoints"].values()
   pgds = sorted({k for r in rows for k in r if PGD_KEY.fullmatch(k)}, key=lambda k: int(k[3:]))
-  cols = [c for c in ("natural", *pgds, "aa", "rd") if any(c in r for r in rows)]
+  # the evaluators' columns in their order: Natural, PGD-k, AA, those of other types, RD
+  cols = evaluators.column_order(k for r in rows for k in r)
   head = f"{'checkpoint':<12}{'epoch':>6}" + "".join(f"{column_name(c):>10}" for c in cols)
   units = "accuracies in %" + (", RD in % of accuracy lost per 1/255 of budget (Sec. 3.1)" if "rd" in cols else "")
   restarts = report.get("pgd_restarts", 1)

@@ -34,7 +34,7 @@ from saat_jax import checkpointing, conv_layout, distributed, health, log, paral
 from saat_jax import workdir as workdir_files
 from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, TrainingPreempted, config_changes
 from saat_jax.awp import awp_config_problems, with_awp
-from saat_jax.evaluators import RobustnessEvaluator
+from saat_jax import evaluators
 from saat_jax.data import PAD_MODES, augment, epoch_batches, load_dataset, to_float
 from saat_jax.losses import correct
 from saat_jax.metric_writer import MetricWriter, write_jsonl
@@ -128,12 +128,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   every = config.eval.get("every", 1)
   if isinstance(every, bool) or not isinstance(every, int) or every < 1:
     problems.append(f"eval.every must be an integer >= 1 (evaluate every N epochs and at the last), got {every!r}")
+  # The evaluators (generic: saat_jax.evaluators checks each entry against its registered type);
+  # `best` is picked by <split>_pgd_accuracy, so one of them must yield it.
+  problems += evaluators.config_problems(config_evals(config), config.eval, needs=("pgd_accuracy",))
   n_dev = jax.device_count()
   for name, v in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
     if int(v) >= 1 and int(v) % n_dev:
       problems.append(f"{name}={v}: {parallel.nearest_multiples_hint(int(v), n_dev)}")
   if problems:
     raise ValueError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def config_evals(config: ml_collections.ConfigDict):
+  """The run's evaluator entries: ``config.evals`` (big_vision's ``{name: {type, <settings>}}``), or
+  :data:`saat_jax.evaluators.DEFAULT_EVALS` for a config without them (built by hand, or saved by
+  an older version): both give natural and PGD-``eval.steps`` accuracy with ``config.eval``'s settings."""
+  evals = config.get("evals")
+  return evaluators.DEFAULT_EVALS if evals is None else evals
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -515,9 +526,12 @@ def _per_step(steps: list, fetched: list) -> list:
   return out
 
 
-def _evaluate(evaluator, state, splits, eval_key) -> dict:
-  """Natural and PGD accuracy of the weights (and their EMA) on each non-empty split; each split
-  gets the same PGD starts every epoch."""
+def _evaluate(evals, state, splits, eval_key) -> dict:
+  """What the evaluators ``evals`` (``[(name, evaluator)]`` of :func:`saat_jax.evaluators.build_evaluators`)
+  yield for the weights (and their EMA) on each non-empty split, as ``<prefix><split>_<name>``
+  (``test_pgd_accuracy``, ``ema_val_natural_accuracy``). Split ``k`` gets the key
+  ``fold_in(eval_key, k)`` every epoch and for every evaluator, so each split gets the same PGD
+  starts every epoch."""
   weights = {"": state.variables}
   if state.ema is not None:
     weights["ema_"] = state.ema_variables
@@ -525,8 +539,9 @@ def _evaluate(evaluator, state, splits, eval_key) -> dict:
   for prefix, variables in weights.items():
     for k, (split, images, labels) in enumerate(splits):
       if len(labels):
-        for name, value in evaluator.run(variables, images, labels, jax.random.fold_in(eval_key, k)).items():
-          out[f"{prefix}{split}_{name}"] = value
+        for _, evaluator in evals:
+          for name, value in evaluator.run(variables, images, labels, jax.random.fold_in(eval_key, k)):
+            out[f"{prefix}{split}_{name}"] = value
   return out
 
 
@@ -540,8 +555,8 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
                                    data, train_key)
   ev = config.eval
   every = int(ev.get("every", 1))
-  evaluator = RobustnessEvaluator(model.apply, eps=float(ev.eps), alpha=float(ev.alpha), steps=int(ev.steps),
-                                  batch_size=int(ev.batch_size), mesh=mesh)
+  evals = evaluators.build_evaluators(config_evals(config), ev, apply_fn=model.apply, mesh=mesh)
+  pgd_key = next(c.key for _, e in evals for c in e.columns if c.name == "pgd_accuracy")  # pgd20, for the log
   num_test = int(ev.num_test) if ev.num_test else len(data.test_labels)
   test_images, test_labels = data.test_images[:num_test], data.test_labels[:num_test]
   # A fixed subset of the training set (no augmentation), for the training robust accuracy and the
@@ -618,7 +633,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
                 **_epoch_summary(step_metrics), "train_time_s": train_time, "evaluated": evaluated,
                 "data_format": data.data_format}
       if evaluated:
-        record.update(_evaluate(evaluator, state, splits, eval_key))
+        record.update(_evaluate(evals, state, splits, eval_key))
       record["eval_time_s"] = time.time() - t1
       # health: XLA compilations in this epoch (0 after the first one) and host memory (flat)
       record["compiles"], record["host_rss_mb"] = compiles.count - compiled_before, health.host_rss_mb()
@@ -652,7 +667,7 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
                 f"could not write {writer.path} ({type(e).__name__}: {e}); the checkpoint of epoch {epoch + 1} is "
                 f"saved and a rerun restores the record from it: free disk space and run the same command") from e
       if evaluated:
-        tested = (f"test nat {record['test_natural_accuracy']:.4f} pgd{int(ev.steps)} "
+        tested = (f"test nat {record['test_natural_accuracy']:.4f} {pgd_key} "
                   f"{record['test_pgd_accuracy']:.4f}")
       else:
         tested = f"not evaluated (eval.every={every})"
@@ -677,4 +692,4 @@ def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, 
 
 
 __all__ = ["TrainState", "TrainingDiverged", "TrainingInterrupted", "TrainingPreempted", "ConfigChangeError", "config_changes",
-           "validate_config", "make_optimizer", "initial_state", "make_train_step", "train_and_evaluate"]
+           "validate_config", "config_evals", "make_optimizer", "initial_state", "make_train_step", "train_and_evaluate"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from saat_jax import evaluate, run_state
-from saat_jax.evaluators import robustness_disparity
+from saat_jax.evaluators import robustness, robustness_disparity
 
 ROOT = Path(__file__).resolve().parents[1]
 from saat_jax.config_base import saat_digits_config
@@ -252,7 +252,7 @@ def test_best_at_the_last_epoch_is_evaluated_once(one_epoch_run, tmp_path, monke
 
   if not same_weights:
     monkeypatch.setattr(evaluate, "restore_for_eval", _perturbed_best(real_restore))
-  monkeypatch.setattr(evaluate, "autoattack_evaluation", _fake_autoattack(calls))
+  monkeypatch.setattr(robustness, "autoattack_evaluation", _fake_autoattack(calls))  # the autoattack type calls it there
   monkeypatch.setattr(evaluate.RobustnessEvaluator, "run", counted_run)
   out = tmp_path / "eval.json"
   assert evaluate.main(["--workdir", str(workdir), "--eval.num_test=32", "--out", str(out)]) == 0
@@ -360,7 +360,7 @@ def test_an_extended_run_is_reported_with_its_new_last_epoch_and_the_command_wor
   run = tmp_path / "run"
   shutil.copytree(workdir, run, ignore=shutil.ignore_patterns("eval*", "plots"))
   calls = {}
-  monkeypatch.setattr(evaluate, "autoattack_evaluation", _fake_autoattack(calls))
+  monkeypatch.setattr(robustness, "autoattack_evaluation", _fake_autoattack(calls))  # the autoattack type calls it there
   assert evaluate.main(["--workdir", str(run), "--eval.checkpoints=last", "--eval.num_test=32"]) == 0
   c = config.copy_and_resolve_references()
   c.num_epochs = 2

@@ -413,7 +413,7 @@ def plot_sweep(table: dict, data: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 2 if has_rd else 1, figsize=(12 if has_rd else 7, 4.5), squeeze=False)
     ax = axes[0][0]
     x = np.asarray(data["x"])
-    for i, m in enumerate(("natural", "pgd20", "aa")):
+    for i, m in enumerate(METRICS):
       for kind, ls in (("best", "-"), ("last", "--")):
         d = data.get(f"{kind}_{m}")
         if d is None:

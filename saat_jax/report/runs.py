@@ -14,9 +14,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from saat_jax.evaluators.registry import column_display  # JAX-free: the evaluator types' column names
+from saat_jax.paper import METRICS  # the paper's Table-1 columns: natural, pgd20, aa
+
 KINDS = ("best", "last")
-METRICS = ("natural", "pgd20", "aa")
-METRIC_NAMES = {"natural": "Natural", "pgd20": "PGD-20", "aa": "AA", "rd": "RD"}
+# Their headers (and RD's), as the evaluator types that write them name them (saat_jax.evaluators).
+METRIC_NAMES = {k: column_display(k) for k in (*METRICS, "rd")}
 REQUIRED_RECORD_KEYS = ("epoch", "test_natural_accuracy", "test_pgd_accuracy", "best_epoch")
 # What an eval.json was measured with (saat_jax.evaluate.SETTINGS), and the defaults of files written
 # before a setting was recorded.
@@ -389,10 +392,9 @@ def percent_rd(sweep: dict) -> Optional[float]:
 
 
 def metric_name(key: str) -> str:
-  """``'PGD-20'`` for ``'pgd20'``, ``'PGD-50'`` for ``'pgd50'``; the names of METRIC_NAMES."""
-  if key in METRIC_NAMES:
-    return METRIC_NAMES[key]
-  return f"PGD-{key[3:]}" if OTHER_PGD.fullmatch(key) else key
+  """``'PGD-20'`` for ``'pgd20'``, ``'PGD-50'`` for ``'pgd50'``: an eval.json key's header as its
+  evaluator type names it (:func:`saat_jax.evaluators.column_display`); other keys as they are."""
+  return column_display(key) or key
 
 
 def run_data_note(run: Run) -> Optional[str]:

@@ -1,0 +1,183 @@
+"""Evaluators by config (saat_jax.evaluators.registry, issue 20 item 1): a new evaluator registered here
+(FGSM accuracy, a few lines) runs in training through config.evals and in the evaluation CLI without
+a library change; the default config.evals gives training's per-epoch records exactly as the direct
+RobustnessEvaluator computation; bad entries are refused by validate_config before anything runs."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from saat_jax import evaluate, evaluators, train
+from saat_jax.config_base import base_config, digits_config
+from saat_jax.data import to_float
+from saat_jax.losses import ce_loss_fn, correct
+
+TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64, "eval.train_subset": 32,
+        "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 1}
+
+
+def fgsm_accuracy(apply_fn, variables, images, labels, eps):
+  """Accuracy under one signed-gradient step of size eps (FGSM, Goodfellow et al. 2015), no random start."""
+  logits_fn = lambda x: apply_fn(variables, x, train=False)
+  x = to_float(images)
+  g = jax.grad(lambda xa: jnp.sum(ce_loss_fn(logits_fn)(xa, labels)))(x)
+  x_adv = jnp.clip(x + eps * jnp.sign(g), 0.0, 1.0)
+  return float(jnp.mean(correct(logits_fn(x_adv), labels)))
+
+
+class FGSM:
+  """The evaluator: built from its settings and the model, ``run`` yields ``(name, value)`` pairs."""
+
+  def __init__(self, settings, *, apply_fn, mesh=None):
+    self.eps, self.apply_fn = float(settings["eps"]), apply_fn
+
+  def run(self, variables, images, labels, key):
+    yield "fgsm_accuracy", fgsm_accuracy(self.apply_fn, variables, images, labels, self.eps)
+
+
+@pytest.fixture
+def fgsm_type():
+  t = evaluators.register_evaluator("fgsm", FGSM, settings={"eps": evaluators.REQUIRED},
+                                    columns=[evaluators.Column("fgsm_accuracy", "fgsm", "FGSM")], doc="FGSM accuracy")
+  yield t
+  evaluators.EVALUATORS.pop("fgsm")
+
+
+def tiny(method="at", **over):
+  c = digits_config(method)
+  c.update_from_flattened_dict({**TINY, **over})
+  return c
+
+
+def test_a_registered_evaluator_runs_in_training_and_in_the_cli(fgsm_type, tmp_path, capsys):
+  from saat_jax.run_state import restore_for_eval
+
+  c = tiny()
+  c.evals.fgsm = ml_collections.ConfigDict({"type": "fgsm"})  # its eps: config.eval.eps (32/255)
+  workdir = tmp_path / "run"
+  (rec,) = train.train_and_evaluate(c, str(workdir))
+  line = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+  # the new column on every split, beside the default evaluator's, and equal to the direct computation
+  for split in ("test", "trainsub"):
+    assert f"{split}_fgsm_accuracy" in line and f"{split}_pgd_accuracy" in line
+  model, variables, _, _ = restore_for_eval(str(workdir), "last")
+  from saat_jax.data import load_dataset
+  data = load_dataset("digits", None)
+  images, labels = data.test_images[:64], data.test_labels[:64]
+  assert line["test_fgsm_accuracy"] == pytest.approx(fgsm_accuracy(model.apply, variables, images, labels, 32 / 255),
+                                                     abs=1 / 64)
+  assert line["test_fgsm_accuracy"] == rec["test_fgsm_accuracy"]
+  # the CLI: the run's entry by name, its eps from --eval.eps, its column under its key and name
+  out = tmp_path / "eval.json"
+  assert evaluate.main(["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.attacks=natural,pgd,fgsm",
+                        "--eval.num_test=64", "--out", str(out)]) == 0
+  row = json.loads(out.read_text())["checkpoints"]["last"]
+  assert set(row) >= {"natural", "pgd20", "fgsm", "checks"}
+  assert row["fgsm"] == pytest.approx(line["test_fgsm_accuracy"], abs=1 / 64)
+  head = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("checkpoint"))
+  assert head.split()[2:] == ["Natural", "PGD-20", "FGSM"]
+  assert evaluate.main(["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.attacks=fgsm", "--eval.eps=8",
+                        "--eval.num_test=64", "--out", str(tmp_path / "eval8.json")]) == 0
+  row8 = json.loads((tmp_path / "eval8.json").read_text())["checkpoints"]["last"]
+  assert row8["fgsm"] == pytest.approx(fgsm_accuracy(model.apply, variables, images, labels, 8 / 255), abs=1 / 64)
+  assert "natural" not in row8 and "pgd20" not in row8
+  # an unknown name lists the run's entries and the registered types it could be
+  assert evaluate.main(["--workdir", str(workdir), "--eval.attacks=fgsn"]) == 2
+  assert "unknown attack 'fgsn'; choose from natural, pgd, aa, fgsm" in capsys.readouterr().err
+
+
+def test_the_default_evals_are_the_direct_robustness_evaluation():
+  """config.evals' default entry, built from config.eval, gives the records the per-epoch evaluation
+  gave before it existed (one RobustnessEvaluator from config.eval, split k from fold_in(eval_key, k),
+  raw and EMA weights): the same keys in the same order and the same numbers, bit for bit."""
+  from saat_jax import parallel
+  from saat_jax.data import load_dataset
+  from saat_jax.evaluators import RobustnessEvaluator
+  from saat_jax.run_state import model_from_spec, model_spec
+
+  c = tiny("at", **{"ema.decay": 0.5})
+  c.eval.steps, c.eval.batch_size = 3, 48  # not the defaults, and a padded last batch
+  data = load_dataset("digits", None)
+  model = model_from_spec(model_spec(c, 10), "float32")
+  tx, _ = train.make_optimizer(c, 1)
+  state = train.initial_state(model, tx, jax.random.key(1), (8, 8, 1), ema=True)
+  state = state.replace(ema=jax.tree.map(lambda a: a * 0.9, state.ema))  # EMA weights other than the raw ones
+  splits = (("test", data.test_images[:70], data.test_labels[:70]), ("val", data.val_images, data.val_labels),
+            ("trainsub", data.train_images[:50], data.train_labels[:50]))
+  key, mesh = jax.random.key(7), parallel.make_mesh()
+  new = train._evaluate(evaluators.build_evaluators(train.config_evals(c), c.eval, apply_fn=model.apply, mesh=mesh),
+                        state, splits, key)
+  old_ev = RobustnessEvaluator(model.apply, eps=float(c.eval.eps), alpha=float(c.eval.alpha), steps=int(c.eval.steps),
+                               batch_size=int(c.eval.batch_size), mesh=mesh)
+  old = {}
+  for prefix, variables in (("", state.variables), ("ema_", state.ema_variables)):
+    for k, (split, images, labels) in enumerate(splits):
+      if len(labels):
+        for name, value in old_ev.run(variables, images, labels, jax.random.fold_in(key, k)).items():
+          old[f"{prefix}{split}_{name}"] = value
+  assert list(new) == list(old) == [f"{p}{s}_{m}" for p in ("", "ema_") for s in ("test", "trainsub")
+                                    for m in ("natural_accuracy", "pgd_accuracy")]
+  assert new == old
+  # a config without evals (built by hand, or saved before they existed) gets the same default
+  del c["evals"]
+  assert train.config_evals(c) == evaluators.DEFAULT_EVALS
+
+
+def test_an_old_runs_config_without_evals_resumes_unchanged():
+  from saat_jax.workdir import config_changes, config_json
+
+  new = config_json(base_config())
+  old = {k: v for k, v in new.items() if k != "evals"}
+  assert config_changes(old, new) == {}
+  c = base_config()
+  c.evals.robustness.steps = 10  # a change of the evaluator that picks `best` is a change
+  assert list(config_changes(old, config_json(c))) == ["evals.robustness.steps"]
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"type": "robustnes"}, "evals.bad: unknown evaluator type 'robustnes' (did you mean 'robustness'?)"),
+    ({"type": "sweep"}, "evals.bad: type 'sweep' needs setting(s) budgets (set them in the entry)"),
+    ({"type": "robustness", "stpes": 3}, "evals.bad: type 'robustness' has no setting 'stpes' (did you mean 'steps'?)"),
+    ({"type": "sweep", "budgets": (0, -4)}, "evals.bad: budgets must be a list of budgets >= 0 in /255"),
+    ({"type": "autoattack", "version": "big"}, "evals.bad: version must be one of standard, plus, rand"),
+    ({"type": "robustness", "steps": 10}, "evals.robustness and evals.bad both yield 'natural_accuracy', 'pgd_accuracy'"),
+    ({"steps": 10}, "evals.bad: has no type"),
+])
+def test_a_bad_evals_entry_is_refused_before_anything_runs(tmp_path, entry, message):
+  c = tiny()
+  c.evals.bad = ml_collections.ConfigDict(entry)
+  with pytest.raises(ValueError, match="invalid config") as e:
+    train.validate_config(c)
+  assert message in str(e.value)
+  with pytest.raises(ValueError, match="invalid config"):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_without_the_entry_that_picks_best_the_config_is_refused():
+  c = tiny()
+  del c.evals["robustness"]
+  with pytest.raises(ValueError, match="no entry of evals yields 'pgd_accuracy', which selects the `best` checkpoint"):
+    train.validate_config(c)
+  c.evals.mine = ml_collections.ConfigDict({"type": "robustness", "steps": 5, "eps": 16 / 255})  # its own settings
+  train.validate_config(c)
+  (_, ev), = evaluators.build_evaluators(c.evals, c.eval, apply_fn=_Apply())
+  assert ev.evaluator.batch_size == 64 and [col.key for col in ev.columns] == ["natural", "pgd5"]
+
+
+class _Apply:
+  def __call__(self, *args, **kwargs):
+    raise AssertionError("not called: building does not run the model")
+
+
+def test_columns_and_their_names_come_from_the_types(fgsm_type):
+  from saat_jax.report.runs import METRIC_NAMES, metric_name
+
+  assert evaluators.column_order(["rd", "fgsm", "aa", "pgd50", "checks", "natural", "pgd20", "sweep", "epoch"]) == \
+      ["natural", "pgd20", "pgd50", "aa", "fgsm", "rd"]
+  assert METRIC_NAMES == {"natural": "Natural", "pgd20": "PGD-20", "aa": "AA", "rd": "RD"}
+  assert metric_name("pgd50") == "PGD-50" and metric_name("fgsm") == "FGSM" and metric_name("sweep") == "sweep"
