@@ -133,20 +133,23 @@ def resolve(entry, defaults=None) -> tuple[EvaluatorType, dict]:
   return t, out
 
 
-def config_problems(evals, defaults=None, *, needs: Iterable[str] = ()) -> list[str]:
+def config_problems(evals, defaults=None, *, needs: Iterable[str] = (), checked: Iterable[str] = ()) -> list[str]:
   """What is wrong with ``evals`` (``{name: {type, <settings>}}``), one string each, for
   ``saat_jax.train.validate_config``: an entry that is not a section, an unknown type (with the
   close match), an unknown or missing setting, a bad value (the type's ``check``), two entries
   yielding the same name, and each of ``needs`` (a yielded name, e.g. ``pgd_accuracy``, which picks
-  ``best``) that no entry yields."""
-  problems, seen = [], {}
+  ``best``) that no entry yields. ``checked``: settings of ``defaults`` that the caller checks
+  itself (``validate_config`` checks ``eval.eps`` and ``eval.batch_size``); a problem of such a
+  setting that an entry inherits is not reported a second time, as ``evals.<name>: ...``."""
+  problems, seen, checked = [], {}, tuple(checked)
   for name, entry in (_as_dict(evals) if evals is not None else {}).items():
     if not isinstance(entry, Mapping) and not hasattr(entry, "to_dict"):
       problems.append(f"evals.{name} must be a section {{type: ..., <settings>}}, got {entry!r}")
       continue
     try:
       t, settings = resolve(entry, defaults)
-      bad = t.check(settings)
+      inherited = [k for k in checked if k not in _as_dict(entry)]
+      bad = [b for b in t.check(settings) if not any(b.startswith(f"{k} ") for k in inherited)]
     except ValueError as e:
       problems.append(f"evals.{name}: {e}")
       continue
