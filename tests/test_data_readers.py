@@ -240,7 +240,7 @@ def test_relative_path_is_from_the_working_directory(tmp_path, monkeypatch, tiny
   rel = os.path.join("..", "shared", "data", "cifar10-tiny.tar.gz")
   (tmp_path / "project").mkdir()
   monkeypatch.chdir(tmp_path / "project")
-  assert archives._resolve_path(rel).samefile(archive)
+  assert archives.resolve_path(rel).samefile(archive)
   d = load_dataset("cifar10", rel, cache_dir=cache)
   np.testing.assert_array_equal(d.train_images, tx)
   np.testing.assert_array_equal(d.test_labels, sy)
@@ -497,13 +497,13 @@ def test_tfds_other_failure_becomes_data_error(monkeypatch):
 
 def count_decodes(monkeypatch):
   calls = []
-  real = archives._decode_local
+  real = archives.decode_local
 
   def counting(*a, **k):
     calls.append(a[0])
     return real(*a, **k)
 
-  monkeypatch.setattr(archives, "_decode_local", counting)
+  monkeypatch.setattr(archives, "decode_local", counting)
   return calls
 
 

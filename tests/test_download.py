@@ -288,7 +288,7 @@ def test_tfds_missing_module_says_what_to_install_and_where_tfds_keeps_data(monk
   msg = str(err.value)
   assert "`pip install tensorflow tensorflow-datasets importlib_resources`" in msg, msg
   assert "'importlib_resources' is missing" in msg
-  tfds_dir = sources._tfds_data_dir(tfds)
+  tfds_dir = sources.tfds_data_dir(tfds)
   assert msg.count(tfds_dir) == 1 and "$TFDS_DATA_DIR" in msg
   assert "/some/archive.tar.gz" not in msg
   assert "--config.data.source=download" in msg and "source='" not in msg
@@ -297,7 +297,7 @@ def test_tfds_missing_module_says_what_to_install_and_where_tfds_keeps_data(monk
 def test_tfds_data_folder_follows_the_environment(monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
   monkeypatch.setattr(tfds.core.constants, "DATA_DIR", "/elsewhere/tfds")
-  assert sources._tfds_data_dir(tfds) == "/elsewhere/tfds"
+  assert sources.tfds_data_dir(tfds) == "/elsewhere/tfds"
 
 
 def test_missing_tfds_package_message(monkeypatch):

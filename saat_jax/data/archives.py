@@ -12,9 +12,9 @@ Layouts read (each in a folder or a tar archive, also somewhere below the folder
   fixed pseudo-random order (independent of ``seed``, like the order of the original batches) so
   that a prefix of the arrays is a class-mixed sample.
 
-Path rule (:func:`_resolve_path`): a relative ``data_dir`` is relative to the current directory.
+Path rule (:func:`resolve_path`): a relative ``data_dir`` is relative to the current directory.
 
-:func:`_decode_local` is the slow step that :mod:`saat_jax.data.cache` saves.
+:func:`decode_local` is the slow step that :mod:`saat_jax.data.cache` saves.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ _MAX_WALK_DEPTH = 6  # how deep below data_dir a folder is searched for a layout
 # Local sources: path resolution, folders and tar archives.
 
 
-def _resolve_path(data_dir) -> Path:
+def resolve_path(data_dir) -> Path:
   """``data_dir`` as an absolute path: as given if absolute, else from the current directory.
 
   Raises :class:`DataError` naming the place looked at and the other sources when it does not exist.
@@ -179,7 +179,7 @@ def _read_to_the_end(stream) -> None:
       raise
 
 
-class _Tree:
+class ArchiveTree:
   """The regular files of a folder or of a tar archive, by relative POSIX path.
 
   An archive is read whole when opened: every header is checked (:class:`_StrictTarInfo`) and a
@@ -338,13 +338,13 @@ def _detect_layouts(names: Sequence[str]) -> list[tuple[str, str]]:
   return sorted(found, key=lambda fr: (fr[1].count("/"), fr[1], fr[0]))
 
 
-def _choose_layout(name: str, tree: _Tree) -> tuple[str, str]:
+def choose_layout(name: str, tree: ArchiveTree) -> tuple[str, str]:
   layouts = _detect_layouts(tree.names)
   if not layouts:
     sample = ", ".join(tree.names[:5]) or "no files"
     raise DataError(
         f"{tree.path} holds no {name} data in a known layout (found {len(tree.names)} files: "
-        f"{sample}{', ...' if len(tree.names) > 5 else ''}). Expected {_Tree._expected()}. Point "
+        f"{sample}{', ...' if len(tree.names) > 5 else ''}). Expected {ArchiveTree._expected()}. Point "
         f"data_dir at such an archive or folder, or use {OTHER_SOURCES_ADVICE}")
   usable = [(f, r) for f, r in layouts if name in _FORMAT_DATASETS[f]]
   desc = "; ".join(f"{f} at {r or '.'!r}" for f, r in layouts)
@@ -389,7 +389,7 @@ class _CifarUnpickler(pickle.Unpickler):
     raise pickle.UnpicklingError(f"cannot resolve {module}.{name}")
 
 
-def _unpickle(tree: _Tree, rel: str, data: bytes) -> dict:
+def _unpickle(tree: ArchiveTree, rel: str, data: bytes) -> dict:
   try:
     obj = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
   except Exception as e:  # noqa: BLE001 -- any failure means "not a CIFAR batch"
@@ -401,7 +401,7 @@ def _unpickle(tree: _Tree, rel: str, data: bytes) -> dict:
   return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
 
 
-def _batch_arrays(tree: _Tree, rel: str, batch: dict, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _batch_arrays(tree: ArchiveTree, rel: str, batch: dict, label_key: str) -> tuple[np.ndarray, np.ndarray]:
   if "data" not in batch or label_key not in batch:
     raise DataError(f"{tree.where(rel)} lacks the '{'data' if 'data' not in batch else label_key}' "
                     f"entry of a CIFAR batch (keys: {sorted(batch)}); download the archive again.")
@@ -418,7 +418,7 @@ def _batch_arrays(tree: _Tree, rel: str, batch: dict, label_key: str) -> tuple[n
   return np.ascontiguousarray(images), labels.astype(np.int32)
 
 
-def _label_names(tree: _Tree, rel: str, key: str, canonical: tuple[str, ...]) -> tuple[str, ...]:
+def _label_names(tree: ArchiveTree, rel: str, key: str, canonical: tuple[str, ...]) -> tuple[str, ...]:
   if rel not in set(tree.names):
     return canonical
   meta = _unpickle(tree, rel, tree.read(rel))
@@ -428,7 +428,7 @@ def _label_names(tree: _Tree, rel: str, key: str, canonical: tuple[str, ...]) ->
   return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
 
 
-def _require(tree: _Tree, fmt: str, names: Sequence[str]) -> None:
+def _require(tree: ArchiveTree, fmt: str, names: Sequence[str]) -> None:
   present = set(tree.names)
   missing = [n for n in names if n not in present]
   if missing:
@@ -436,7 +436,7 @@ def _require(tree: _Tree, fmt: str, names: Sequence[str]) -> None:
                     f"incomplete: download or unpack it again.")
 
 
-def _read_python_batches(tree: _Tree, fmt: str, root: str, train_files: Sequence[str], test_file: str,
+def _read_python_batches(tree: ArchiveTree, fmt: str, root: str, train_files: Sequence[str], test_file: str,
                          label_key: str):
   train_rel = [_join(root, f) for f in train_files]
   test_rel = _join(root, test_file)
@@ -449,18 +449,18 @@ def _read_python_batches(tree: _Tree, fmt: str, root: str, train_files: Sequence
   return train_x, train_y, arrays[test_rel][0], arrays[test_rel][1]
 
 
-def _read_cifar10_python(tree: _Tree, root: str, name: str):
+def _read_cifar10_python(tree: ArchiveTree, root: str, name: str):
   arrays = _read_python_batches(tree, "cifar10-python", root,
                                 [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels")
   return (*arrays, _label_names(tree, _join(root, "batches.meta"), "label_names", CIFAR10_CLASSES))
 
 
-def _read_cifar100_python(tree: _Tree, root: str, name: str):
+def _read_cifar100_python(tree: ArchiveTree, root: str, name: str):
   arrays = _read_python_batches(tree, "cifar100-python", root, ["train"], "test", "fine_labels")
   return (*arrays, _label_names(tree, _join(root, "meta"), "fine_label_names", CIFAR100_CLASSES))
 
 
-def _read_cifar10_binary(tree: _Tree, root: str, name: str):
+def _read_cifar10_binary(tree: ArchiveTree, root: str, name: str):
   train_rel = [_join(root, f"data_batch_{i}.bin") for i in range(1, 6)]
   test_rel = _join(root, "test_batch.bin")
   _require(tree, "cifar10-binary", train_rel + [test_rel])
@@ -484,7 +484,7 @@ def _read_cifar10_binary(tree: _Tree, root: str, name: str):
   return train_x, train_y, arrays[test_rel][0], arrays[test_rel][1], class_names
 
 
-def _decode_image(tree: _Tree, rel: str, data: bytes) -> np.ndarray:
+def _decode_image(tree: ArchiveTree, rel: str, data: bytes) -> np.ndarray:
   from PIL import Image, UnidentifiedImageError
 
   try:
@@ -504,7 +504,7 @@ def _decode_image(tree: _Tree, rel: str, data: bytes) -> np.ndarray:
   return arr
 
 
-def _read_image_folder(tree: _Tree, root: str, name: str):
+def _read_image_folder(tree: ArchiveTree, root: str, name: str):
   prefix = f"{root}/" if root else ""
   by_split = {"train": [], "test": []}
   for rel in tree.names:
@@ -552,7 +552,7 @@ _READERS = {"cifar10-python": _read_cifar10_python, "cifar10-binary": _read_cifa
             "cifar100-python": _read_cifar100_python, "image-folder": _read_image_folder}
 
 
-def _data_format(tree: _Tree, fmt: str, root: str) -> str:
+def _data_format(tree: ArchiveTree, fmt: str, root: str) -> str:
   """The :data:`~saat_jax.data.core.DATA_FORMATS` name of layout ``fmt`` at ``root``: an image
   folder is 'image-folder-jpeg' if any of its images is a JPEG file (lossy), else '-png'."""
   if fmt != "image-folder":
@@ -566,7 +566,7 @@ def _data_format(tree: _Tree, fmt: str, root: str) -> str:
   return "image-folder-png"
 
 
-def _decode_local(name: str, tree: _Tree, fmt: str, root: str):
+def decode_local(name: str, tree: ArchiveTree, fmt: str, root: str):
   """Decodes a local source; the slow step that the cache saves. Returns the arrays, the class
   names and the data format (:func:`_data_format`)."""
   train_x, train_y, test_x, test_y, class_names = _READERS[fmt](tree, root, name)

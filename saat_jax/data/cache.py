@@ -102,7 +102,7 @@ def _write_cache(file: Path, arrays) -> None:
                    "Set cache_dir or $SAAT_JAX_CACHE to a writable folder.", file, e)
 
 
-def _load_local_cached(name: str, path: Path, cache_dir: Optional[str]):
+def load_local_cached(name: str, path: Path, cache_dir: Optional[str]):
   """The arrays of the archive or folder ``path``: from the cache, else decoded and then cached.
 
   Returns ``train_x, train_y, test_x, test_y, class_names, data_format``.
@@ -114,16 +114,16 @@ def _load_local_cached(name: str, path: Path, cache_dir: Optional[str]):
     cached = _read_cache(file, name)
     if cached is not None:
       return cached
-    tree = archives._Tree(path)
+    tree = archives.ArchiveTree(path)
     try:
-      fmt, root = archives._choose_layout(name, tree)
+      fmt, root = archives.choose_layout(name, tree)
       t0 = time.time()
-      arrays = archives._decode_local(name, tree, fmt, root)
+      arrays = archives.decode_local(name, tree, fmt, root)
     finally:
       tree.close()
   elif path.is_dir():
-    tree = archives._Tree(path)
-    fmt, root = archives._choose_layout(name, tree)
+    tree = archives.ArchiveTree(path)
+    fmt, root = archives.choose_layout(name, tree)
     prefix = f"{root}/" if root else ""
     used = [n for n in tree.names if n.startswith(prefix)]
     file = _cache_file(cache_dir, name, fmt, path / root, tree.stat_signature(used))
@@ -131,7 +131,7 @@ def _load_local_cached(name: str, path: Path, cache_dir: Optional[str]):
     if cached is not None:
       return cached
     t0 = time.time()
-    arrays = archives._decode_local(name, tree, fmt, root)
+    arrays = archives.decode_local(name, tree, fmt, root)
   else:
     raise DataError(f"data_dir {path} is neither a file nor a folder; pass a CIFAR archive or folder.")
   logger.info("decoded %s (%s) from %s in %.1fs; caching the arrays in %s",

@@ -17,12 +17,12 @@ from typing import Optional
 
 import numpy as np
 
-from saat_jax.data.archives import _resolve_path
-from saat_jax.data.cache import _load_local_cached
+from saat_jax.data.archives import resolve_path
+from saat_jax.data.cache import load_local_cached
 from saat_jax.data.core import (KNOWN_DATASETS, OTHER_SOURCES_ADVICE, SOURCES, CorruptArchiveError, DataError,
                                 Dataset)
 from saat_jax.data.download import ARCHIVES, download_archive
-from saat_jax.data.sources import _load_digits, _load_tfds, _tfds_data_dir
+from saat_jax.data.sources import load_digits_data, load_tfds, tfds_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +69,17 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
   has_dir = data_dir is not None and str(data_dir).strip() != ""
 
   if key == "digits":
-    train_x, train_y, test_x, test_y, class_names = _load_digits()
+    train_x, train_y, test_x, test_y, class_names = load_digits_data()
     data_format = "digits"
   elif src == "tfds":
-    train_x, train_y, test_x, test_y, class_names = _load_tfds(key)
+    train_x, train_y, test_x, test_y, class_names = load_tfds(key)
     data_format = "tfds"
-    import tensorflow_datasets as tfds  # _load_tfds imported it
-    logger.info("data: %s from tensorflow-datasets, in %s", key, _tfds_data_dir(tfds))
+    import tensorflow_datasets as tfds  # load_tfds imported it
+    logger.info("data: %s from tensorflow-datasets, in %s", key, tfds_data_dir(tfds))
   elif src == "download" or (src == "auto" and not has_dir):
     archive = download_archive(key, url=download_url, md5=download_md5, cache_dir=cache_dir)
     try:
-      train_x, train_y, test_x, test_y, class_names, data_format = _load_local_cached(key, archive, cache_dir)
+      train_x, train_y, test_x, test_y, class_names, data_format = load_local_cached(key, archive, cache_dir)
     except CorruptArchiveError as e:  # verified when it arrived: damaged on disk since
       raise CorruptArchiveError(f"{e} It is the cached download: delete {archive} and run again to "
                                 f"download it again.") from e
@@ -92,8 +92,8 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, val_size: int = 0
           f"no data.data_dir given for {key} with --config.data.source=local: set --config.data.data_dir "
           f"to a CIFAR archive or folder (the python, binary or image-folder layouts, or a .tar.gz "
           f"of one), or {OTHER_SOURCES_ADVICE}")
-    path = _resolve_path(data_dir)
-    train_x, train_y, test_x, test_y, class_names, data_format = _load_local_cached(key, path, cache_dir)
+    path = resolve_path(data_dir)
+    train_x, train_y, test_x, test_y, class_names, data_format = load_local_cached(key, path, cache_dir)
     logger.info("data: %s (%s) from %s", key, data_format, path)
 
   num_classes = len(class_names)

@@ -24,7 +24,7 @@ _DIGITS_SPLIT_SEED = 0  # fixed digits train/test split (not the run's seed)
 _DIGITS_NUM_TEST = 400
 
 
-def _load_digits():
+def load_digits_data():
   from sklearn.datasets import load_digits
 
   digits = load_digits()
@@ -55,7 +55,7 @@ def _missing_module(e: BaseException) -> Optional[str]:
   return name.split(".")[0] or "tensorflow"
 
 
-def _tfds_data_dir(tfds) -> str:
+def tfds_data_dir(tfds) -> str:
   """Where TFDS keeps (and looks for) prepared data: $TFDS_DATA_DIR, by default ~/tensorflow_datasets."""
   constants = getattr(getattr(tfds, "core", None), "constants", None)
   return str(getattr(constants, "DATA_DIR", None)
@@ -69,7 +69,7 @@ def _tfds_install_advice(missing: str) -> str:
   return f"`pip install {' '.join(packages)}`"
 
 
-def _load_tfds(name: str):
+def load_tfds(name: str):
   """``name`` through tensorflow-datasets, in TFDS's own data folder (``$TFDS_DATA_DIR``).
 
   ``data.data_dir`` is not TFDS's folder (it names a local archive for the other sources), so it
@@ -81,7 +81,7 @@ def _load_tfds(name: str):
     raise DataError(f"--config.data.source=tfds needs tensorflow-datasets, which is not importable "
                     f"({e}): {_tfds_install_advice(_missing_module(e))}. Or use "
                     f"--config.data.source=download, which needs no TensorFlow.") from e
-  tfds_dir = _tfds_data_dir(tfds)
+  tfds_dir = tfds_data_dir(tfds)
   arrays = {}
   try:
     for split in ("train", "test"):

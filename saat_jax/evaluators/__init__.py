@@ -16,6 +16,7 @@ The registry imports no JAX (the report reads column names from it); the names o
 from saat_jax.evaluators.registry import (DEFAULT_EVALS, EVALUATORS, REQUIRED, Column, EvaluatorType,
                                           build_evaluators, column_display, column_order, config_problems,
                                           register_evaluator, resolve)
+from saat_jax.evaluators import builtin as _builtin  # noqa: F401, I001  the built-in types register (JAX-free)
 
 _ROBUSTNESS = ("RobustnessEvaluator", "accuracy_order_check", "autoattack_accuracy", "autoattack_evaluation",
                "make_eval_step", "natural_and_pgd_accuracy", "robustness_disparity", "sweep_pgd_schedule")

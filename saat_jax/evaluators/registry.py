@@ -208,5 +208,3 @@ def column_order(keys: Iterable[str]) -> list[str]:
         break
   return [k for _, k in sorted(ranked, key=lambda r: r[0])]
 
-
-from saat_jax.evaluators import builtin as _builtin  # noqa: E402,F401  the built-in types register here

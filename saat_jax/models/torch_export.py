@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from flax import traverse_util
 
-from saat_jax.models.torch_import import _family, _final_layer_key, torch_key_map
+from saat_jax.models.torch_import import model_family, final_layer_key, torch_key_map
 
 
 def _to_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
@@ -52,15 +52,15 @@ def export_state_dict(variables: Mapping, model_name: str, *, image_shape: Seque
   supported ones) and for variables that do not fit ``model_name`` (naming the first differing
   entries, and the arguments to check).
   """
-  family, canonical = _family(model_name, "export")
+  family, canonical = model_family(model_name, "export")
   fail = f"cannot export these variables as a {canonical}"
   params = variables.get("params") if isinstance(variables, Mapping) else None
   if params is None:
     raise ValueError(f"{fail}: export_state_dict expects Flax variables {{'params': ..., 'batch_stats': ...}}, "
                      f"got {type(variables).__name__}")
-  final = params.get(_final_layer_key(family), {}).get("kernel")
+  final = params.get(final_layer_key(family), {}).get("kernel")
   if final is None:
-    raise ValueError(f"{fail}: they have no final layer {_final_layer_key(family)!r}, so they are not a "
+    raise ValueError(f"{fail}: they have no final layer {final_layer_key(family)!r}, so they are not a "
                      f"{canonical}; export them with the name of the model they were trained as")
   num_classes = int(np.shape(final)[1])
   flat = traverse_util.flatten_dict({k: v for k, v in variables.items() if k in ("params", "batch_stats")})

@@ -40,7 +40,7 @@ _SUPPORTED = ("resnet18", "preact_resnet18", "wrn<depth>_<width> (e.g. wrn34_10)
 _EXPORTABLE = _SUPPORTED + ("small_cnn",)
 
 
-def _family(model_name: str, action: str = "import") -> tuple[str, str]:
+def model_family(model_name: str, action: str = "import") -> tuple[str, str]:
   """``(family, canonical name)`` of a model name; ``ValueError`` when it cannot be imported
   (``action='import'``) or exported (``'export'``), naming the models that can."""
   if action == "import":
@@ -215,7 +215,7 @@ def torch_key_map(model_name: str, num_classes: int, *, image_shape=(32, 32, 3),
   """
   from saat_jax.models import create_model
 
-  family, canonical = _family(model_name, "export")
+  family, canonical = model_family(model_name, "export")
   model = create_model(canonical, num_classes, **model_kwargs)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)),
                                              train=False))
@@ -230,7 +230,7 @@ def torch_key_map(model_name: str, num_classes: int, *, image_shape=(32, 32, 3),
   return expected
 
 
-def _final_layer_key(family: str) -> str:
+def final_layer_key(family: str) -> str:
   return {"wrn": "fc", "small_cnn": "fc2"}.get(family, "linear")
 
 
@@ -253,10 +253,10 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str,
   Raises ``ValueError`` for a model without a PyTorch reference, and for missing keys, unexpected
   keys or shape mismatches (naming the first few, and the architecture the checkpoint looks like).
   """
-  family, canonical = _family(model_name)
+  family, canonical = model_family(model_name)
   sd = _strip_prefixes(_unwrap(state_dict))
   sd = {k: v for k, v in sd.items() if not _ignored(k, family)}
-  final = _final_layer_key(family)
+  final = final_layer_key(family)
 
   if num_classes is None:
     w = sd.get(f"{final}.weight")
@@ -339,8 +339,8 @@ def model_from_state_dict(state_dict: Mapping[str, Any], model_name: str, *,
   from saat_jax.models import create_model
 
   variables = convert_state_dict(state_dict, model_name, num_classes)
-  family, canonical = _family(model_name)
-  n_classes = variables["params"][_final_layer_key(family)]["kernel"].shape[1]
+  family, canonical = model_family(model_name)
+  n_classes = variables["params"][final_layer_key(family)]["kernel"].shape[1]
   return create_model(canonical, int(n_classes), normalization=normalization), variables
 
 
@@ -356,7 +356,7 @@ def load_torch_checkpoint(path: str, model_name: str, *, num_classes: Optional[i
   Raises ``FileNotFoundError`` for a missing file, ``ImportError`` when torch is needed and not
   installed, and ``ValueError`` for a file that is not a matching state_dict.
   """
-  _family(model_name)  # reject unknown names before touching the file
+  model_family(model_name)  # reject unknown names before touching the file
   state_dict = read_state_dict(path)
   try:
     return model_from_state_dict(state_dict, model_name, num_classes=num_classes,

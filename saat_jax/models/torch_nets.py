@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from saat_jax.models import NORMALIZATIONS
-from saat_jax.models.torch_import import _family
+from saat_jax.models.torch_import import model_family
 
 # The Flax models' keyword arguments (``config.model.kwargs``) each PyTorch module has as well.
 MODEL_KWARGS = {"resnet18": ("num_blocks",), "preact_resnet18": ("num_blocks",), "wrn": ("drop_rate",),
@@ -270,7 +270,7 @@ def build_torch_model(model_name: str, num_classes: int = 10, *, normalization: 
   model; ``sub_block1`` adds TRADES' unused block to a Wide ResNet. Raises ``ValueError`` for a model,
   normalisation or keyword argument that has no PyTorch counterpart, saying which ones do.
   """
-  family, name = _family(model_name, "export")
+  family, name = model_family(model_name, "export")
   fail = f"cannot export model {model_name!r} to PyTorch"
   if normalization not in NORMALIZATIONS:
     raise ValueError(f"{fail}: unknown normalization {normalization!r}; use one of {sorted(NORMALIZATIONS)}")

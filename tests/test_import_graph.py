@@ -1,0 +1,92 @@
+"""The package's import graph: no cycles between its modules, and no module reaching into another's
+private names (``from saat_jax.x import _y`` or ``x._y``), so that every module's private helpers can
+change without breaking another (issue 20). Read from the source with ``ast``; nothing is imported.
+"""
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "saat_jax"
+
+
+def module_name(path: Path) -> str:
+  rel = path.relative_to(PKG.parent).with_suffix("")
+  parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+  return ".".join(parts)
+
+
+def modules() -> dict:
+  return {module_name(p): ast.parse(p.read_text(), str(p)) for p in sorted(PKG.rglob("*.py"))}
+
+
+def imported(name: str, tree: ast.AST, known) -> list:
+  """``[(module imported, private names taken from it, line)]`` of one module's imports."""
+  out = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("saat_jax"):
+      for a in node.names:
+        sub = f"{node.module}.{a.name}"
+        target = sub if sub in known else node.module
+        out.append((target, [a.name] if a.name.startswith("_") and target != sub else [], node.lineno))
+    elif isinstance(node, ast.Import):
+      out += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("saat_jax")]
+  return out
+
+
+def private_attribute_uses(tree: ast.AST, known) -> list:
+  """``x._y`` where ``x`` is bound in this module to another saat_jax module."""
+  bound = {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("saat_jax"):
+      for a in node.names:
+        if f"{node.module}.{a.name}" in known:
+          bound[a.asname or a.name] = f"{node.module}.{a.name}"
+    elif isinstance(node, ast.Import):
+      for a in node.names:
+        if a.name in known and a.asname:
+          bound[a.asname] = a.name
+  return [(bound[n.value.id], n.attr, n.lineno) for n in ast.walk(tree)
+          if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in bound
+          and n.attr.startswith("_") and not n.attr.startswith("__")]
+
+
+def test_no_module_uses_another_modules_private_names():
+  mods = modules()
+  found = []
+  for name, tree in mods.items():
+    for target, private, line in imported(name, tree, mods):
+      found += [f"{name}:{line} imports {target}.{p}" for p in private]
+    found += [f"{name}:{line} uses {target}.{attr}" for target, attr, line in private_attribute_uses(tree, mods)
+              if target != name]
+  assert not found, "private names used across modules (make them public or move them):\n" + "\n".join(found)
+
+
+def test_the_module_graph_has_no_cycle():
+  """Module-level imports only (an import inside a function is the way to break a needed cycle)."""
+  mods = modules()
+  graph = {}
+  for name, tree in mods.items():
+    deps = set()
+    for node in tree.body:  # top level only
+      if isinstance(node, (ast.Import, ast.ImportFrom)):
+        for target, _, _ in imported(name, ast.Module(body=[node], type_ignores=[]), mods):
+          if target in mods and target != name and not name.startswith(target + "."):
+            deps.add(target)  # a package's __init__ importing its submodules is not a cycle
+    graph[name] = deps
+  state, cycles = {}, []
+
+  def visit(n, stack):
+    state[n] = "open"
+    for d in sorted(graph.get(n, ())):
+      if d.startswith(n + "."):
+        continue  # a package importing its own submodules
+      if state.get(d) == "open":
+        cycles.append(" -> ".join(stack[stack.index(d):] + [d]) if d in stack else f"{n} -> {d}")
+      elif d not in state:
+        visit(d, stack + [d])
+    state[n] = "done"
+
+  for n in sorted(graph):
+    if n not in state:
+      visit(n, [n])
+  assert not cycles, "import cycles between modules:\n" + "\n".join(cycles)
