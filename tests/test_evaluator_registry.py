@@ -181,3 +181,30 @@ def test_columns_and_their_names_come_from_the_types(fgsm_type):
       ["natural", "pgd20", "pgd50", "aa", "fgsm", "rd"]
   assert METRIC_NAMES == {"natural": "Natural", "pgd20": "PGD-20", "aa": "AA", "rd": "RD"}
   assert metric_name("pgd50") == "PGD-50" and metric_name("fgsm") == "FGSM" and metric_name("sweep") == "sweep"
+
+
+def test_an_autoattack_sweep_attacks_every_budget_with_one_compiled_model(monkeypatch):
+  """``sweep`` with ``attack='aa'``: AutoAttack at each budget (in [0, 1] units), RD from those
+  accuracies, and one jitted logits function for all budgets (a new one per budget recompiles)."""
+  from saat_jax.evaluators import robustness
+  from saat_jax.models import create_model, init_variables
+
+  calls = []
+
+  def fake_aa(logits_fn, images, labels, *, eps, version, seed, batch_size):
+    calls.append((logits_fn, eps, version, seed, batch_size))
+    return 1.0 - 10 * eps
+
+  monkeypatch.setattr(robustness, "autoattack_accuracy", fake_aa)
+  model = create_model("small_cnn", 10, width=4)
+  variables = init_variables(model, jax.random.key(0), (8, 8, 1))
+  (_, ev), = evaluators.build_evaluators(
+      {"sweep": {"type": "sweep", "budgets": [0, 4, 8], "attack": "aa", "batch_size": 4, "seed": 3}},
+      apply_fn=model.apply)
+  images, labels = np.zeros((4, 8, 8, 1), np.uint8), np.arange(4)
+  out = dict(ev.run(variables, images, labels, jax.random.key(0)))
+  assert [c[1] for c in calls] == pytest.approx([0.0, 4 / 255, 8 / 255])
+  assert {(c[2], c[3], c[4]) for c in calls} == {("standard", 3, 4)}
+  assert len({id(c[0]) for c in calls}) == 1
+  assert out["sweep"] == {"eps_255": [0, 4, 8], "accuracy": pytest.approx([1.0, 1 - 40 / 255, 1 - 80 / 255])}
+  assert out["rd"] == pytest.approx(robustness.robustness_disparity([0, 4, 8], [1.0, 1 - 40 / 255, 1 - 80 / 255]))

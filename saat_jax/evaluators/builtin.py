@@ -150,10 +150,11 @@ class Sweep:
 
     s = self.settings
     accs = []
+    logits_fn = _logits_fn(self.apply_fn, variables) if s["attack"] == "aa" else None  # compiled once, every budget
     for e255 in self.budgets:
       if s["attack"] == "aa":
-        accs.append(autoattack_accuracy(_logits_fn(self.apply_fn, variables), images, labels, eps=e255 / 255,
-                                        version=s["version"], seed=int(s["seed"]), batch_size=int(s["batch_size"])))
+        accs.append(autoattack_accuracy(logits_fn, images, labels, eps=e255 / 255, version=s["version"],
+                                        seed=int(s["seed"]), batch_size=int(s["batch_size"])))
       else:
         accs.append(self.pgd[e255].run(variables, images, labels, key)["pgd_accuracy"])
     out = [("sweep", {"eps_255": list(self.budgets), "accuracy": accs})]
