@@ -1,7 +1,8 @@
 """What a run's work dir holds besides checkpoints, and the rules for resuming it.
 
 * ``metrics.jsonl`` (written by :mod:`saat_jax.metric_writer`): one record per finished epoch; on resume it is read line
-  by line and repaired against the checkpoint (the checkpoint is the truth).
+  by line (:func:`saat_jax.metric_writer.read_metrics`, leniently) and repaired against the checkpoint (the
+  checkpoint is the truth: :func:`history_at`).
 * ``config.json`` (the latest config) and ``configs.jsonl`` (one line per start or resume).
 * :func:`config_changes`: which keys of a new config would change the training trajectory of a
   checkpoint trained with another (all but :data:`RESUME_FREE_KEYS`); resuming with such changes
@@ -15,27 +16,7 @@ import math
 import os
 import time
 
-def read_metrics(path: str) -> tuple[list[dict], list[str]]:
-  """The records of ``metrics.jsonl`` that parse, and what is wrong with each line that does not."""
-  if not os.path.exists(path):
-    return [], []
-  records, bad = [], []
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  for lineno, raw in enumerate(lines, 1):
-    if not raw.strip():
-      continue
-    try:
-      r = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-      bad.append(f"line {lineno} is not JSON ({e})")
-      continue
-    if not isinstance(r, dict) or isinstance(r.get("epoch"), bool) or not isinstance(r.get("epoch"), int):
-      bad.append(f"line {lineno} is not an epoch record")
-      continue
-    records.append(r)
-  return records, bad
-
+from saat_jax.metric_writer import read_metrics
 
 def epoch_list(epochs: list[int]) -> str:
   shown = ", ".join(str(e) for e in epochs[:10])
