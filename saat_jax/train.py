@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from saat_jax import checkpointing, conv_layout, distributed, health, log, parallel, preemption
 from saat_jax import workdir as workdir_files
-from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, TrainingPreempted, config_changes
+from saat_jax.preemption import TrainingInterrupted, TrainingPreempted
+from saat_jax.workdir import ConfigChangeError, config_changes
 from saat_jax.awp import awp_config_problems, with_awp
 from saat_jax import evaluators
 from saat_jax.data import PAD_MODES, augment, epoch_batches, load_dataset, to_float

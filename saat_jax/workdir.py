@@ -17,6 +17,8 @@ import os
 import time
 
 from saat_jax.metric_writer import read_metrics
+# Where the run stops are raised (the loop's stop requests); importable from here as before.
+from saat_jax.preemption import TrainingInterrupted, TrainingPreempted
 
 def epoch_list(epochs: list[int]) -> str:
   shown = ", ".join(str(e) for e in epochs[:10])
@@ -71,14 +73,6 @@ RESUME_FREE_KEYS = ("progress", "check_every", "data_on_device", "steps_per_disp
 
 class ConfigChangeError(ValueError):
   """Resuming a work dir with a config that changes the training trajectory."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-  """Ctrl-C during training; ``str(e)`` says where and which checkpoint a rerun resumes from."""
-
-
-class TrainingPreempted(Exception):
-  """SIGTERM during training: the position inside the epoch was saved; ``str(e)`` says where."""
 
 
 _UNSET = object()
