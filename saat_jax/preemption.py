@@ -3,7 +3,8 @@ SLURM's ``--signal`` send some seconds before they kill a process).
 
 The handler only records the signal; the training loop reads :attr:`StopRequest.requested` after
 each dispatch, finishes the step it is in, writes a checkpoint of its position inside the epoch
-and raises :class:`saat_jax.workdir.TrainingPreempted`. The next launch continues from that step.
+and raises :class:`TrainingPreempted`. The next launch continues from that step. Ctrl-C (SIGINT) stops
+training as :class:`TrainingInterrupted`. Both are defined here, with the stop they report.
 
 With several processes the signal may reach them at different steps (or only some of them), so
 they stop where they have agreed to (:class:`StopAgreement`): at steps about :data:`AGREE_EVERY_S`
@@ -23,6 +24,14 @@ import jax
 from saat_jax import distributed
 
 AGREE_EVERY_S = 1.0  # seconds of training between two agreements of the processes on a stop
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C during training; ``str(e)`` says where and which checkpoint a rerun resumes from."""
+
+
+class TrainingPreempted(Exception):
+  """SIGTERM during training: the position inside the epoch was saved; ``str(e)`` says where."""
 
 
 class StopRequest:

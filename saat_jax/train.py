@@ -30,14 +30,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from saat_jax import checkpointing, conv_layout, distributed, health, log, parallel, preemption
+from saat_jax import checkpointing, conv_layout, health, log, parallel, preemption
 from saat_jax import workdir as workdir_files
-from saat_jax.workdir import ConfigChangeError, TrainingInterrupted, TrainingPreempted, config_changes
+from saat_jax.preemption import TrainingInterrupted, TrainingPreempted
+from saat_jax.workdir import ConfigChangeError, config_changes
 from saat_jax.awp import awp_config_problems, with_awp
 from saat_jax import evaluators
 from saat_jax.data import PAD_MODES, augment, epoch_batches, load_dataset, to_float
 from saat_jax.losses import correct
-from saat_jax.metric_writer import MetricWriter, write_jsonl
 from saat_jax.methods import ATTACK_BN, AttackNet, get_method, method_problems
 from saat_jax.models import compute_dtype, count_params, init_variables
 from saat_jax.run_state import model_from_spec, model_spec, run_dtype, run_keys, variables_of
@@ -69,7 +69,25 @@ class TrainState:
 
 
 class TrainingDiverged(FloatingPointError):
-  """The training loss became NaN or infinite."""
+  """The training loss became NaN or infinite (raised by the loop's check of every step's loss)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """What the epochs train with, built from the config (and the data) before the work dir is read:
+  the model and its ``spec``, the device ``mesh`` and its replicated sharding ``repl``, the
+  optimizer ``tx`` and its learning-rate ``schedule``, and the ``(train_key, eval_key)`` pair."""
+
+  config: ml_collections.ConfigDict
+  data: Any
+  model: Any
+  spec: dict
+  mesh: Any
+  repl: Any
+  tx: Any
+  schedule: Callable
+  steps_per_epoch: int
+  keys: tuple
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,11 +369,12 @@ def _divergence_advice(ckpts: checkpointing.RunCheckpoints, workdir: str) -> str
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Train per ``config`` in ``workdir`` (resuming from its ``last`` checkpoint); returns the metrics.
 
-  Refuses (before writing anything) a work dir another run holds (:class:`checkpointing.RunLock`)
-  or whose checkpoint was trained with a config that changes the trajectory
-  (:func:`config_changes`; ``config.allow_config_change`` overrides). A finished run returns its
-  metrics without computing. Ctrl-C raises :class:`TrainingInterrupted` naming the checkpoint a
-  rerun resumes from.
+  Validates the config, loads the data and builds the model and optimizer; then takes the work dir
+  (:class:`saat_jax.workdir.RunDir`), which refuses (before writing anything) a work dir another run
+  holds (:class:`checkpointing.RunLock`) or whose checkpoint was trained with a config that changes
+  the trajectory (:func:`config_changes`; ``config.allow_config_change`` overrides), and decides
+  where training continues. A finished run returns its metrics without computing. Ctrl-C raises
+  :class:`TrainingInterrupted` naming the checkpoint a rerun resumes from.
   """
   validate_config(config)
   data = load_dataset(config.data.name, config.data.data_dir, val_size=int(config.data.val_size),
@@ -380,105 +399,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   if num_train < batch_size:
     raise ValueError(f"batch_size={batch_size} exceeds the {num_train} training examples; lower it")
   steps_per_epoch = num_train // batch_size
-  num_epochs = int(config.num_epochs)
   tx, schedule = make_optimizer(config, steps_per_epoch)
 
   init_key, train_key, eval_key = run_keys(int(config.seed))
 
-  # Everything that can be refused from the config alone has been checked. Take the work dir
-  # (one run at a time), then check it: a refusal leaves it as it was.
-  primary = jax.process_index() == 0
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  lock = checkpointing.RunLock(workdir)
-  distributed.take_workdir(lock)  # process 0 holds the lock for all processes
-  ckpts = writer = None
-  try:
-    saved = checkpointing.read_meta(workdir, "last")
-    history, changes, damage, done, repaired = [], {}, [], 0, ""
-    if saved is not None:
-      checkpointing.check_same_model(saved, spec, workdir)
-      done = int(saved["epoch"]) + 1
-      changes = config_changes(saved.get("config", {}), workdir_files.config_json(config))
-      if changes and not config.get("allow_config_change", False):
-        raise workdir_files.refuse_config_change(workdir, done, changes)
-      trained_on = (saved.get("record") or {}).get("data_format")
-      if trained_on not in (None, "unknown", data.data_format) and not config.get("allow_config_change", False):
-        raise workdir_files.refuse_data_change(workdir, done, trained_on, data.data_format)
-      history, damage = workdir_files.history_at(metrics_path, saved, checkpointing.kept_records(workdir))
-      repaired = (f"{metrics_path} was damaged: {'; '.join(damage)}. Kept the {len(history)} records of "
-                  f"epochs up to {done} (the checkpoint's) and rewrote the file.")
-      if done >= num_epochs:
-        if damage and primary:
-          write_jsonl(metrics_path, history)
-          log.warn(repaired)
-        log.info(f"{workdir} is complete: {done} epochs done (num_epochs={num_epochs}, step {saved['step']}); "
-                 f"nothing to do. Raise --config.num_epochs to train longer.")
-        return history
+  setup = TrainSetup(config=config, data=data, model=model, spec=spec, mesh=mesh, repl=repl, tx=tx,
+                     schedule=schedule, steps_per_epoch=steps_per_epoch, keys=(train_key, eval_key))
 
+  def fresh_state():
     state = initial_state(model, tx, init_key, data.train_images.shape[1:], ema=float(config.ema.decay) > 0)
     # Replicated over every device of every process (each built the same state from the same key),
     # so that a checkpoint is restored straight into that sharding on every host.
-    state = jax.device_put(state, repl)
-    # From here on the work dir is written.
-    ckpts = checkpointing.RunCheckpoints(workdir)
-    start_epoch, best_metric, best_epoch = 0, -1.0, -1
-    if saved is not None:
-      state, meta = ckpts.restore("last", state)
-      if int(meta["epoch"]) != int(saved["epoch"]):  # the newest was unreadable: one epoch back
-        history, damage = workdir_files.history_at(metrics_path, meta, checkpointing.kept_records(workdir))
-        done = int(meta["epoch"]) + 1
-      start_epoch = int(meta["epoch"]) + 1
-      best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
-      log.info(f"resuming {workdir} after epoch {start_epoch} of {num_epochs} (step {int(state.step)})")
-      if changes:
-        log.info("with a changed config (allow_config_change=True):\n" +
-                 "\n".join(f"  {k}: {workdir_files.show(o)} -> {workdir_files.show(n)}" for k, (o, n) in changes.items()))
-    # A position inside the epoch after `last` (SIGTERM, checkpoint_every_steps): continue from it.
-    resume_at = None
-    partial = ckpts.restore_partial(state, after_step=start_epoch * steps_per_epoch)
-    if partial is not None:
-      p_state, p_meta, p_metrics = partial
-      if int(p_meta["epoch"]) == start_epoch and p_meta.get("model") == spec and \
-          not (config_changes(p_meta.get("config", {}), workdir_files.config_json(config))
-               and not config.get("allow_config_change", False)):
-        state = p_state
-        resume_at = (int(p_meta["step_in_epoch"]), _unstack(p_metrics), float(p_meta["train_time_s"]))
-        log.info(f"continuing epoch {start_epoch + 1} from step {resume_at[0]} of {steps_per_epoch} "
-                 f"(global step {int(state.step)}), saved at a stop inside the epoch")
-      else:
-        log.warn(f"ignoring the position saved inside epoch {int(p_meta['epoch']) + 1} in "
-                 f"{checkpointing.checkpoint_dir(workdir, 'partial')}: it does not continue this run's epoch "
-                 f"{start_epoch + 1} with this config")
-    writer = MetricWriter(workdir, primary=primary)
+    return jax.device_put(state, repl)
 
-    def record_start():
-      try:
-        writer.start(history)
-        workdir_files.record_config(workdir, config, done, changes)
-      except OSError as e:
-        raise checkpointing.WorkdirError.unwritable(workdir, e) from e
-      if damage:
-        log.warn(repaired)
-
-    distributed.on_primary(record_start, "write the run's records")
-    return _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts,
-                         history, start_epoch, best_metric, best_epoch, steps_per_epoch,
-                         (train_key, eval_key), writer, resume_at)
-  finally:
-    if writer is not None:
-      writer.close()
-    if ckpts is not None:
-      ckpts.close()
-    lock.release()
+  # Everything that can be refused from the config alone has been checked. Take the work dir
+  # (one run at a time), then check it: a refusal leaves it as it was.
+  with workdir_files.RunDir(workdir) as run:
+    decision = run.resume(config, spec, data.data_format, steps_per_epoch, fresh_state)
+    run.start(config, decision)
+    if decision.complete:
+      return list(decision.history)
+    return _train_epochs(setup, run, decision)
 
 
-def _stack(step_metrics: list[dict]) -> dict:
-  return {k: np.stack([np.asarray(m[k]) for m in step_metrics]) for k in step_metrics[0]} if step_metrics else {}
-
-
-def _unstack(stacked: dict) -> list[dict]:
-  n = len(next(iter(stacked.values()))) if stacked else 0
-  return [{k: np.asarray(v[j]) for k, v in stacked.items()} for j in range(n)]
+_stack, _unstack = workdir_files.stack_steps, workdir_files.unstack_steps  # a partial position's step metrics
 
 
 def _stepper(config, step_fn, mesh, repl, data, train_key):
@@ -546,11 +490,16 @@ def _evaluate(evals, state, splits, eval_key) -> dict:
   return out
 
 
-def _train_epochs(config, workdir, data, model, spec, mesh, repl, tx, schedule, state, ckpts, history,
-                  start_epoch, best_metric, best_epoch, steps_per_epoch, keys, writer, resume_at=None):
-  """The epochs from ``start_epoch``; ``resume_at``: ``(steps done in that epoch, their metrics,
-  seconds spent)`` when it continues from a position inside the epoch (``checkpoints/partial``)."""
-  train_key, eval_key = keys
+def _train_epochs(setup: "TrainSetup", run: workdir_files.RunDir, decision: workdir_files.Resume) -> list[dict]:
+  """The epochs of ``setup`` from ``decision.start_epoch`` on, written to ``run``'s checkpoints and
+  metrics; ``decision.resume_at``: ``(steps done in that epoch, their metrics, seconds spent)`` when
+  it continues from a position inside the epoch (``checkpoints/partial``). Returns the records of
+  every epoch."""
+  config, data, model, spec, mesh, repl = setup.config, setup.data, setup.model, setup.spec, setup.mesh, setup.repl
+  tx, schedule, steps_per_epoch, (train_key, eval_key) = setup.tx, setup.schedule, setup.steps_per_epoch, setup.keys
+  workdir, ckpts, writer = run.workdir, run.checkpoints, run.writer
+  state, history, resume_at = decision.state, list(decision.history), decision.resume_at
+  start_epoch, best_metric, best_epoch = decision.start_epoch, decision.best_metric, decision.best_epoch
   num_train, batch_size, num_epochs = len(data.train_labels), int(config.batch_size), int(config.num_epochs)
   advance, per_dispatch = _stepper(config, make_train_step(config, model.apply, tx, steps_per_epoch), mesh, repl,
                                    data, train_key)

@@ -1,7 +1,14 @@
-"""What a run's work dir holds besides checkpoints, and the rules for resuming it.
+"""A run's work dir (:class:`RunDir`) and the rules for resuming it.
+
+:class:`RunDir` owns the work dir of one training run: its lock (:class:`saat_jax.checkpointing.RunLock`,
+taken by ``with RunDir(workdir) as run``, released on every way out), its checkpoints
+(:class:`saat_jax.checkpointing.RunCheckpoints`), its metrics and its config history, and decides how a
+run continues (:meth:`RunDir.resume` -> :class:`Resume`): everything that can be refused is refused
+before anything is written, so a refused work dir is left as it was.
 
 * ``metrics.jsonl`` (written by :mod:`saat_jax.metric_writer`): one record per finished epoch; on resume it is read line
-  by line and repaired against the checkpoint (the checkpoint is the truth).
+  by line (:func:`saat_jax.metric_writer.read_metrics`, leniently) and repaired against the checkpoint (the
+  checkpoint is the truth: :func:`history_at`).
 * ``config.json`` (the latest config) and ``configs.jsonl`` (one line per start or resume).
 * :func:`config_changes`: which keys of a new config would change the training trajectory of a
   checkpoint trained with another (all but :data:`RESUME_FREE_KEYS`); resuming with such changes
@@ -10,31 +17,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
+from typing import Any, Callable, Optional
 
-def read_metrics(path: str) -> tuple[list[dict], list[str]]:
-  """The records of ``metrics.jsonl`` that parse, and what is wrong with each line that does not."""
-  if not os.path.exists(path):
-    return [], []
-  records, bad = [], []
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  for lineno, raw in enumerate(lines, 1):
-    if not raw.strip():
-      continue
-    try:
-      r = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-      bad.append(f"line {lineno} is not JSON ({e})")
-      continue
-    if not isinstance(r, dict) or isinstance(r.get("epoch"), bool) or not isinstance(r.get("epoch"), int):
-      bad.append(f"line {lineno} is not an epoch record")
-      continue
-    records.append(r)
-  return records, bad
+import jax
+import numpy as np
+
+from saat_jax import checkpointing, distributed, log
+from saat_jax.metric_writer import MetricWriter, read_metrics, write_jsonl
+# Where the run stops are raised (the loop's stop requests); importable from here as before.
+from saat_jax.preemption import TrainingInterrupted, TrainingPreempted
 
 
 def epoch_list(epochs: list[int]) -> str:
@@ -90,14 +86,6 @@ RESUME_FREE_KEYS = ("progress", "check_every", "data_on_device", "steps_per_disp
 
 class ConfigChangeError(ValueError):
   """Resuming a work dir with a config that changes the training trajectory."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-  """Ctrl-C during training; ``str(e)`` says where and which checkpoint a rerun resumes from."""
-
-
-class TrainingPreempted(Exception):
-  """SIGTERM during training: the position inside the epoch was saved; ``str(e)`` says where."""
 
 
 _UNSET = object()
@@ -182,3 +170,184 @@ def record_config(workdir: str, config, resumed_from: int, changes: dict) -> Non
            "config": cfg}
   with open(os.path.join(workdir, "configs.jsonl"), "a") as f:
     f.write(json.dumps(entry) + "\n")
+
+
+def damage_note(path: str, damage, kept: int, done: int) -> str:
+  """The warning for a repaired ``metrics.jsonl``: what was wrong, and what it holds now."""
+  return (f"{path} was damaged: {'; '.join(damage)}. Kept the {kept} records of "
+          f"epochs up to {done} (the checkpoint's) and rewrote the file.")
+
+
+def continues_epoch(meta: dict, start_epoch: int, spec: dict, config) -> bool:
+  """Whether a position saved inside an epoch (``checkpoints/partial``'s ``meta``) continues this
+  run: the epoch after ``last``, the same model, and a config that changes nothing of the trajectory
+  (or ``allow_config_change``)."""
+  return (int(meta["epoch"]) == start_epoch and meta.get("model") == spec and
+          not (config_changes(meta.get("config", {}), config_json(config)) and
+               not config.get("allow_config_change", False)))
+
+
+def stack_steps(step_metrics: list[dict]) -> dict:
+  """Per-step metrics as arrays with a leading step axis (how a position inside an epoch saves them)."""
+  return {k: np.stack([np.asarray(m[k]) for m in step_metrics]) for k in step_metrics[0]} if step_metrics else {}
+
+
+def unstack_steps(stacked: dict) -> list[dict]:
+  """The per-step metrics of :func:`stack_steps` back, one dict a step."""
+  n = len(next(iter(stacked.values()))) if stacked else 0
+  return [{k: np.asarray(v[j]) for k, v in stacked.items()} for j in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# The work dir of one run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+  """How a run continues, as :meth:`RunDir.resume` decided it.
+
+  ``start_epoch``: the first epoch to train, i.e. the epochs done; ``history``: their records,
+  repaired against the checkpoint; ``best_metric``/``best_epoch``: the ``best`` checkpoint's;
+  ``state``: the restored state (a fresh one for a new run; None when ``complete``); ``changes``:
+  the config changes ``allow_config_change`` let through; ``damage``: what was wrong with
+  ``metrics.jsonl`` (``damage_note`` says it as a warning); ``resume_at``: ``(steps done in
+  start_epoch, their metrics, seconds spent)`` when a position inside that epoch is continued;
+  ``complete``: the run has all its epochs (``step`` is its checkpoint's global step)."""
+
+  start_epoch: int = 0
+  history: tuple = ()
+  best_metric: float = -1.0
+  best_epoch: int = -1
+  state: Any = None
+  changes: dict = dataclasses.field(default_factory=dict)
+  damage: tuple = ()
+  damage_note: str = ""
+  resume_at: Optional[tuple] = None
+  complete: bool = False
+  step: int = 0
+
+
+class RunDir:
+  """The work dir of one training run: lock, checkpoints, metrics, config history, resume decision.
+
+  ``with RunDir(workdir) as run:`` takes the lock (process 0 for all processes:
+  :func:`saat_jax.distributed.take_workdir`; another run holding it is refused) and on every way
+  out closes the metric writer and the checkpoints and releases it. In between:
+  :meth:`resume` reads the work dir and decides where training continues, :meth:`start` writes
+  what a start records, and the loop writes through :attr:`checkpoints` and :attr:`writer`.
+  """
+
+  def __init__(self, workdir: str, *, primary: Optional[bool] = None):
+    self.workdir = workdir
+    self.primary = jax.process_index() == 0 if primary is None else primary
+    self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+    self.lock = checkpointing.RunLock(workdir)
+    self.checkpoints: Optional[checkpointing.RunCheckpoints] = None  # opened by resume (it creates dirs)
+    self.writer: Optional[MetricWriter] = None  # opened by start
+
+  def __enter__(self) -> "RunDir":
+    distributed.take_workdir(self.lock)  # process 0 holds the lock for all processes
+    return self
+
+  def __exit__(self, *exc) -> None:
+    try:
+      if self.writer is not None:
+        self.writer.close()
+      if self.checkpoints is not None:
+        self.checkpoints.close()
+    finally:
+      self.lock.release()
+
+  def history_at(self, meta: dict) -> tuple[list[dict], list[str]]:
+    """:func:`history_at` of this work dir's metrics at the checkpoint of ``meta``, gaps filled from
+    the records the kept checkpoints hold."""
+    return history_at(self.metrics_path, meta, checkpointing.kept_records(self.workdir))
+
+  def resume(self, config, spec: dict, data_format: str, steps_per_epoch: int,
+             fresh_state: Callable[[], Any]) -> Resume:
+    """Where a run of ``config`` (model ``spec``, data of ``data_format``) continues in this work dir.
+
+    Refuses, before writing anything, a checkpoint of another model
+    (:func:`saat_jax.checkpointing.check_same_model`), a config that changes the trajectory
+    (:class:`ConfigChangeError`; ``allow_config_change`` overrides) or other data. A run with all
+    its epochs is ``complete`` (nothing restored, no state built). Otherwise ``fresh_state()`` is
+    the new state and the restore target: ``last`` is restored into it (one epoch back if the newest
+    is unreadable, the history then repaired at that one), and a position saved inside the next
+    epoch is continued when it belongs to this run (:func:`continues_epoch`). From the restore on
+    the work dir is written (the checkpoint manager creates its directories)."""
+    workdir, num_epochs = self.workdir, int(config.num_epochs)
+    allow = config.get("allow_config_change", False)
+    saved = checkpointing.read_meta(workdir, "last")
+    history, changes, damage, done = [], {}, [], 0
+    if saved is not None:
+      checkpointing.check_same_model(saved, spec, workdir)
+      done = int(saved["epoch"]) + 1
+      changes = config_changes(saved.get("config", {}), config_json(config))
+      if changes and not allow:
+        raise refuse_config_change(workdir, done, changes)
+      trained_on = (saved.get("record") or {}).get("data_format")
+      if trained_on not in (None, "unknown", data_format) and not allow:
+        raise refuse_data_change(workdir, done, trained_on, data_format)
+      history, damage = self.history_at(saved)
+      if done >= num_epochs:
+        return Resume(start_epoch=done, history=tuple(history), changes=changes, damage=tuple(damage),
+                      damage_note=damage_note(self.metrics_path, damage, len(history), done), complete=True,
+                      step=saved["step"])
+
+    state = fresh_state()
+    # From here on the work dir is written.
+    self.checkpoints = ckpts = checkpointing.RunCheckpoints(workdir)
+    start_epoch, best_metric, best_epoch = 0, -1.0, -1
+    if saved is not None:
+      state, meta = ckpts.restore("last", state)
+      if int(meta["epoch"]) != int(saved["epoch"]):  # the newest was unreadable: one epoch back
+        history, damage = self.history_at(meta)
+        done = int(meta["epoch"]) + 1
+      start_epoch = int(meta["epoch"]) + 1
+      best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
+      log.info(f"resuming {workdir} after epoch {start_epoch} of {num_epochs} (step {int(state.step)})")
+      if changes:
+        log.info("with a changed config (allow_config_change=True):\n" +
+                 "\n".join(f"  {k}: {show(o)} -> {show(n)}" for k, (o, n) in changes.items()))
+    # A position inside the epoch after `last` (SIGTERM, checkpoint_every_steps): continue from it.
+    resume_at = None
+    partial = ckpts.restore_partial(state, after_step=start_epoch * steps_per_epoch)
+    if partial is not None:
+      p_state, p_meta, p_metrics = partial
+      if continues_epoch(p_meta, start_epoch, spec, config):
+        state = p_state
+        resume_at = (int(p_meta["step_in_epoch"]), unstack_steps(p_metrics), float(p_meta["train_time_s"]))
+        log.info(f"continuing epoch {start_epoch + 1} from step {resume_at[0]} of {steps_per_epoch} "
+                 f"(global step {int(state.step)}), saved at a stop inside the epoch")
+      else:
+        log.warn(f"ignoring the position saved inside epoch {int(p_meta['epoch']) + 1} in "
+                 f"{checkpointing.checkpoint_dir(workdir, 'partial')}: it does not continue this run's epoch "
+                 f"{start_epoch + 1} with this config")
+    return Resume(start_epoch=start_epoch, history=tuple(history), best_metric=best_metric, best_epoch=best_epoch,
+                  state=state, changes=changes, damage=tuple(damage),
+                  damage_note=damage_note(self.metrics_path, damage, len(history), done), resume_at=resume_at)
+
+  def start(self, config, decision: Resume) -> None:
+    """Write what a start (or a resume) records, on process 0: the repaired ``metrics.jsonl`` (and
+    TensorBoard's writer, :attr:`writer`) and the config history (:func:`record_config`); a
+    repair is warned of. A ``complete`` run only has its metrics repaired, and says so."""
+    if decision.complete:
+      if decision.damage and self.primary:
+        write_jsonl(self.metrics_path, list(decision.history))
+        log.warn(decision.damage_note)
+      log.info(f"{self.workdir} is complete: {decision.start_epoch} epochs done (num_epochs={int(config.num_epochs)}, "
+               f"step {decision.step}); nothing to do. Raise --config.num_epochs to train longer.")
+      return
+    self.writer = MetricWriter(self.workdir, primary=self.primary)
+
+    def record_start():
+      try:
+        self.writer.start(list(decision.history))
+        record_config(self.workdir, config, decision.start_epoch, decision.changes)
+      except OSError as e:
+        raise checkpointing.WorkdirError.unwritable(self.workdir, e) from e
+      if decision.damage:
+        log.warn(decision.damage_note)
+
+    distributed.on_primary(record_start, "write the run's records")

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from saat_jax import metric_writer  # JAX-free: the one reader of metrics.jsonl
 from saat_jax.evaluators.registry import column_display  # JAX-free: the evaluator types' column names
 from saat_jax.paper import METRICS  # the paper's Table-1 columns: natural, pgd20, aa
 
@@ -75,39 +76,37 @@ def _is_fraction(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isnan(v) or 0 <= v <= 1)
 
 
+def record_check(r: dict, where: str, records: list) -> Optional[str]:
+  """What the report needs of a ``metrics.jsonl`` record beyond being one (``where`` is ``"<path>
+  line N"``; ``records`` the ones before it): the keys it reads, integer epochs, accuracies as
+  fractions, epochs increasing. None when the record passes."""
+  # epochs skipped by eval.every > 1 carry no test metrics ("evaluated": false)
+  required = REQUIRED_RECORD_KEYS if r.get("evaluated", True) else ("epoch", "best_epoch")
+  missing = [k for k in required if k not in r]
+  if missing:
+    return f"{where} lacks {', '.join(missing)}; is it a metrics.jsonl of launch.py?"
+  for k in ("epoch", "best_epoch"):
+    if not isinstance(r[k], int) or isinstance(r[k], bool):
+      return f"{where}: {k} = {r[k]!r} is not an integer"
+  for k, v in r.items():
+    if k.endswith("_accuracy") and not _is_fraction(v):
+      return f"{where}: {k} = {v!r} is not a fraction in [0, 1]"
+  if records and r["epoch"] <= records[-1]["epoch"]:
+    return (f"{where}: epoch {r['epoch']} does not follow epoch {records[-1]['epoch']}; the file is damaged "
+            "(resume the run to rewrite it)")
+  return None
+
+
 def read_metrics(path: str) -> list[dict]:
-  """The records of ``metrics.jsonl``, checked: one JSON object a line, the keys the report needs,
-  accuracies as fractions and epochs increasing. Errors name the file and the line."""
+  """The records of ``metrics.jsonl``, checked: one JSON object a line (the reader training resumes
+  with, :func:`saat_jax.metric_writer.read_metrics`, read strictly), the keys the report needs,
+  accuracies as fractions and epochs increasing (:func:`record_check`). Errors name the file and the line."""
   if not os.path.isfile(path):
     raise ReportError(f"{path} is missing; a run directory needs the metrics.jsonl written by launch.py")
-  records = []
-  with open(path, errors="replace") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        r = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ReportError(f"{path} is damaged at line {lineno} ({e}); delete the broken line(s) and "
-                          "resume the run with launch.py, which rewrites metrics.jsonl") from None
-      if not isinstance(r, dict):
-        raise ReportError(f"{path} is damaged at line {lineno}: expected a JSON object per line")
-      # epochs skipped by eval.every > 1 carry no test metrics ("evaluated": false)
-      required = REQUIRED_RECORD_KEYS if r.get("evaluated", True) else ("epoch", "best_epoch")
-      missing = [k for k in required if k not in r]
-      if missing:
-        raise ReportError(f"{path} line {lineno} lacks {', '.join(missing)}; is it a metrics.jsonl of launch.py?")
-      for k in ("epoch", "best_epoch"):
-        if not isinstance(r[k], int) or isinstance(r[k], bool):
-          raise ReportError(f"{path} line {lineno}: {k} = {r[k]!r} is not an integer")
-      for k, v in r.items():
-        if k.endswith("_accuracy") and not _is_fraction(v):
-          raise ReportError(f"{path} line {lineno}: {k} = {v!r} is not a fraction in [0, 1]")
-      if records and r["epoch"] <= records[-1]["epoch"]:
-        raise ReportError(f"{path} line {lineno}: epoch {r['epoch']} does not follow epoch "
-                          f"{records[-1]['epoch']}; the file is damaged (resume the run to rewrite it)")
-      records.append(r)
-  return records
+  try:
+    return metric_writer.read_metrics(path, strict=True, check=record_check)[0]
+  except metric_writer.MetricsFileError as e:
+    raise ReportError(str(e)) from None
 
 
 def config_get(config: dict, dotted: str, default=None):
