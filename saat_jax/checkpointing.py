@@ -720,12 +720,14 @@ class RunLock:
         with os.fdopen(fd, "w") as f:
           json.dump({"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
-      except OSError as e:
+      except BaseException as e:  # a full disk, or Ctrl-C / SIGTERM right after the file appeared
         try:
           os.remove(self.path)
         except OSError:
           pass
-        raise WorkdirError.unwritable(self.workdir, e) from e
+        if isinstance(e, OSError):
+          raise WorkdirError.unwritable(self.workdir, e) from e
+        raise
       self.held = True
       return self
     raise WorkdirLocked(f"work dir {self.workdir}: could not take its lock {self.path}; another run is starting there")

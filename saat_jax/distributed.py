@@ -215,20 +215,21 @@ def on_primary(fn: Callable[[], object], what: str) -> None:
 def take_workdir(lock) -> None:
   """Process 0 takes the work dir's lock (a :class:`saat_jax.checkpointing.RunLock`) for all
   processes; the others check that they see it, i.e. that the work dir is one directory shared by
-  every host, as Orbax's checkpoints need."""
-  on_primary(lock.acquire, f"take the work dir {lock.workdir}")
-  error = None
-  if not is_primary():
-    try:
-      os.makedirs(lock.workdir, exist_ok=True)
-    except OSError as e:
-      error = e
-    if error is None and not os.path.exists(lock.path):
-      error = DistributedError(
-          f"process {jax.process_index()} does not see the lock {lock.path} that process 0 has just taken: "
-          f"the work dir is not shared. Give every process the same --workdir on a file system all hosts "
-          f"mount (NFS, Lustre, Filestore, gcsfuse)")
+  every host, as Orbax's checkpoints need. Whatever ends it early (a refusal, another process's
+  failure, Ctrl-C or SIGTERM between two of its lines) releases the lock if it was taken."""
   try:
+    on_primary(lock.acquire, f"take the work dir {lock.workdir}")
+    error = None
+    if not is_primary():
+      try:
+        os.makedirs(lock.workdir, exist_ok=True)
+      except OSError as e:
+        error = e
+      if error is None and not os.path.exists(lock.path):
+        error = DistributedError(
+            f"process {jax.process_index()} does not see the lock {lock.path} that process 0 has just taken: "
+            f"the work dir is not shared. Give every process the same --workdir on a file system all hosts "
+            f"mount (NFS, Lustre, Filestore, gcsfuse)")
     agree(error, "see the shared work dir")
   except BaseException:
     lock.release()  # process 0's, if it holds it

@@ -247,7 +247,9 @@ class RunDir:
     self.writer: Optional[MetricWriter] = None  # opened by start
 
   def __enter__(self) -> "RunDir":
-    distributed.take_workdir(self.lock)  # process 0 holds the lock for all processes
+    # process 0 holds the lock for all processes; an interrupt before this returns releases it
+    # there (``with`` calls __exit__ only once __enter__ has returned)
+    distributed.take_workdir(self.lock)
     return self
 
   def __exit__(self, *exc) -> None:

@@ -150,6 +150,30 @@ def test_the_lock_is_released_on_every_way_out(trained, tmp_path):
   free(workdir)
 
 
+@pytest.mark.parametrize("where", ["writing the lock", "agreeing after it"])
+def test_ctrl_c_while_the_lock_is_taken_leaves_no_lock(tmp_path, monkeypatch, where):
+  """Ctrl-C (or SIGTERM, raised from its handler) in the instant after the lock file appeared --
+  while its holder is written, or while the processes agree that they see it -- leaves no lock: the
+  same command runs again. (Before: a lock file of this pid, or an empty one, refused the rerun.)"""
+  from saat_jax import distributed
+
+  def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  if where == "writing the lock":
+    monkeypatch.setattr(checkpointing.json, "dump", interrupt)
+  else:
+    monkeypatch.setattr(distributed, "agree", interrupt)
+  workdir = tmp_path / "run"
+  with pytest.raises(KeyboardInterrupt):
+    with RunDir(str(workdir)):
+      pytest.fail("the body ran")
+  assert not (workdir / checkpointing.LOCK_NAME).exists()
+  monkeypatch.undo()
+  with RunDir(str(workdir)) as run:
+    assert run.lock.held
+
+
 GOOD = {"epoch": 0, "test_natural_accuracy": 0.5, "test_pgd_accuracy": 0.25, "best_epoch": 0}
 BAD_LINES = [b"not json", b'{"epoch": 1, "test_pgd', b"[1, 2]", b"null", b"3", b'"a string"', b"{}",
              b'{"epoch": true}', b'{"epoch": 1.0}', b'{"epoch": "1"}', b'{"epoch": null}', b'\xff\xfe{"epoch": 1}',
