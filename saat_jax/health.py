@@ -3,7 +3,9 @@
 A run that recompiles after its first epoch (a shape, dtype or static argument that changes from
 step to step) or whose host memory grows epoch after epoch (arrays kept alive by a Python list)
 works, but slowly or until it is killed; both are cheap to see in ``metrics.jsonl`` as
-``compiles`` (XLA backend compilations during the epoch, evaluation included) and
+``compiles`` (XLA backend compilations during the epoch, evaluation included; with JAX's
+persistent compilation cache on, ``JAX_COMPILATION_CACHE_DIR``, a program loaded from it counts as
+well, since JAX times the load as the compilation: a recompilation is seen either way) and
 ``host_rss_mb`` (the resident set size at the epoch's end).
 """
 
@@ -17,7 +19,8 @@ import jax
 # memory): equal runs differ only in these.
 MACHINE_DEPENDENT_KEYS = ("train_time_s", "eval_time_s", "compiles", "host_rss_mb")
 
-# JAX records one event of this name per XLA backend compilation (jax/_src/dispatch.py).
+# JAX records one event of this name per XLA backend compilation (jax/_src/dispatch.py), around
+# compiler.compile_or_get_cached: a load from the persistent compilation cache records it too.
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 

@@ -5,16 +5,43 @@ this checkout (``cifar10_jpeg``: ``../shared/data/cifar10-jpeg.tar.gz`` beside t
 ``$SAAT_JAX_TEST_DATA/cifar10-jpeg.tar.gz``; the test is skipped when it is absent; mark such tests
 ``data``), and tiny archives in the official format served over HTTP on 127.0.0.1
 (``cifar_server``, :mod:`saat_jax.testing.cifar_archive`) for the download path.
+
+The whole run shares one persistent XLA compilation cache (``JAX_COMPILATION_CACHE_DIR``, a fresh
+temporary folder set here before JAX starts, removed at the end): the xdist workers and every
+process a test starts (two-process runs, the CLI, the notebook, the fresh clone) inherit it, so a
+program compiled once -- the tiny digits step, its evaluation -- is loaded, not compiled again.
+It changes no result (a cached executable is the one XLA compiled), only compile time; a test about
+compilation itself turns it off for its processes (:func:`saat_jax.testing.processes.without_compile_cache`). Set
+``SAAT_JAX_TEST_COMPILE_CACHE=0`` to run without it, or set ``JAX_COMPILATION_CACHE_DIR`` to keep one.
 """
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from pathlib import Path
+
+_OWN_CACHE = None
+if os.environ.get("SAAT_JAX_TEST_COMPILE_CACHE", "1") != "0" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  # Set in the pytest process before any test module imports JAX (xdist workers start later and
+  # inherit it). Programs that take 0.1 s or more to compile are cached, whatever their size. No
+  # maximum size: with one, JAX locks the folder and lists all of it on every write, which costs
+  # more than it saves with thousands of entries. Two processes writing the same entry at once can
+  # at worst let a third read it half-written, which JAX warns of and then compiles itself.
+  _OWN_CACHE = tempfile.mkdtemp(prefix="saat_jax_test_xla_cache_")
+  os.environ.update({"JAX_COMPILATION_CACHE_DIR": _OWN_CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE is not None and not os.environ.get("PYTEST_XDIST_WORKER"):  # the process that made it
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 import numpy as np
 import pytest
 
 from saat_jax.testing import cifar_archive
+from saat_jax.testing.tiny import TinyRuns
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,3 +88,15 @@ def cifar_server(tmp_path):
     served[name] = Served("", cifar_archive.md5_hex(path), path, train, test)
   with cifar_archive.ArchiveServer(files) as server:
     yield server, {n: dataclasses.replace(s, url=server.url("/" + s.path.name)) for n, s in served.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+  """Finished tiny digits runs (:class:`saat_jax.testing.tiny.TinyRuns`): ``tiny_runs["saat_up"]``
+  is the work dir of a 3-epoch run, trained once per test process when first asked for. Read only:
+  copy a run (``shutil.copytree``) before writing into it; the end of the session fails a test run
+  that changed one."""
+  runs = TinyRuns(tmp_path_factory.mktemp("tiny_runs"))
+  yield runs
+  changed = runs.changed()
+  assert not changed, f"a test wrote into the shared runs of the tiny_runs fixture (copy them first): {changed}"

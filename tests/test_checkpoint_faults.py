@@ -31,19 +31,15 @@ from saat_jax.run_state import model_from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 from saat_jax import main as launch
-from saat_jax.config_base import digits_config
+from saat_jax.testing.tiny import tiny_config
 from saat_jax.health import MACHINE_DEPENDENT_KEYS  # noqa: E402
 
-TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
-        "eval.train_subset": 64, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3}
 WEIGHTS = "params.conv2.kernel/0.0.0.0"  # arrays of small_cnn big enough to live in a data file
 MOMENTUM = "opt_state.1.0.trace.fc1.kernel/0.0"
 
 
 def cfg(**over):
-  c = digits_config("natural")
-  c.update_from_flattened_dict({**TINY, **over})
-  return c
+  return tiny_config("natural", over)
 
 
 @pytest.fixture(scope="module")

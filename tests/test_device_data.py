@@ -12,18 +12,15 @@ import pytest
 from saat_jax import run_state, train
 
 ROOT = Path(__file__).resolve().parents[1]
-from saat_jax.config_base import digits_config
+from saat_jax.testing.tiny import STEPS_INSIDE, tiny_config
 
 # 5 steps an epoch, augmentation on (crops and flips drawn inside the step), SA-PGD's while loop
-TINY = {"data.num_train": 160, "batch_size": 32, "eval.num_test": 64, "eval.batch_size": 64,
-        "eval.train_subset": 32, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 2,
-        "data.augment": True, "data.pad": 2, "check_every": 3}
+TINY = {**STEPS_INSIDE, "num_epochs": 2, "check_every": 3}
 from saat_jax.health import MACHINE_DEPENDENT_KEYS as MACHINE_DEPENDENT  # noqa: E402
 
 
 def run(tmp_path, name, **over):
-  c = digits_config("saat_up")
-  c.update_from_flattened_dict({**TINY, **over})
+  c = tiny_config("saat_up", {**TINY, **over})
   train.train_and_evaluate(c, str(tmp_path / name))
   _, variables, _, _ = run_state.restore_for_eval(str(tmp_path / name), "last")
   recs = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -51,8 +48,7 @@ def test_one_dispatch_of_k_steps_equals_k_host_steps():
   from saat_jax.data import epoch_batches, load_dataset
   from saat_jax.run_state import model_from_spec, model_spec, run_keys
 
-  c = digits_config("saat_up")
-  c.update_from_flattened_dict(TINY)
+  c = tiny_config("saat_up", TINY)
   data = load_dataset("digits", None)
   x_all, y_all = data.train_images[:160], data.train_labels[:160]
   model = model_from_spec(model_spec(c, 10))
@@ -94,8 +90,7 @@ def test_runs_with_several_steps_per_dispatch_and_a_shorter_remainder(tmp_path, 
     ({"steps_per_dispatch": -2}, "steps_per_dispatch must be an integer >= 1"),
 ])
 def test_bad_settings_are_refused(over, match):
-  c = digits_config("saat_up")
-  c.update_from_flattened_dict(TINY)
+  c = tiny_config("saat_up", TINY)
   c.update_from_flattened_dict(over)  # (a float or a string is refused by ml_collections' own types)
   with pytest.raises(ValueError, match=match):
     train.validate_config(c)

@@ -12,6 +12,7 @@ from saat_jax.evaluators import robustness, robustness_disparity
 
 ROOT = Path(__file__).resolve().parents[1]
 from saat_jax.config_base import saat_digits_config
+from saat_jax.testing.tiny import tiny_config
 
 
 AA_POINTS = 20  # AutoAttack is the costly part: its tests attack few points
@@ -212,18 +213,14 @@ def _fake_autoattack(calls):
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory):
   """A tiny digits AT run of one epoch: its best checkpoint is its last."""
-  from saat_jax.config_base import digits_config
   from saat_jax.train import train_and_evaluate
 
   workdir = tmp_path_factory.mktemp("one_epoch")
-  c = digits_config("at")
-  c.update_from_flattened_dict(TINY)
+  c = tiny_config("at", {"eval.train_subset": 0}, num_epochs=1)
   train_and_evaluate(c, str(workdir))
   return workdir, c
 
 
-TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64, "eval.train_subset": 0,
-        "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 1}
 
 
 def _perturbed_best(real_restore):

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 from saat_jax import evaluate, evaluators, train
-from saat_jax.config_base import base_config, digits_config
+from saat_jax.config_base import base_config
 from saat_jax.data import to_float
 from saat_jax.losses import ce_loss_fn, correct
+from saat_jax.testing.tiny import tiny_config
 
-TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64, "eval.train_subset": 32,
-        "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 1}
 
 
 def fgsm_accuracy(apply_fn, variables, images, labels, eps):
@@ -48,9 +47,7 @@ def fgsm_type():
 
 
 def tiny(method="at", **over):
-  c = digits_config(method)
-  c.update_from_flattened_dict({**TINY, **over})
-  return c
+  return tiny_config(method, {"eval.train_subset": 32, "num_epochs": 1, **over})
 
 
 def test_a_registered_evaluator_runs_in_training_and_in_the_cli(fgsm_type, tmp_path, capsys):

@@ -20,9 +20,8 @@ from saat_jax.attack import pgd
 from saat_jax.losses import ce_loss_fn, cross_entropy
 from saat_jax.methods import Method, MethodDef, register
 from saat_jax.methods.base import fixed_budget
+from saat_jax.testing.tiny import tiny_config
 
-TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
-        "eval.train_subset": 64, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 1}
 
 
 def mart_defaults() -> ml_collections.ConfigDict:
@@ -74,11 +73,9 @@ def registered_mart():
 
 
 def mart_config():
-  from saat_jax.config_base import digits_config
-  c = digits_config("at")  # built after the registration: base_config() has the mart section
+  c = tiny_config("at", num_epochs=1)  # built after the registration: base_config() has the mart section
   c.method = "mart"
   c.mart.eps, c.mart.alpha, c.mart.steps = 32 / 255, 8 / 255, 3
-  c.update_from_flattened_dict(TINY)
   return c
 
 

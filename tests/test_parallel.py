@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 
 from saat_jax.testing.one_step import BATCH, CONFIGS, OFFSET
+from saat_jax.testing.processes import without_compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,9 +44,8 @@ TOL = 1e-5  # rtol and atol for parameters, BatchNorm statistics, loss (differen
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
-    root, out, observe = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    configs, offset, batch = json.loads(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-    sys.path.insert(0, root)
+    out, observe = sys.argv[1], sys.argv[2] == "1"
+    configs, offset, batch = json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     import jax, numpy as np
     from saat_jax.config_base import saat_digits_config
     from saat_jax import parallel, train
@@ -113,8 +113,10 @@ _SCRIPT = textwrap.dedent("""
 
 
 def _run(n: int, out: Path, observe: bool) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
-  args = [str(ROOT), str(out), "1" if observe else "0", json.dumps(CONFIGS), str(OFFSET), str(BATCH)]
+  # Without the tests' compilation cache: the step is compiled twice on purpose (see _SCRIPT).
+  env = dict(without_compile_cache(os.environ), XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  args = [str(out), "1" if observe else "0", json.dumps(CONFIGS), str(OFFSET), str(BATCH)]
   proc = subprocess.run([sys.executable, "-c", _SCRIPT, *args], env=env, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, f"the {n}-device step failed:\n{proc.stderr[-3000:]}"

@@ -10,22 +10,13 @@ import pytest
 from saat_jax import plot
 
 ROOT = Path(__file__).resolve().parents[1]
-from saat_jax.config_base import digits_config
-
-TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
-        "eval.train_subset": 64, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3,
-        "optim.lr_milestones": (2,)}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  from saat_jax.train import train_and_evaluate
-  root = tmp_path_factory.mktemp("runs")
-  for method in ("saat_up", "at"):
-    c = digits_config(method)
-    c.update_from_flattened_dict(TINY)
-    train_and_evaluate(c, str(root / method))
-  return root
+def runs(tiny_runs):
+  """The folder of the shared tiny runs, with its saat_up and at runs trained (lr /10 after epoch 2)."""
+  tiny_runs["saat_up"], tiny_runs["at"]
+  return tiny_runs.root
 
 
 def records(run_dir):
@@ -43,15 +34,15 @@ def test_each_run_gets_curves_loss_lr_and_budget(runs, tmp_path, capsys):
   assert str(out / "compare.png") in capsys.readouterr().out
 
 
-def test_the_figures_show_the_runs_numbers(runs):
+def test_the_figures_show_the_runs_numbers(runs, tmp_path):
   """What is drawn is the metrics: loss, learning rate (the /10 at the milestone), accuracies."""
   run = plot.load(str(runs / "saat_up"))
   recs = records(runs / "saat_up")
-  data = plot.plot_loss_lr(run, str(runs / "loss_lr.png"))
+  data = plot.plot_loss_lr(run, str(tmp_path / "loss_lr.png"))
   assert data["train_loss"] == [r["train_loss"] for r in recs]
   assert data["lr"] == [r["lr"] for r in recs]
   assert data["lr"][2] == pytest.approx(data["lr"][0] / 10)  # milestone at epoch 2: lr /10 in epoch 3
-  cmp = plot.plot_compare([run, plot.load(str(runs / "at"))], str(runs / "compare.png"))
+  cmp = plot.plot_compare([run, plot.load(str(runs / "at"))], str(tmp_path / "compare.png"))
   np.testing.assert_allclose(cmp["saat_up/test_pgd_accuracy"], [100 * r["test_pgd_accuracy"] for r in recs])
   assert len(cmp) == 5 and cmp["labels"] == ["digits saat_up", "digits at"]  # the configs' labels, not folders
 

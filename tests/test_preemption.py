@@ -23,19 +23,15 @@ from saat_jax import checkpointing, parallel, preemption, run_state, train
 from saat_jax.workdir import TrainingPreempted
 
 ROOT = Path(__file__).resolve().parents[1]
-from saat_jax.config_base import digits_config
+from saat_jax.testing.tiny import STEPS_INSIDE, tiny_config
 
 # 5 steps an epoch, augmentation on, SA-PGD: every source of randomness is in play
-TINY = {"data.num_train": 160, "batch_size": 32, "eval.num_test": 64, "eval.batch_size": 64,
-        "eval.train_subset": 32, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3,
-        "data.augment": True, "data.pad": 2, "check_every": 2}
+TINY = {**STEPS_INSIDE, "check_every": 2}
 from saat_jax.health import MACHINE_DEPENDENT_KEYS as MACHINE_DEPENDENT  # noqa: E402
 
 
 def config(**over):
-  c = digits_config("saat_up")
-  c.update_from_flattened_dict({**TINY, **over})
-  return c
+  return tiny_config("saat_up", {**TINY, **over})
 
 
 def outcome(workdir):

@@ -24,17 +24,12 @@ from saat_jax.train import ConfigChangeError, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 from saat_jax import main as launch
-from saat_jax.config_base import digits_config
+from saat_jax.testing.tiny import tiny_config
 
-TINY = {"data.num_train": 128, "batch_size": 64, "eval.num_test": 64, "eval.batch_size": 64,
-        "eval.train_subset": 64, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 3,
-        "eval.every": 2}
 
 
 def cfg(method="natural", **over):
-  c = digits_config(method)
-  c.update_from_flattened_dict({**TINY, **over})
-  return c
+  return tiny_config(method, {"eval.every": 2, **over})
 
 
 @pytest.fixture(scope="module")

@@ -15,21 +15,15 @@ import pytest
 
 from saat_jax import checkpointing, metric_writer, train
 from saat_jax.checkpointing import CheckpointError, RunLock, WorkdirLocked
-from saat_jax.config_base import digits_config
+from saat_jax.testing.tiny import tiny_config
 from saat_jax.data import load_dataset
 from saat_jax.report.runs import ReportError, read_metrics as report_read_metrics
 from saat_jax.run_state import model_from_spec, model_spec, run_keys
 from saat_jax.workdir import ConfigChangeError, Resume, RunDir
 
-# natural training, 2 steps an epoch on 64 digits, PGD-20 on 32 test digits: about a second an epoch
-TINY = {"data.num_train": 64, "batch_size": 32, "eval.num_test": 32, "eval.batch_size": 32,
-        "eval.train_subset": 16, "progress": False, "model.kwargs": {"width": 4}, "num_epochs": 2}
-
-
 def config(**over):
-  c = digits_config("natural")
-  c.update_from_flattened_dict({**TINY, **over})
-  return c
+  """Natural training of the tests' tiny run (2 steps an epoch), for 2 epochs."""
+  return tiny_config("natural", {"num_epochs": 2, **over})
 
 
 def tree_hashes(root) -> dict:

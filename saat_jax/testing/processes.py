@@ -34,6 +34,17 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+# The settings of JAX's persistent compilation cache (tests/conftest.py turns it on for a test run).
+COMPILE_CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "JAX_COMPILATION_CACHE_MAX_SIZE")
+
+
+def without_compile_cache(env: dict) -> dict:
+  """``env`` without the persistent compilation cache, for a process that must compile every
+  program itself (a test of compilation: is compiling twice bit-identical?)."""
+  return {k: v for k, v in env.items() if k not in COMPILE_CACHE_ENV}
+
+
 def env(devices: int) -> dict:
   """The environment of a process with ``devices`` CPU devices that imports this checkout."""
   return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
