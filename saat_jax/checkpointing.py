@@ -18,7 +18,7 @@ save is complete.
 Every checkpoint's meta also holds a SHA-256 checksum of each array (``checksums``, keyed by the
 leaf's path, e.g. ``state.params.conv1.kernel``), computed on process 0 from the host arrays it
 saves. Every restore -- training's, a position's, evaluation's of the weights alone -- goes through
-:func:`_newest_readable` and verifies each array it read: a checkpoint whose arrays cannot be read
+:func:`newest_readable` and verifies each array it read: a checkpoint whose arrays cannot be read
 (a truncated, deleted or emptied data file) or differ from their checksums (bit rot) is unreadable,
 named in a warning, and the one before it is used. Checkpoints written before checksums were
 recorded load unverified (one info line), and are refused if they hold NaN or inf.
@@ -129,7 +129,7 @@ def _describe(e: BaseException) -> str:
 
 def _orbax_leftover(unraisable) -> bool:
   """Whether an "Exception ignored in ..." report is the noise of a failed Orbax read (see
-  :func:`_drop_failed_read`): a read left pending on the event loop Orbax closed, or TensorStore
+  :func:`drop_failed_read`): a read left pending on the event loop Orbax closed, or TensorStore
   completing it there from its own thread ("Event loop is closed")."""
   code = getattr(unraisable.object, "cr_code", None)
   if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
@@ -140,7 +140,7 @@ def _orbax_leftover(unraisable) -> bool:
 def _filter_orbax_leftovers() -> None:
   """Put the filter of :func:`_orbax_leftover` in front of ``sys.unraisablehook`` (once per hook):
   before every read, since TensorStore may report a read left pending from its own thread while the
-  failed restore is still unwinding, before :func:`_drop_failed_read` runs."""
+  failed restore is still unwinding, before :func:`drop_failed_read` runs."""
   hook = sys.unraisablehook
   if not getattr(hook, "drops_orbax_leftovers", False):
 
@@ -152,7 +152,7 @@ def _filter_orbax_leftovers() -> None:
     sys.unraisablehook = filtered
 
 
-def _drop_failed_read() -> None:
+def drop_failed_read() -> None:
   """Orbax runs a restore's array reads on an event loop of its own and closes it when one read
   fails, the others still pending: each of those coroutines, when collected, and TensorStore, when
   it completes one of them from its thread, report "Exception ignored in: ..." with a traceback
@@ -170,7 +170,7 @@ def _drop_failed_read() -> None:
 
 class _Unreadable(Exception):
   """A failed read summed up (:func:`_describe`), without the traceback that keeps Orbax's pending
-  reads alive (:func:`_drop_failed_read`)."""
+  reads alive (:func:`drop_failed_read`)."""
 
 
 def leaf_name(path) -> str:
@@ -304,7 +304,7 @@ def _check_shapes(restored: Any, target: Any) -> None:
                        f"{tuple(b.shape)} in this config's state")
 
 
-def _newest_readable(where: str, kind: str, steps: list, read, evaluation: bool = False) -> tuple[Any, int]:
+def newest_readable(where: str, kind: str, steps: list, read, evaluation: bool = False) -> tuple[Any, int]:
   """``read(step)`` of the newest step that can be read, newest first; a step that cannot is named
   in a warning. Raises :class:`CheckpointError` when none can (every step's error quoted, then what
   to do: for training, or for ``evaluation``). With several processes every one reads each step,
@@ -319,7 +319,7 @@ def _newest_readable(where: str, kind: str, steps: list, read, evaluation: bool 
         raise
       error = _Unreadable(_describe(e))
     if error is not None:
-      _drop_failed_read()
+      drop_failed_read()
     if distributed.any_process(error is not None):
       errors.append((step, str(error or "CheckpointError: another process could not read it (its log says why)")))
       continue
@@ -412,7 +412,7 @@ class RunCheckpoints:
 
   ``unverified``: the path of the checkpoint the run resumed from when it had no checksums (one
   written before they were recorded), until the run writes a checkpoint of its own; a NaN loss in
-  between names it (:func:`saat_jax.train._divergence_advice`)."""
+  between names it (:func:`saat_jax.train.divergence_advice`)."""
 
   def __init__(self, workdir: str):
     self.workdir = workdir
@@ -487,7 +487,7 @@ class RunCheckpoints:
     mngr = self._managers[kind]
     where = checkpoint_dir(self.workdir, kind)
     steps = mngr.all_steps() if epoch is None else [epoch]
-    out, step = _newest_readable(where, kind, steps, lambda s: _read(mngr, s, target))
+    out, step = newest_readable(where, kind, steps, lambda s: _read(mngr, s, target))
     if not out["verified"]:
       _unverified_note(kind, os.path.join(where, str(step)))
     self.unverified = None if out["verified"] else os.path.join(where, str(step))
@@ -524,7 +524,7 @@ class RunCheckpoints:
       return None
     where = checkpoint_dir(self.workdir, PARTIAL)
     try:
-      out, step = _newest_readable(where, PARTIAL, steps, lambda s: _read(mngr, s, target, step_metrics=True))
+      out, step = newest_readable(where, PARTIAL, steps, lambda s: _read(mngr, s, target, step_metrics=True))
     except CheckpointError as e:
       log.warn(f"{e}; resuming from the end of the last epoch instead")
       return None
@@ -575,7 +575,7 @@ def read_meta(workdir: str, kind: str = "last") -> Optional[dict]:
     steps = mngr.all_steps()
     if not steps:
       return None
-    return _newest_readable(where, kind, steps, lambda step: _read(mngr, step)["meta"])[0]
+    return newest_readable(where, kind, steps, lambda step: _read(mngr, step)["meta"])[0]
   finally:
     mngr.close()
 
@@ -592,7 +592,7 @@ def restore_part(workdir: str, kind: str, part: tuple, epoch: Optional[int] = No
   mngr = _reader(where, part=True)
   try:
     steps = mngr.all_steps() if epoch is None else [epoch]
-    out, step = _newest_readable(
+    out, step = newest_readable(
         where, kind, steps, lambda s: _read(mngr, s, part=tuple(part)), evaluation=True)
   finally:
     mngr.close()
@@ -616,7 +616,7 @@ def kept_records(workdir: str) -> list[dict]:
       for step in mngr.all_steps():
         try:
           record = _read(mngr, step)["meta"].get("record")
-        except Exception as e:  # noqa: BLE001 -- as _newest_readable
+        except Exception as e:  # noqa: BLE001 -- as newest_readable
           if not _unreadable(e):
             raise
           continue
@@ -634,7 +634,7 @@ def kept_records(workdir: str) -> list[dict]:
 LOCK_NAME = ".lock"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -683,7 +683,7 @@ class RunLock:
     pid, host = holder.get("pid"), holder.get("host")
     if host != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
       return None
-    return None if _pid_alive(pid) else f"pid {pid} on {host} is not running"
+    return None if pid_alive(pid) else f"pid {pid} on {host} is not running"
 
   def _describe(self, holder: Optional[dict]) -> str:
     if not holder:

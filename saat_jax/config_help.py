@@ -71,6 +71,16 @@ def key_comments() -> dict[str, str]:
   return out
 
 
+def flat_keys(config, prefix: str = "") -> list[str]:
+  """Every key of ``config`` as ``--config.<key>`` names it (``saat.rho``), sections included."""
+  out = []
+  for k, v in config.items():
+    if hasattr(v, "items"):
+      out += flat_keys(v, f"{prefix}{k}.")
+    out.append(f"{prefix}{k}")
+  return out
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """The config of ``path[:arg]`` as ``--config`` loads it: ``get_config()`` or ``get_config(arg)``
   of the file, imported by path (the file needs no package around it)."""

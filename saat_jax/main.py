@@ -257,21 +257,12 @@ def _check_config_file(spec: str) -> None:
   _usage_error(f"--config={spec}: {path}{where}: {kind}{hint}")
 
 
-def _flat_keys(config, prefix: str = "") -> list[str]:
-  out = []
-  for k, v in config.items():
-    if hasattr(v, "items"):
-      out += _flat_keys(v, f"{prefix}{k}.")
-    out.append(f"{prefix}{k}")
-  return out
-
-
 def _unknown_override(argv, spec: str) -> str:
   """The message for a ``--config.<key>`` that the config does not have, with the closest keys."""
-  from saat_jax.config_help import load_config
+  from saat_jax.config_help import flat_keys, load_config
 
   try:
-    keys = _flat_keys(load_config(spec))
+    keys = flat_keys(load_config(spec))
   except Exception:  # noqa: BLE001 -- the config itself fails: say that instead
     return ""
   for a in argv:

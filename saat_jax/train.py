@@ -319,12 +319,15 @@ def make_dispatch(train_step, mesh, train_key):
   return dispatch
 
 
-def _dispatches(batches: list, k: int) -> list[list]:
+def dispatch_runs(batches: list, k: int) -> list[list]:
   """The epoch's batches in runs of ``k`` consecutive steps; the remainder is one shorter run."""
   return [batches[i:i + k] for i in range(0, len(batches), k)]
 
 
-def _epoch_summary(step_metrics: list[dict]) -> dict:
+def epoch_summary(step_metrics: list[dict]) -> dict:
+  """The training fields of an epoch's ``metrics.jsonl`` record from its steps' metrics: mean loss
+  and accuracy (in float64), and SA-PGD's statistics over every example (budget mean and quantiles
+  in /255, steps, fraction satisfied, fraction left unperturbed)."""
   loss = np.array([m["loss"] for m in step_metrics], np.float64)
   acc = np.array([m["accuracy"] for m in step_metrics], np.float64)
   eps = np.concatenate([m["eps"] for m in step_metrics]).astype(np.float64)
@@ -348,7 +351,7 @@ def _last_good(ckpts: checkpointing.RunCheckpoints, workdir: str) -> str:
   return f"the last good checkpoint, epoch {epoch + 1}, is kept in {where}"
 
 
-def _divergence_advice(ckpts: checkpointing.RunCheckpoints, workdir: str) -> str:
+def divergence_advice(ckpts: checkpointing.RunCheckpoints, workdir: str) -> str:
   """What a non-finite loss says about the checkpoints and what to do. A restored checkpoint was
   verified against its checksums: the state is the one saved, so the training itself diverged.
   One written before checksums were recorded (``ckpts.unverified``, until the run saves its own)
@@ -422,13 +425,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     return _train_epochs(setup, run, decision)
 
 
-_stack, _unstack = workdir_files.stack_steps, workdir_files.unstack_steps  # a partial position's step metrics
 
 
 def _stepper(config, step_fn, mesh, repl, data, train_key):
   """``(advance, k)``: ``advance(state, batches, step) -> (state, metrics)`` takes the training steps
   of ``batches`` (index arrays, at most k) from global ``step`` on; the metrics of one step, or of
-  several stacked along a leading axis (``_per_step`` tells them apart once fetched). The input
+  several stacked along a leading axis (``per_step_metrics`` tells them apart once fetched). The input
   path is the config's: host batches one step a dispatch (the default), or :func:`make_dispatch` on
   the training set kept on the devices (``data_on_device``) or sent a dispatch's batches at a time
   (``steps_per_dispatch`` > 1)."""
@@ -459,7 +461,7 @@ def _stepper(config, step_fn, mesh, repl, data, train_key):
   return advance, k
 
 
-def _per_step(steps: list, fetched: list) -> list:
+def per_step_metrics(steps: list, fetched: list) -> list:
   """``(global step, metrics)`` of every step in fetched dispatches (a dispatch's metrics are one
   step's, scalar loss, or several steps' stacked)."""
   out = []
@@ -471,7 +473,7 @@ def _per_step(steps: list, fetched: list) -> list:
   return out
 
 
-def _evaluate(evals, state, splits, eval_key) -> dict:
+def evaluate_epoch(evals, state, splits, eval_key) -> dict:
   """What the evaluators ``evals`` (``[(name, evaluator)]`` of :func:`saat_jax.evaluators.build_evaluators`)
   yield for the weights (and their EMA) on each non-empty split, as ``<prefix><split>_<name>``
   (``test_pgd_accuracy``, ``ema_val_natural_accuracy``). Split ``k`` gets the key
@@ -540,17 +542,17 @@ def _train_epochs(setup: "TrainSetup", run: workdir_files.RunDir, decision: work
         """Fetch the pending steps' metrics (one transfer) and stop on a non-finite loss."""
         nonlocal pending
         fetched = jax.device_get([m for _, m in pending])
-        for gs, mm in _per_step([gs for gs, _ in pending], fetched):
+        for gs, mm in per_step_metrics([gs for gs, _ in pending], fetched):
           if not np.isfinite(mm["loss"]):
             raise TrainingDiverged(
                 f"training loss became {float(mm['loss'])} at step {gs} (epoch {epoch + 1}, batch {gs - epoch * steps_per_epoch}); "
-                f"stopped without saving this epoch; {_divergence_advice(ckpts, workdir)}")
+                f"stopped without saving this epoch; {divergence_advice(ckpts, workdir)}")
           step_metrics.append(mm)
         pending = []
         if step_metrics:
           bar.set_postfix(loss=f"{step_metrics[-1]['loss']:.3f}", eps=f"{step_metrics[-1]['eps'].mean() * 255:.2f}")
 
-      for run in _dispatches(batches[i:], per_dispatch):
+      for run in dispatch_runs(batches[i:], per_dispatch):
         global_step = epoch * steps_per_epoch + i
         at.update(epoch=epoch, step=global_step)
         state, m = advance(state, run, global_step)
@@ -567,7 +569,7 @@ def _train_epochs(setup: "TrainSetup", run: workdir_files.RunDir, decision: work
           flush()
           ckpts.save_partial(done_steps, jax.device_get(state), {
               "epoch": epoch, "step": done_steps, "step_in_epoch": i, "train_time_s": time.time() - t0,
-              "model": spec, "config": workdir_files.config_json(config)}, _stack(step_metrics))
+              "model": spec, "config": workdir_files.config_json(config)}, workdir_files.stack_steps(step_metrics))
           if stop_now:
             raise TrainingPreempted(
                 f"stopped by {preempt.name() or 'a request'} at epoch {epoch + 1}, step {i} of {len(batches)} "
@@ -580,10 +582,10 @@ def _train_epochs(setup: "TrainSetup", run: workdir_files.RunDir, decision: work
       t1 = time.time()
       evaluated = (epoch + 1) % every == 0 or epoch == num_epochs - 1
       record = {"epoch": epoch, "step": int(state.step), "lr": float(schedule(int(state.step) - 1)),
-                **_epoch_summary(step_metrics), "train_time_s": train_time, "evaluated": evaluated,
+                **epoch_summary(step_metrics), "train_time_s": train_time, "evaluated": evaluated,
                 "data_format": data.data_format}
       if evaluated:
-        record.update(_evaluate(evals, state, splits, eval_key))
+        record.update(evaluate_epoch(evals, state, splits, eval_key))
       record["eval_time_s"] = time.time() - t1
       # health: XLA compilations in this epoch (0 after the first one) and host memory (flat)
       record["compiles"], record["host_rss_mb"] = compiles.count - compiled_before, health.host_rss_mb()

@@ -264,17 +264,17 @@ def test_eta_block_s3():
 def test_square_windows():
   """Window masks: an s x s block at each example's own offsets; offsets uniform in 0 .. room - 1
   as the reference's random_int(0, h - s) (0 when the window fills the image)."""
-  from saat_jax.autoattack.square import _offsets, _window
+  from saat_jax.autoattack.square import offsets, window
 
   vh, vw = jnp.array([0, 3, 5]), jnp.array([2, 0, 5])
-  masks = np.asarray(_window(vh, vw, 3, 8, 8))
+  masks = np.asarray(window(vh, vw, 3, 8, 8))
   for m, r, c in zip(masks, [0, 3, 5], [2, 0, 5]):
     expect = np.zeros((8, 8), bool)
     expect[r:r + 3, c:c + 3] = True
     np.testing.assert_array_equal(m, expect)
-  off = np.asarray(_offsets(jax.random.key(0), 4000, 5))
+  off = np.asarray(offsets(jax.random.key(0), 4000, 5))
   assert set(off.tolist()) == {0, 1, 2, 3, 4}
-  assert (np.asarray(_offsets(jax.random.key(0), 100, 0)) == 0).all()
+  assert (np.asarray(offsets(jax.random.key(0), 100, 0)) == 0).all()
 
 
 # ------------------------------------------------------------------------------------------------

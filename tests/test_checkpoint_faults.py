@@ -245,13 +245,13 @@ def test_a_checkpoint_from_before_checksums_loads_and_a_nan_right_after_it_names
   assert capsys.readouterr().out == (f"the 'last' checkpoint {last / '2'} has no checksums (written before saat_jax "
                                      "recorded them): its arrays are used unverified\n")
   assert_same_arrays(state, restored(run, target)[0])
-  advice = train._divergence_advice(ck, str(copy))
+  advice = train.divergence_advice(ck, str(copy))
   assert advice.startswith(f"the run resumed from {last / '2'}, which has no checksums (written before saat_jax "
                            "recorded them) and so could not be verified, and has saved nothing since: a damaged file "
                            "in that checkpoint would do this. Move that directory aside")
   ck.restore("last", target, epoch=1)
   ck.save("last", 3, state, {"epoch": 3})  # the run's own checkpoint: from here on a NaN is the run's
-  assert train._divergence_advice(ck, str(copy)) == (f"the last good checkpoint, epoch 4, is kept in {last}. "
+  assert train.divergence_advice(ck, str(copy)) == (f"the last good checkpoint, epoch 4, is kept in {last}. "
                                                      "Lower optim.lr or check the data.")
   ck.close()
 

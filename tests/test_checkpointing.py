@@ -301,18 +301,18 @@ def test_pid_alive_only_asks_and_counts_another_users_process_as_alive(monkeypat
                                                   "time.sleep(60)"])
   try:
     time.sleep(0.5)
-    assert checkpointing._pid_alive(child.pid)
+    assert checkpointing.pid_alive(child.pid)
     time.sleep(0.2)
     assert child.poll() is None
   finally:
     child.kill()
     child.wait()
-  assert not checkpointing._pid_alive(dead_pid())
+  assert not checkpointing.pid_alive(dead_pid())
   for error in (PermissionError, OSError):  # EPERM: another user's process, alive
     def kill(pid, sig, error=error):
       raise error("no")
     monkeypatch.setattr(checkpointing.os, "kill", kill)
-    assert checkpointing._pid_alive(12345)
+    assert checkpointing.pid_alive(12345)
 
 
 def test_lock_records_its_holder_and_only_the_holder_removes_it(tmp_path):
@@ -526,14 +526,14 @@ def test_orbax_bare_exception_is_damage_and_a_wrapped_ctrl_c_is_not(capsys):
     return "older"
 
   capsys.readouterr()
-  assert checkpointing._newest_readable("/w", "last", [0, 1], read) == ("older", 0)
+  assert checkpointing.newest_readable("/w", "last", [0, 1], read) == ("older", 0)
   assert ('warning: the \'last\' checkpoint /w/1 is unreadable (ValueError: OUT_OF_RANGE: Error reading "params.w/0" '
           'in OCDBT database at local file); using the one before it, step 0\n') == capsys.readouterr().err
   with pytest.raises(KeyboardInterrupt):
-    checkpointing._newest_readable("/w", "last", [0], lambda step: (_ for _ in ()).throw(
+    checkpointing.newest_readable("/w", "last", [0], lambda step: (_ for _ in ()).throw(
         orbax_wrapped(KeyboardInterrupt())))
   with pytest.raises(ZeroDivisionError):  # a bug is not damage
-    checkpointing._newest_readable("/w", "last", [1, 0], lambda step: 1 / 0)
+    checkpointing.newest_readable("/w", "last", [1, 0], lambda step: 1 / 0)
 
 
 # ---- a save: Ctrl-C held back, Orbax's log of a failure in a file --------------------------------
@@ -656,8 +656,8 @@ def test_only_the_reports_of_orbaxs_pending_reads_are_dropped_after_a_failed_rea
 
   got = []
   monkeypatch.setattr(sys, "unraisablehook", lambda u: got.append((u.object, str(u.exc_value))))
-  checkpointing._drop_failed_read()
-  checkpointing._drop_failed_read()  # one filter, not two in a row
+  checkpointing.drop_failed_read()
+  checkpointing.drop_failed_read()  # one filter, not two in a row
   previous = sys.unraisablehook.__defaults__[0]  # what the filter passes the other reports on to
   assert sys.unraisablehook.drops_orbax_leftovers and not hasattr(previous, "drops_orbax_leftovers")
   orbax_coroutine = serialization._read_array_index_and_device_put.__code__

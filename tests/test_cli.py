@@ -126,11 +126,10 @@ def test_a_signal_before_training_starts_exits_with_a_message_and_frees_the_work
 def test_every_key_of_the_recipe_is_documented():
   """--config_help prints base_config's comments: a key added without one would be listed bare."""
   from saat_jax.config_base import base_config
-  from saat_jax.config_help import key_comments
-  from saat_jax.main import _flat_keys
+  from saat_jax.config_help import flat_keys, key_comments
 
   comments = key_comments()
-  assert [k for k in _flat_keys(base_config()) if not comments.get(k)] == []
+  assert [k for k in flat_keys(base_config()) if not comments.get(k)] == []
   assert comments["saat.rho"] == "an example stops once its loss l(f(x'), y) >= rho (Eq. 5)"
   assert comments["optim.lr"] == "the initial learning rate"  # not the section's comment above it
   assert comments["optim"].startswith("SGD, momentum 0.9")

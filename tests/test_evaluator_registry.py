@@ -106,7 +106,7 @@ def test_the_default_evals_are_the_direct_robustness_evaluation():
   splits = (("test", data.test_images[:70], data.test_labels[:70]), ("val", data.val_images, data.val_labels),
             ("trainsub", data.train_images[:50], data.train_labels[:50]))
   key, mesh = jax.random.key(7), parallel.make_mesh()
-  new = train._evaluate(evaluators.build_evaluators(train.config_evals(c), c.eval, apply_fn=model.apply, mesh=mesh),
+  new = train.evaluate_epoch(evaluators.build_evaluators(train.config_evals(c), c.eval, apply_fn=model.apply, mesh=mesh),
                         state, splits, key)
   old_ev = RobustnessEvaluator(model.apply, eps=float(c.eval.eps), alpha=float(c.eval.alpha), steps=int(c.eval.steps),
                                batch_size=int(c.eval.batch_size), mesh=mesh)

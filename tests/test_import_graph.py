@@ -90,3 +90,31 @@ def test_the_module_graph_has_no_cycle():
     if n not in state:
       visit(n, [n])
   assert not cycles, "import cycles between modules:\n" + "\n".join(cycles)
+
+
+TESTS = PKG.parent / "tests"
+
+
+def patched_names(tree: ast.AST) -> set:
+  """Names a test replaces with ``monkeypatch.setattr(module, "_name", fake)`` (fault injection:
+  what is asserted is the public behaviour around the fake)."""
+  return {n.args[1].value for n in ast.walk(tree)
+          if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "setattr"
+          and len(n.args) >= 2 and isinstance(n.args[1], ast.Constant) and isinstance(n.args[1].value, str)}
+
+
+def test_tests_reach_the_package_through_its_public_names():
+  """A test calls what the package offers: private helpers are tested through public functions, so
+  they can change without rewriting tests (issue 20, item 6). Replacing a private function with a
+  fake (``monkeypatch.setattr``) to inject a fault is allowed, and so is reading the real one to wrap."""
+  mods = modules()
+  found = []
+  for path in sorted(TESTS.glob("*.py")):
+    tree = ast.parse(path.read_text(), str(path))
+    patched = patched_names(tree)
+    name = f"tests/{path.name}"
+    for target, private, line in imported(name, tree, mods):
+      found += [f"{name}:{line} imports {target}.{p}" for p in private]
+    found += [f"{name}:{line} uses {target}.{attr}" for target, attr, line in private_attribute_uses(tree, mods)
+              if attr not in patched]
+  assert not found, "tests using private names of saat_jax (test through a public function, or make it public):\n" + "\n".join(found)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saat_jax import train
+from saat_jax import train, workdir
 
 
 def step_metrics(loss, acc, eps, steps, sat, unpert):
@@ -29,7 +29,7 @@ def test_epoch_summary_is_the_hand_computed_record():
   ms = [step_metrics(1e8, accs[0], [2 / 255, 4 / 255], [1, 3], [1, 0], [0, 0]),
         step_metrics(1.0, accs[1], [6 / 255, 8 / 255], [5, 7], [1, 1], [1, 0]),
         step_metrics(-1e8, accs[2], [10 / 255, 12 / 255], [9, 11], [0, 0], [0, 0])]
-  got = train._epoch_summary(ms)
+  got = train.epoch_summary(ms)
   acc64 = float(np.mean(accs.astype(np.float64)))
   assert acc64 != float(np.mean(accs))  # (the float32 mean)
   assert got["train_accuracy"] == acc64 and got["train_loss"] == 1 / 3
@@ -46,35 +46,39 @@ def test_epoch_summary_is_the_hand_computed_record():
 
 def test_stack_unstack_per_step_and_dispatches():
   ms = [{"loss": np.float32(i), "eps": np.full(3, i, np.float32)} for i in range(4)]
-  stacked = train._stack(ms)
+  stacked = workdir.stack_steps(ms)
   assert stacked["loss"].shape == (4,) and stacked["eps"].shape == (4, 3)
-  back = train._unstack(stacked)
+  back = workdir.unstack_steps(stacked)
   assert len(back) == 4
   for a, b in zip(ms, back):
     assert a.keys() == b.keys()
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  assert train._stack([]) == {} and train._unstack({}) == []
-  one = train._stack(ms[:1])  # a dispatch of one step
+  assert workdir.stack_steps([]) == {} and workdir.unstack_steps({}) == []
+  one = workdir.stack_steps(ms[:1])  # a dispatch of one step
   assert one["loss"].shape == (1,) and one["eps"].shape == (1, 3)
 
   # one step's scalar metrics, then a dispatch of 3 stacked steps: global steps 5, then 6, 7, 8
-  per = train._per_step([5, 6], [ms[0], train._stack(ms[1:])])
+  per = train.per_step_metrics([5, 6], [ms[0], workdir.stack_steps(ms[1:])])
   assert [gs for gs, _ in per] == [5, 6, 7, 8]
   assert [float(m["loss"]) for _, m in per] == [0.0, 1.0, 2.0, 3.0]
   np.testing.assert_array_equal(per[3][1]["eps"], np.full(3, 3.0))
 
-  assert train._dispatches(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
-  assert train._dispatches(list(range(6)), 3) == [[0, 1, 2], [3, 4, 5]]
-  assert train._dispatches(list(range(2)), 1) == [[0], [1]]
+  assert train.dispatch_runs(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+  assert train.dispatch_runs(list(range(6)), 3) == [[0, 1, 2], [3, 4, 5]]
+  assert train.dispatch_runs(list(range(2)), 1) == [[0], [1]]
 
 
 def test_ema_starts_as_a_copy_in_its_own_buffers():
   """The step donates its state: an EMA aliasing the parameters' buffers would be invalidated (or
   updated in place) with them."""
-  tree = {"params": {"w": jnp.arange(4.0)}, "batch_stats": {"m": jnp.ones(2)}}
-  copied = train._copy(tree)
-  for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(copied)):
+  import optax
+
+  from saat_jax.models import create_model
+
+  state = train.initial_state(create_model("small_cnn", 10, width=4), optax.sgd(0.1), jax.random.key(0), (8, 8, 1),
+                              ema=True)
+  for a, b in zip(jax.tree.leaves(state.variables), jax.tree.leaves(state.ema_variables)):
     np.testing.assert_array_equal(a, b)
     assert a.unsafe_buffer_pointer() != b.unsafe_buffer_pointer()
 

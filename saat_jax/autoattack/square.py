@@ -119,12 +119,12 @@ def _signs(key, shape, dtype):
   return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
 
 
-def _offsets(key, batch, room):
+def offsets(key, batch, room):
   """Per-example offsets uniform in ``0 .. room - 1`` (0 when ``room == 0``), like ``random_int``."""
   return jnp.floor(jax.random.uniform(key, (batch,)) * room).astype(jnp.int32)
 
 
-def _window(vh, vw, s, h, w):
+def window(vh, vw, s, h, w):
   """``(B, H, W)`` boolean masks of the ``s x s`` windows at per-example offsets ``(vh, vw)``."""
   rows = lax.broadcasted_iota(jnp.int32, (1, h), 1)
   cols = lax.broadcasted_iota(jnp.int32, (1, w), 1)
@@ -171,18 +171,18 @@ def _square_steps(logits_fn, x, y, active, key, eps, sizes, size_idx, eta_tab, x
     todo = active & (margin_min > 0)
     s = sizes[i]
     keys = jax.random.split(jax.random.fold_in(key, i), 6)
-    vh = _offsets(keys[0], batch, h - s)
-    vw = _offsets(keys[1], batch, w - s)
-    win = _window(vh, vw, s, h, w)[..., None]                         # (B, H, W, 1)
+    vh = offsets(keys[0], batch, h - s)
+    vw = offsets(keys[1], batch, w - s)
+    win = window(vh, vw, s, h, w)[..., None]                         # (B, H, W, 1)
 
     if norm == "Linf":
       step = 2.0 * eps * _signs(keys[2], (batch, 1, 1, c), x.dtype)
       x_new = project(jnp.where(win, x_best + step, x_best), x, eps, norm)
     else:
       delta = x_best - x
-      vh2 = _offsets(keys[3], batch, h - s)
-      vw2 = _offsets(keys[4], batch, w - s)
-      win2 = _window(vh2, vw2, s, h, w)[..., None]
+      vh2 = offsets(keys[3], batch, h - s)
+      vw2 = offsets(keys[4], batch, w - s)
+      win2 = window(vh2, vw2, s, h, w)[..., None]
       norm_win1 = _l2(jnp.where(win, delta, 0.0), (1, 2))              # (B, 1, 1, C)
       norm_img = lp_norm(delta, "L2", keepdims=True)                  # (B, 1, 1, 1)
       norm_wins = _l2(jnp.where(win | win2, delta, 0.0), (1, 2))       # (B, 1, 1, C)
