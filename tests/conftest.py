@@ -40,10 +40,38 @@ def pytest_unconfigure(config):
 import numpy as np
 import pytest
 
-from saat_jax.testing import cifar_archive
+from saat_jax.testing import cifar_archive, durations
 from saat_jax.testing.tiny import TinyRuns
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Each test file's duration in the last full run (.ci/run writes it): the files run longest first,
+# so that the two xdist workers finish together (saat_jax/testing/durations.py says why).
+DURATIONS = ROOT / ".ci" / "test-durations.json"
+# .ci/run sets this to DURATIONS: the run then records its files' durations there.
+RECORD_ENV = "SAAT_JAX_TEST_DURATIONS"
+_measured: dict = {}
+
+
+def pytest_configure(config):
+  # xdist's loadfile scheduler would otherwise reorder the files by their number of tests.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+  items[:] = durations.longest_first(items, [durations.file_of(i.nodeid) for i in items], durations.read(DURATIONS))
+
+
+def pytest_runtest_logreport(report):
+  if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller (it sees every worker's reports), or a plain run
+    f = durations.file_of(report.nodeid)
+    _measured[f] = _measured.get(f, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if os.environ.get(RECORD_ENV) and not os.environ.get("PYTEST_XDIST_WORKER") and _measured:
+    durations.write(Path(os.environ[RECORD_ENV]), _measured, ROOT)
 
 
 def shared_data_dir() -> Path:

@@ -1,0 +1,69 @@
+"""The test files' durations, recorded by one run and used to order the next (``tests/conftest.py``).
+
+The suite runs in two worker processes, a test file to a worker (``pytest -n 2 --dist loadfile``).
+Given files in collection order, a worker that is free takes the next one, so a long file that
+comes last keeps one worker busy minutes after the other has finished. Taking the longest files
+first (longest-processing-time-first scheduling) ends both workers within about one short file of
+each other. The durations are each file's setup, call and teardown time summed over its tests, as
+the last full run (``.ci/run``) measured them on its machine; only their order matters, so a
+slower or faster machine orders the files the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence, TypeVar
+
+Item = TypeVar("Item")
+
+
+def file_of(nodeid: str) -> str:
+  """``tests/test_x.py`` of the test id ``tests/test_x.py::test_y[z]``."""
+  return nodeid.split("::", 1)[0]
+
+
+def longest_first(items: Sequence[Item], files: Sequence[str], seconds: Mapping[str, float]) -> list[Item]:
+  """``items`` (each in the file ``files[i]``) with whole files in order of ``seconds``, longest
+  first, each file's items in their own order. A file with no recorded duration (a new one) goes
+  first: its cost is unknown, and started early it cannot end the run late. Ties keep the
+  collection order."""
+  if len(items) != len(files):
+    raise ValueError(f"{len(items)} items but {len(files)} file names: give one file per item")
+  first_seen = {}
+  for f in files:
+    first_seen.setdefault(f, len(first_seen))
+
+  def key(i: int):
+    f = files[i]
+    unknown = f not in seconds
+    return (not unknown, -seconds.get(f, 0.0), first_seen[f], i)
+
+  return [items[i] for i in sorted(range(len(items)), key=key)]
+
+
+def read(path: Path) -> dict[str, float]:
+  """The recorded ``{file: seconds}``; empty when the file is missing or not such a mapping (the
+  order then stays the collection's, which is only slower)."""
+  try:
+    data = json.loads(Path(path).read_text())
+  except (OSError, ValueError):
+    return {}
+  if not isinstance(data, dict):
+    return {}
+  return {str(k): float(v) for k, v in data.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0}
+
+
+def write(path: Path, measured: Mapping[str, float], root: Path) -> dict[str, float]:
+  """Merges ``measured`` (seconds by file) into the record at ``path``: a file measured now takes its
+  new time, one not run keeps its old one, and one that no longer exists under ``root`` is dropped.
+  Written atomically, keys sorted, so the
+  committed file's diff shows what changed. Returns what was written."""
+  merged = {**read(path), **measured}
+  merged = {f: round(s, 1) for f, s in sorted(merged.items()) if (Path(root) / f).is_file()}
+  tmp = Path(f"{path}.tmp{os.getpid()}")
+  tmp.write_text(json.dumps(merged, indent=1) + "\n")
+  os.replace(tmp, path)
+  return merged
