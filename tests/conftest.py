@@ -50,7 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DURATIONS = ROOT / ".ci" / "test-durations.json"
 # .ci/run sets this to DURATIONS: the run then records its files' durations there.
 RECORD_ENV = "SAAT_JAX_TEST_DURATIONS"
-_measured: dict = {}
+_measured: dict = {}  # seconds by test file
+_tests: dict = {}  # seconds by test id
+_slow: dict = {}  # whether each test id carries the slow mark
 
 
 def pytest_configure(config):
@@ -67,11 +69,23 @@ def pytest_runtest_logreport(report):
   if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller (it sees every worker's reports), or a plain run
     f = durations.file_of(report.nodeid)
     _measured[f] = _measured.get(f, 0.0) + report.duration
+    _tests[report.nodeid] = _tests.get(report.nodeid, 0.0) + report.duration
+    _slow[report.nodeid] = "slow" in report.keywords
 
 
 def pytest_sessionfinish(session, exitstatus):
   if os.environ.get(RECORD_ENV) and not os.environ.get("PYTEST_XDIST_WORKER") and _measured:
     durations.write(Path(os.environ[RECORD_ENV]), _measured, ROOT)
+
+
+def pytest_terminal_summary(terminalreporter):
+  over = durations.unmarked_slow(_tests, _slow)
+  if over and not os.environ.get("PYTEST_XDIST_WORKER"):
+    terminalreporter.section(f"tests over {durations.SLOW_S:g} s not marked slow")
+    terminalreporter.write_line("The quick check (-m 'not slow') runs these: mark them @pytest.mark.slow or make them "
+                                "faster (saat_jax/testing/durations.py).")
+    for test, s in over:
+      terminalreporter.write_line(f"{s:7.1f}s {test}")
 
 
 def shared_data_dir() -> Path:

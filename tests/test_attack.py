@@ -67,6 +67,7 @@ def run(loss_fn, x, y, **kw):
 
 
 @pytest.mark.parametrize("rho", [1.5, 2.5, 4.0])
+@pytest.mark.slow
 def test_sa_pgd_equals_slow_reference(problem, rho):
   loss_fn, x, y = problem
   kw = dict(rho=rho, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
@@ -82,6 +83,7 @@ def test_sa_pgd_equals_slow_reference(problem, rho):
     assert (stats.steps == 0).any() and stats.satisfied[stats.steps > 0].any() and (~stats.satisfied).any()
 
 
+@pytest.mark.slow
 def test_sa_pgd_warm_start_equals_slow_reference(problem):
   """The released code's start point: a PGD-10 example at 8/255, budget grown from there."""
   loss_fn, x, y = problem
@@ -147,6 +149,7 @@ def test_loss_equal_to_rho_counts_as_reached_at_line_11():
   np.testing.assert_array_equal(np.asarray(x_adv[i]), np.asarray(x[i]) + 1 / 64)
 
 
+@pytest.mark.slow
 def test_sa_pgd_pair_loss_ascends_one_and_stops_on_the_other(problem):
   """``loss_fn -> (ascent, stop)``: the steps follow ``ascent``; lines 4/11 test ``stop``."""
   loss_fn, x, y = problem
@@ -165,6 +168,7 @@ def test_sa_pgd_pair_loss_ascends_one_and_stops_on_the_other(problem):
 
 
 @pytest.mark.parametrize("rho", [1.0, float("inf"), 0.0, -1.0])
+@pytest.mark.slow
 def test_sa_pgd_invariants(problem, rho):
   loss_fn, x, y = problem
   x_adv, stats = run(loss_fn, x, y, rho=rho, eps_max=EPS_MAX, tau=TAU, k=K, alpha=ALPHA)
@@ -238,6 +242,7 @@ def test_sa_pgd_rejects_impossible_hyperparameters(problem, kw, match):
     sa_pgd(loss_fn, jnp.asarray(x[:2]), jnp.asarray(y[:2]), **args)
 
 
+@pytest.mark.slow
 def test_pgd_invariants_and_strength(problem):
   loss_fn, x, y = problem
   xj, yj = jnp.asarray(x), jnp.asarray(y)

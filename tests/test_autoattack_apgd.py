@@ -91,6 +91,7 @@ def test_losses_match_numpy():
   np.testing.assert_allclose(ce_loss(jnp.asarray(z), jnp.asarray(y)), want_ce, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_canonicalize_convs_same_gradient():
   """The CPU layout rewrite changes no value, whatever the convolution's dimension numbers."""
   k = jax.random.split(jax.random.key(3), 3)
@@ -199,6 +200,7 @@ def slow_apgd(x, y, x0, *, eps, norm, loss, n_iter, y_target=None, rho=0.75):
 # where the loss is ill-conditioned and float32 round-off in the l_2 norms changes the trajectory.)
 @pytest.mark.parametrize("norm,loss,eps", [("Linf", "ce", EPS_LINF), ("L2", "ce", EPS_L2),
                                            ("Linf", "dlr", EPS_LINF), ("L2", "dlr-targeted", EPS_L2)])
+@pytest.mark.slow
 def test_single_run_matches_slow_reference(data, norm, loss, eps):
   x, y = data
   n_iter = 30
@@ -246,6 +248,7 @@ def pgd_baseline(x, y, *, eps, steps, seed):
 
 
 @pytest.mark.parametrize("norm,eps", [("Linf", EPS_LINF), ("L2", EPS_L2)])
+@pytest.mark.slow
 def test_apgd_valid_and_strong(data, norm, eps):
   x, y = data
   clean = _robust(x, y)
@@ -267,6 +270,7 @@ def test_apgd_valid_and_strong(data, norm, eps):
     assert rob_ce.sum() <= rob_pgd.sum(), (rob_ce.sum(), rob_pgd.sum())
 
 
+@pytest.mark.slow
 def test_restarts_only_help(data):
   x, y = data
   one = _robust(np.asarray(apgd_attack(logits_fn, x, y, eps=EPS_LINF, loss="dlr", n_iter=20, n_restarts=1)), y)
@@ -284,6 +288,7 @@ def aa_linf(data):
                     batch_size=32)
 
 
+@pytest.mark.slow
 def test_autoattack_result_valid(data, aa_linf):
   x, y = data
   res = aa_linf
@@ -303,6 +308,7 @@ def test_autoattack_result_valid(data, aa_linf):
   assert np.all(robust <= clean) and 0 < robust.sum() < clean.sum()
 
 
+@pytest.mark.slow
 def test_autoattack_deterministic(data, aa_linf):
   x, y = data
   again = autoattack(logits_fn, x, y, eps=EPS_LINF, version="custom", attacks_to_run=["apgd-ce", "apgd-t"],
@@ -312,6 +318,7 @@ def test_autoattack_deterministic(data, aa_linf):
   assert again.robust_accuracy == aa_linf.robust_accuracy
 
 
+@pytest.mark.slow
 def test_autoattack_l2_and_eps_zero(data, capsys):
   x, y = data
   clean = _robust(x, y)
@@ -342,6 +349,7 @@ def test_version_settings():
   assert rand["apgd-ce"]["eot_iter"] == 20 and rand["apgd-ce"]["n_restarts"] == 1
 
 
+@pytest.mark.slow
 def test_randomized_model_eot(data):
   """A model taking ``key`` gets fresh draws inside APGD (version='rand'), and results stay valid."""
   x, y = data

@@ -100,6 +100,7 @@ def _check(logits_fn, x, y, x_adv, eps):
 
 
 @pytest.mark.parametrize("attack", ["apgd-t", "fab-t", "square"])
+@pytest.mark.slow
 def test_later_passes_run_only_on_unfooled_points(batch, attack):
   x, y = batch
   eps = 0.05
@@ -120,6 +121,7 @@ def test_later_passes_run_only_on_unfooled_points(batch, attack):
 
 
 @pytest.mark.parametrize("attack", ["apgd-t", "fab-t", "square"])
+@pytest.mark.slow
 def test_masked_rows_are_not_attacked(batch, attack):
   """Padding rows (``mask`` False, as AutoAttack pads its batches) come back unchanged and are never
   part of a pass: even the first pass is traced on the bucket of the unmasked rows."""

@@ -74,6 +74,7 @@ def plain(data):
   return _apgd_ce(logits_fn, x, y, eps=EPS)
 
 
+@pytest.mark.slow
 def test_plain_model_passes_every_check(plain):
   res, recs, msgs = plain
   assert msgs == []
@@ -85,6 +86,7 @@ def test_plain_model_passes_every_check(plain):
   assert recs["zero_gradients"]["n_checked"] == N
 
 
+@pytest.mark.slow
 def test_randomised_model_is_flagged(data):
   x, y = data
 
@@ -105,6 +107,7 @@ def test_randomised_model_is_flagged(data):
   assert checks.check_randomized(noisy, x, y, version="rand", warn=None)["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_probabilities_are_flagged(data):
   x, y = data
   res, recs, msgs = _apgd_ce(jax.jit(lambda xa: jax.nn.softmax(logits_fn(xa))), x, y)
@@ -112,6 +115,7 @@ def test_probabilities_are_flagged(data):
   assert any("probabilities" in m for m in msgs)
 
 
+@pytest.mark.slow
 def test_zero_gradients_are_flagged(data):
   x, y = data
   res, recs, msgs = _apgd_ce(jax.jit(lambda xa: logits_fn(jax.lax.stop_gradient(xa))), x, y)
@@ -126,6 +130,7 @@ def test_zero_gradients_are_flagged(data):
   assert checks.check_zero_gradients(some, x, y, warn=None)["n_zero"] == 3
 
 
+@pytest.mark.slow
 def test_dynamic_model_is_flagged(data):
   x, y = data
 
@@ -184,6 +189,7 @@ def test_square_flag():
 # ----------------------------------------------------------------------------- verification
 
 
+@pytest.mark.slow
 def test_verification_raises_on_corrupted_examples(data, plain):
   x, y = data
   x_adv, robust = np.asarray(plain[0].x_adv), np.asarray(plain[0].robust)
@@ -219,6 +225,7 @@ def test_verification_raises_on_corrupted_examples(data, plain):
     checks.verify_adversarial(logits_fn, x, y, x_adv, robust, eps=d2 * 0.999, norm="L2")
 
 
+@pytest.mark.slow
 def test_autoattack_raises_when_its_bookkeeping_is_wrong(data, monkeypatch):
   """An attack loop that believes a wrong prediction counts points as fooled that are not: the
   final re-verification with the model itself must catch it, naming how many."""

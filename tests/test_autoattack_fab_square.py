@@ -173,6 +173,7 @@ def fab_t_linf(batch):
   return fab_attack(mlp_logits, x, y, eps=0.02, norm="Linf", n_target_classes=3, n_iter=40)
 
 
+@pytest.mark.slow
 def test_fab_targeted_linf(batch, fab_t_linf):
   x, y = batch
   clean, robust = _check_attack_output(x, y, fab_t_linf, 0.02, "Linf")
@@ -180,6 +181,7 @@ def test_fab_targeted_linf(batch, fab_t_linf):
   assert 0.0 < robust <= clean - 0.25, (clean, robust)  # a real attack, not a no-op
 
 
+@pytest.mark.slow
 def test_fab_deterministic(batch, fab_t_linf):
   x, y = batch
   again = fab_attack(mlp_logits, x, y, eps=0.02, norm="Linf", n_target_classes=3, n_iter=40)
@@ -192,6 +194,7 @@ def test_fab_deterministic(batch, fab_t_linf):
 
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.02), ("L2", 0.12)])
+@pytest.mark.slow
 def test_fab_untargeted(batch, norm, eps):
   x, y = batch
   x_adv = fab_attack(mlp_logits, x, y, eps=eps, norm=norm, targeted=False, n_restarts=2, n_iter=40)
@@ -199,6 +202,7 @@ def test_fab_untargeted(batch, norm, eps):
   assert 0.0 < robust <= clean - 0.25, (clean, robust)
 
 
+@pytest.mark.slow
 def test_fab_targeted_l2(batch):
   x, y = batch
   x_adv = fab_attack(mlp_logits, x, y, eps=0.12, norm="L2", n_target_classes=2, n_iter=40)
@@ -206,6 +210,7 @@ def test_fab_targeted_l2(batch):
   assert 0.0 < robust <= clean - 0.25, (clean, robust)
 
 
+@pytest.mark.slow
 def test_fab_minimal_norm_monotone_in_eps(batch):
   """Without restarts FAB's search ignores eps (it only filters the result), so a point fooled at a
   small eps is fooled, by the same image, at a larger one."""
@@ -282,6 +287,7 @@ def test_square_windows():
 
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.05), ("L2", 0.3)])
+@pytest.mark.slow
 def test_square_attack(batch, norm, eps):
   x, y = batch
   x_adv = square_attack(mlp_logits, x, y, eps=eps, norm=norm, n_queries=150, seed=0)
@@ -293,6 +299,7 @@ def test_square_attack(batch, norm, eps):
   assert not np.array_equal(np.asarray(other), np.asarray(x_adv))
 
 
+@pytest.mark.slow
 def test_square_linf_stays_on_the_ball_faces(batch):
   """Every pixel of a Linf Square point sits at x +- eps or on the box (the update only ever sets
   pixels to the two faces), and more queries never lose points."""
@@ -390,6 +397,7 @@ def torch_problem():
 @pytest.mark.torch
 @pytest.mark.parametrize("norm,eps,targeted", [("Linf", 0.015, True), ("L2", 0.2, True),
                                                ("Linf", 0.015, False)])
+@pytest.mark.slow
 def test_fab_matches_reference(torch_problem, norm, eps, targeted):
   """FAB-T with AutoAttack's standard settings (9 targets, 1 restart, 100 iterations), and
   untargeted FAB with one restart. Without random restarts FAB is deterministic, so the two agree
@@ -412,6 +420,7 @@ def test_fab_matches_reference(torch_problem, norm, eps, targeted):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.04), ("L2", 0.4)])
+@pytest.mark.slow
 def test_square_matches_reference(torch_problem, norm, eps):
   """Square (300 queries, p_init 0.8, no schedule rescaling as in AutoAttack) on 200 points, 4
   seeds each; the random streams differ, so only the statistics can agree. Measured over 12 seeds

@@ -99,6 +99,7 @@ def test_converted_logits_agree(problem):
 
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 2 / 255), ("L2", 0.15)])
+@pytest.mark.slow
 def test_apgd_matches_reference(problem, norm, eps):
   net, logits_fn, x, xt, y, _ = problem
   ref_accs, ref_robust, ref_x_adv = reference_autoattack(net, xt, y, eps=eps, norm=norm)

@@ -103,6 +103,7 @@ def _reference_awp(model, inputs_adv, targets, gamma, lr):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("gamma, lr", [(5e-3, 0.01), (0.05, 0.1)])
+@pytest.mark.slow
 def test_weight_perturbation_matches_torch_reference(tiny, gamma, lr):
   torch = pytest.importorskip("torch")
   params, loss_fn, x, y = tiny
@@ -155,6 +156,7 @@ def small_cnn():
   return variables["params"], jax.jit(loss_fn)
 
 
+@pytest.mark.slow
 def test_weight_perturbation_is_the_rescaled_proxy_step(small_cnn):
   params, loss_fn = small_cnn
   gamma, lr = 5e-3, 0.01
@@ -182,6 +184,7 @@ def test_weight_perturbation_is_the_rescaled_proxy_step(small_cnn):
   assert n_kernels == 4  # conv1, conv2, fc1, fc2 kernels
 
 
+@pytest.mark.slow
 def test_weight_perturbation_ascends_the_loss(small_cnn):
   params, loss_fn = small_cnn
   v = weight_perturbation(loss_fn, params, gamma=5e-3)
@@ -189,6 +192,7 @@ def test_weight_perturbation_ascends_the_loss(small_cnn):
   assert float(loss_fn(perturb(params, v))) > base > float(loss_fn(perturb(params, v, -1.0)))
 
 
+@pytest.mark.slow
 def test_gamma_zero_gives_exact_zeros(small_cnn):
   params, loss_fn = small_cnn
   v = weight_perturbation(loss_fn, params, gamma=0.0)

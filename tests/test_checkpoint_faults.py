@@ -135,6 +135,7 @@ WHY = {"truncated": r"ValueError: OUT_OF_RANGE: Error reading \"[a-z_.0-9]+\.ker
 
 
 @pytest.mark.parametrize("fault", list(WHY))
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_named_set_aside_and_the_one_before_restored_bit_for_bit(
     fault, run, copy, target, capsys):
   last = copy / "checkpoints" / "last"
@@ -167,6 +168,7 @@ def test_a_damaged_newest_checkpoint_is_named_set_aside_and_the_one_before_resto
   assert f"moved the unreadable 'last' checkpoint {last / '2'} to {last / aside[0]}" in err
 
 
+@pytest.mark.slow
 def test_a_resume_past_a_garbled_momentum_repeats_the_uninterrupted_run_and_ctrl_c_in_a_save_names_it(
     run, copy, target, monkeypatch, capsys):
   """The issue's case: 256 garbled bytes in the momentum of the newest checkpoint. The resume falls
@@ -207,6 +209,7 @@ def test_a_resume_past_a_garbled_momentum_repeats_the_uninterrupted_run_and_ctrl
   assert same(got[3]) == same(restored(copy, target)[1]["record"])
 
 
+@pytest.mark.slow
 def test_the_evaluation_cli_falls_back_with_a_warning_and_says_in_one_line_when_none_can_be_read(copy, capsys):
   last = copy / "checkpoints" / "last"
   damage(last / "2", "flipped byte")
@@ -228,6 +231,7 @@ def test_the_evaluation_cli_falls_back_with_a_warning_and_says_in_one_line_when_
                       rf"\(--eval.checkpoints\), or restore {re.escape(str(last))} from a backup\n", err), err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_checksums_loads_and_a_nan_right_after_it_names_it(run, copy, target, capsys):
   """A checkpoint without checksums (written before they were recorded) is used with one note; a NaN
   loss before the run has saved anything of its own names that checkpoint, not the learning rate.
@@ -278,6 +282,7 @@ _RESTORE_ON_TWO_PROCESSES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_with_two_processes_a_checkpoint_one_of_them_cannot_read_is_unreadable_for_both(tmp_path):
   """Every process restores and verifies what it read (after Orbax's read, which the processes make
   together); they agree on each checkpoint, so that all go on from the same one (one that went on

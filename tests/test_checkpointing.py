@@ -424,6 +424,7 @@ def test_leaf_names_are_orbaxs_and_the_same_for_a_dataclass_and_its_dicts():
   assert set(checkpointing.checksums({"state": as_dicts})) <= set(checkpointing.checksums({"state": ts}))
 
 
+@pytest.mark.slow
 def test_an_array_that_does_not_match_its_checksum_makes_the_checkpoint_unreadable(ck, tmp_path, capsys):
   for epoch in range(2):
     ck.save("last", epoch, state(epoch + 1), {"epoch": epoch})
@@ -448,6 +449,7 @@ def test_an_array_that_does_not_match_its_checksum_makes_the_checkpoint_unreadab
     ck.restore("last", state(0), epoch=1)
 
 
+@pytest.mark.slow
 def test_a_partial_restore_reads_and_verifies_only_its_part(tmp_path, capsys):
   ck = RunCheckpoints(str(tmp_path))
   full = {"params": {"w": np.arange(3, dtype=np.float32)}, "batch_stats": {}, "opt": {"m": np.ones(4, np.float32)}}

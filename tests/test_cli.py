@@ -115,6 +115,7 @@ def _signal_before_training(tmp_path, signum):
     (signal.SIGTERM, 143, "stopped by SIGTERM before training started (nothing was lost; the work dir is free)"),
     (signal.SIGINT, 130, "interrupted before training started: run the same command to start (or resume) the run"),
 ])
+@pytest.mark.slow
 def test_a_signal_before_training_starts_exits_with_a_message_and_frees_the_work_dir(tmp_path, signum, code, message):
   rc, out, err, workdir = _signal_before_training(tmp_path, signum)
   assert rc == code, (rc, err)

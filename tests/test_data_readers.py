@@ -318,6 +318,7 @@ def test_data_format_of_digits_tfds_and_a_cifar100_jpeg_copy(tmp_path, cache):
   assert core.Dataset("cifar10", tx, ty, tx[:0], ty[:0], sx, sy, 10, CIFAR10_CLASSES).data_format == "unknown"
 
 
+@pytest.mark.slow
 def test_training_on_a_jpeg_copy_says_so_in_the_log_and_every_epoch(tmp_path, tiny, capsys):
   """train.py records data_format in each epoch of metrics.jsonl (the report marks such rows) and
   notes the lossy copy once at the start. One tiny epoch of a small CNN (~10 s, most of it
@@ -588,6 +589,7 @@ def test_interrupted_cache_write_leaves_nothing_behind(tmp_path, tiny, cache, mo
   assert os.listdir(cache) == []
 
 
+@pytest.mark.slow
 def test_two_processes_filling_the_cache_at_once_leave_one_valid_file(tmp_path, tiny, cache):
   """Both decode and write (neither finds a cache yet); each write goes to its own temporary file
   renamed into place, so the cache folder ends with one complete file that a third load reads."""

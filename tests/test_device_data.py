@@ -32,6 +32,7 @@ def host_loop(tmp_path_factory):
   return run(tmp_path_factory.mktemp("host"), "host")
 
 
+@pytest.mark.slow
 def test_data_on_device_gives_the_host_loops_parameters_and_metrics_bit_for_bit(host_loop, tmp_path):
   variables, recs = run(tmp_path, "x", data_on_device=True)
   ref_vars, ref_recs = host_loop
@@ -40,6 +41,7 @@ def test_data_on_device_gives_the_host_loops_parameters_and_metrics_bit_for_bit(
   assert recs == ref_recs
 
 
+@pytest.mark.slow
 def test_one_dispatch_of_k_steps_equals_k_host_steps():
   """A scan of 3 steps (gathered on the device) against 3 host-loop steps from the same state: the
   same SA-PGD decisions and budgets, parameters within float32 rounding (the loop body is compiled
@@ -76,6 +78,7 @@ def test_one_dispatch_of_k_steps_equals_k_host_steps():
 
 @pytest.mark.parametrize("over", [{"data_on_device": True, "steps_per_dispatch": 2},
                                   {"steps_per_dispatch": 3}], ids=["device_k2", "host_k3"])
+@pytest.mark.slow
 def test_runs_with_several_steps_per_dispatch_and_a_shorter_remainder(tmp_path, over):
   """5 steps an epoch in runs of 2 (2+2+1) or 3 (3+2): every step is taken and logged once, and the
   shorter last dispatch is compiled in the first epoch only."""

@@ -370,6 +370,7 @@ def test_work_dirs_that_are_not_one_shared_directory_are_refused(tmp_path, clean
   assert list((tmp_path / "a").iterdir()) == []  # process 0 released its lock and wrote nothing
 
 
+@pytest.mark.slow
 def test_start_up_fails_in_time_with_a_message(tmp_path, cleanup):
   common = ["--distributed", "--num_processes=2", "--distributed_timeout=3", *RUN_FLAGS,
             f"--workdir={tmp_path / 'run'}"]

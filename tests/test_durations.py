@@ -61,3 +61,14 @@ def test_a_missing_or_garbled_record_orders_nothing(tmp_path, text):
   if text:
     record.write_text(text)
   assert durations.read(record) == {}
+
+
+def test_tests_over_the_limit_without_the_slow_mark_are_named_longest_first():
+  seconds = {"t.py::quick": 0.4, "t.py::slow_marked": 30.0, "t.py::slow_unmarked": 6.0,
+             "t.py::slower_unmarked": 12.5, "t.py::at_the_limit": durations.SLOW_S, "t.py::no_mark_info": 7.0}
+  marked = {"t.py::quick": False, "t.py::slow_marked": True, "t.py::slow_unmarked": False,
+            "t.py::slower_unmarked": False, "t.py::at_the_limit": False}
+  assert durations.unmarked_slow(seconds, marked) == [("t.py::slower_unmarked", 12.5), ("t.py::no_mark_info", 7.0),
+                                                      ("t.py::slow_unmarked", 6.0)]
+  assert durations.unmarked_slow(seconds, marked, limit=10.0) == [("t.py::slower_unmarked", 12.5)]
+  assert durations.unmarked_slow({}, {}) == []

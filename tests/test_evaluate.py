@@ -29,6 +29,7 @@ def digits_run(tmp_path_factory):
   return workdir, hist
 
 
+@pytest.mark.slow
 def test_cli_reports_table_sweep_and_plot(digits_run, capsys):
   workdir, hist = digits_run
   out = workdir / "eval.json"
@@ -54,6 +55,7 @@ def test_cli_reports_table_sweep_and_plot(digits_run, capsys):
   assert "Natural" in printed and "PGD-20" in printed and "RD" in printed
 
 
+@pytest.mark.slow
 def test_cli_autoattack_column(digits_run, capsys):
   """The AA column: the standard AutoAttack of saat_jax.autoattack on the checkpoint, at the run's eps."""
   import jax
@@ -86,6 +88,7 @@ def test_cli_autoattack_column(digits_run, capsys):
   assert checks["verification"]["n_verified"] == round(AA_POINTS * (1 - row["aa"]))
 
 
+@pytest.mark.slow
 def test_accuracy_order_violation_is_reported(digits_run, monkeypatch, capsys):
   """A PGD-20 accuracy above the natural one (injected) is flagged in the JSON and warned about."""
   workdir, _ = digits_run
@@ -105,6 +108,7 @@ def test_accuracy_order_violation_is_reported(digits_run, monkeypatch, capsys):
   assert "(2 points)" in rec["message"]
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_keeps_what_the_first_measured(digits_run, tmp_path, capsys):
   """eval.json is merged, not overwritten: AA of a first evaluation survives a PGD-only second one
   with the same settings; an evaluation with other settings moves the earlier file aside."""
@@ -147,6 +151,7 @@ def test_merge_into_replaces_a_stale_checkpoint_and_an_old_rd(tmp_path):
   assert Path(kept).read_text() == "{not json"
 
 
+@pytest.mark.slow
 def test_cli_flags_in_launch_style(digits_run, capsys):
   workdir, _ = digits_run
   assert evaluate.main(["--workdir", str(workdir), "--eval.atacks=aa"]) == 2
@@ -235,6 +240,7 @@ def _perturbed_best(real_restore):
 
 
 @pytest.mark.parametrize("same_weights", [True, False])
+@pytest.mark.slow
 def test_best_at_the_last_epoch_is_evaluated_once(one_epoch_run, tmp_path, monkeypatch, capsys, same_weights):
   """A one-epoch run's best checkpoint is its last (same epoch, identical weights): AutoAttack and PGD
   run once and `last`'s row is a copy that says so. The same epoch with other weights (best's
@@ -263,6 +269,7 @@ def test_best_at_the_last_epoch_is_evaluated_once(one_epoch_run, tmp_path, monke
     assert calls == {"aa": 2, "pgd": 2} and "same_as" not in rows["last"] and "same checkpoint" not in printed
 
 
+@pytest.mark.slow
 def test_pgd_steps_and_restarts_from_the_cli(digits_run, tmp_path, monkeypatch, capsys):
   """--eval.steps=5 --eval.restarts=2 reach the evaluator; the column is pgd5 (PGD-5), never pgd20; an
   evaluation with other steps does not merge into the same eval.json; pgd20 with steps 5 is refused."""
@@ -299,6 +306,7 @@ def test_pgd_steps_and_restarts_from_the_cli(digits_run, tmp_path, monkeypatch, 
   assert "--eval.restarts must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_sweep_leaves_the_next_checkpoints_pgd_alone(one_epoch_run, monkeypatch):
   """Each checkpoint's PGD column is PGD-<steps> at the run's alpha, also after the previous
   checkpoint's sweep, whose PGD has its own schedule (20 steps of 2/255 at 8/255)."""
@@ -342,6 +350,7 @@ def test_help_lists_every_setting_with_its_default_and_meaning(capsys):
   assert "--eval.steps=20" in text and "--eval.restarts=1" in text
 
 
+@pytest.mark.slow
 def test_an_extended_run_is_reported_with_its_new_last_epoch_and_the_command_works(one_epoch_run, tmp_path,
                                                                                   monkeypatch):
   """Issue 17's stale report: a run evaluated after 1 epoch, then extended to 2 (num_epochs 1 -> 2).

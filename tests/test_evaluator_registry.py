@@ -50,6 +50,7 @@ def tiny(method="at", **over):
   return tiny_config(method, {"eval.train_subset": 32, "num_epochs": 1, **over})
 
 
+@pytest.mark.slow
 def test_a_registered_evaluator_runs_in_training_and_in_the_cli(fgsm_type, tmp_path, capsys):
   from saat_jax.run_state import restore_for_eval
 
@@ -87,6 +88,7 @@ def test_a_registered_evaluator_runs_in_training_and_in_the_cli(fgsm_type, tmp_p
   assert "unknown attack 'fgsn'; choose from natural, pgd, aa, fgsm" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_default_evals_are_the_direct_robustness_evaluation():
   """config.evals' default entry, built from config.eval, gives the records the per-epoch evaluation
   gave before it existed (one RobustnessEvaluator from config.eval, split k from fold_in(eval_key, k),

@@ -44,6 +44,7 @@ def evaluator(model, batch_size, steps=20, eps=EPS):
 
 
 @pytest.mark.parametrize("batch_size,steps", [(16, 1), (48, 1), (16, 20)])
+@pytest.mark.slow
 def test_evaluator_is_the_direct_computation(batch_size, steps):
   """Natural accuracy is mean(argmax == label); PGD accuracy is saat_jax.attack.pgd run on batch b
   with the key fold_in(key, b), as the per-epoch evaluation has always drawn its random starts
@@ -65,6 +66,7 @@ def test_evaluator_is_the_direct_computation(batch_size, steps):
   assert 0 < robust < natural < 1  # the split is neither trivial nor hopeless
 
 
+@pytest.mark.slow
 def test_padding_of_the_last_batch_is_masked():
   """7 examples in batches of 4 (the last padded with a copy of example 0) or 8 count as in one of 7."""
   model, variables, images, labels = split(2, 7, seed=1)
@@ -75,6 +77,7 @@ def test_padding_of_the_last_batch_is_masked():
     assert evaluator(model, batch_size).run(variables, images, labels, key) == one
 
 
+@pytest.mark.slow
 def test_pgd_runs_its_steps():
   """PGD-20 reaches the worst corner of the eps-box of a two-class linear model; PGD-1 does not."""
   model, variables, images, labels = split(2, 256, seed=2)
@@ -90,6 +93,7 @@ def test_pgd_runs_its_steps():
   assert worst < pgd1 - 0.05 and pgd1 < 1.0
 
 
+@pytest.mark.slow
 def test_no_attack_when_eps_or_steps_is_zero():
   model, variables, images, labels = split(3, 12, label_noise=0.25)
   for eps, steps in ((0.0, 20), (EPS, 0)):

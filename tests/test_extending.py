@@ -109,6 +109,7 @@ def test_sections_cannot_be_taken_twice(registered_mart):
     register(MethodDef("mine", mart, section="saat", defaults=mart_defaults))
 
 
+@pytest.mark.slow
 def test_mart_trains_a_digits_epoch_and_appears_in_the_report(registered_mart, tmp_path):
   from saat_jax.report import report_runs
   from saat_jax.train import train_and_evaluate

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from saat_jax import health
 
@@ -41,6 +42,7 @@ print(c.count, len(hits))
 """
 
 
+@pytest.mark.slow
 def test_compile_counter_counts_a_program_loaded_from_the_persistent_cache(tmp_path):
   """With JAX_COMPILATION_CACHE_DIR set, a second process loads the programs instead of compiling
   them, and they count the same: a run's ``compiles`` shows its first epoch's programs (and any
@@ -72,6 +74,7 @@ def records(workdir):
   return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_no_recompilation_after_the_first_epoch_and_the_same_metrics_run_after_run(tiny_runs, tmp_path):
   """Every later epoch compiles nothing (a shape or static argument changing per step would show
   here), and a second run of the same config and seed logs the same numbers bit for bit."""

@@ -164,6 +164,7 @@ def slow_step(c, model, params, images, labels, key):
 
 @pytest.mark.parametrize("method", ["natural", "at", "saat_down", "saat_up", "trades", "sa_trades_up",
                                     "awp_at", "awp_saat_up", "awp_trades", "awp_sa_trades_up"])
+@pytest.mark.slow
 def test_one_step_equals_slow_implementation(batch, method):
   c = _config(method, **{"awp.warmup": 0})
   key = jax.random.key(7)
@@ -178,6 +179,7 @@ def test_one_step_equals_slow_implementation(batch, method):
   assert all(changed)
 
 
+@pytest.mark.slow
 def test_awp_before_its_warmup_is_exactly_the_method_without_awp(batch):
   """The perturbation is zero until awp.warmup epochs: adding and removing it changes no bit."""
   key = jax.random.key(3)
@@ -191,6 +193,7 @@ def test_awp_before_its_warmup_is_exactly_the_method_without_awp(batch):
                             np.asarray(jax.tree_util.tree_leaves(without.params)[0]))
 
 
+@pytest.mark.slow
 def test_awp_warmup_counts_epochs_of_steps_and_gamma_zero_is_the_plain_program(batch):
   """awp.warmup is in epochs of ``steps_per_epoch`` steps: with 4 steps an epoch and a warm-up of 1,
   global step 3 is the plain step and step 4 the perturbed one. With gamma = 0 the step is the plain
@@ -214,6 +217,7 @@ def test_awp_warmup_counts_epochs_of_steps_and_gamma_zero_is_the_plain_program(b
 
 
 @pytest.mark.parametrize("method", ["natural", "at"])
+@pytest.mark.slow
 def test_step_metrics_per_example_and_accuracy(batch, method):
   """``unperturbed`` is per example (natural: every x' is x; AT at 8/255 from a random start: none),
   ``accuracy`` the fraction of the step's train-mode predictions on x' that are right."""
@@ -234,6 +238,7 @@ def test_step_metrics_per_example_and_accuracy(batch, method):
     assert 0 <= float(m["accuracy"]) <= 6 / 16  # the attack only takes right answers away here
 
 
+@pytest.mark.slow
 def test_ema_is_the_exponential_average_of_the_weights(batch):
   c = _config("at", **{"ema.decay": 0.9})
   _, state, new, _ = _fast_step(c, *batch, jax.random.key(1))
@@ -249,6 +254,7 @@ def _bn_model():
   return create_model("small_cnn", 10, width=4, use_bn=True)
 
 
+@pytest.mark.slow
 def test_attack_bn_train_update_moves_running_stats_once_per_attack_pass(batch):
   """attack_bn='train_update': PGD-10 (+ attack_pgd's selection pass) then the outer pass update
   the running statistics 12 times; 'train' only once (the outer pass). Same adversarial examples."""
@@ -296,6 +302,7 @@ def test_attack_bn_train_update_moves_running_stats_once_per_attack_pass(batch):
     # for the CE; the order is the AWP code's in its warm-up epochs too (the same train() runs them)
     ("awp_trades", "adv nat nat"),
 ])
+@pytest.mark.slow
 def test_trades_updates_running_stats_as_the_reference_s_three_train_mode_passes(batch, method, order):
   images, labels = batch
   c = _config(method, **{"model.kwargs": {"width": 4, "use_bn": True}, "awp.warmup": 5})  # AWP's diff is 0
@@ -388,6 +395,7 @@ def _restore(workdir, c):
     # SAAT_up's own resume is covered by this SA-TRADES_up run and tests/test_preemption.py.)
     ("awp_sa_trades_up", {"awp.warmup": 1, "ema.decay": 0.9, "eval.best_weights": "ema"}),
 ])
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path, method, extra):
   from saat_jax.train import train_and_evaluate
 
@@ -410,6 +418,7 @@ def test_resume_equals_uninterrupted(tmp_path, method, extra):
 
 
 @pytest.mark.parametrize("pad_mode,flip", [("reflect", True), ("zero", False)])
+@pytest.mark.slow
 def test_step_augments_with_reflect_padded_crops_and_flips(batch, pad_mode, flip):
   """The training step crops after reflect padding and flips, as Rice et al.: replayed by hand with
   the same random draws (a step that never flips, or pads with zeros, fails here); and the config's

@@ -89,6 +89,7 @@ def test_other_processes_write_nothing(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_training_run_logs_its_epochs_to_tensorboard(tiny_runs):
   hist = tiny_runs.records("at")
   got = scalars_of(tiny_runs["at"])

@@ -81,6 +81,7 @@ def test_train_step_computes_in_the_config_dtype(dtype):
   assert {d for ops in convs + dots for d in ops} == {jnp.dtype(dtype)}
 
 
+@pytest.mark.slow
 def test_bf16_step_keeps_parameters_optimizer_state_statistics_and_loss_float32():
   state, step, args = one_step(saat_up("bfloat16"))
   new, m = jax.jit(step)(state, *args)
@@ -115,6 +116,7 @@ def test_every_layer_outputs_bf16_and_the_logits_are_float32(name, shape):
   assert {outputs[p] for p in outputs if p not in top} == {BF16}
 
 
+@pytest.mark.slow
 def test_bf16_attack_input_and_budget_are_float32_and_exact():
   """One signed step of ``alpha = eps = k/255`` from ``x`` (k = 1 for half the batch, 8 for the
   other half) moves each pixel by exactly ``k/255``, as exactly as float32 rounds ``x + eps``; a bf16
@@ -134,6 +136,7 @@ def test_bf16_attack_input_and_budget_are_float32_and_exact():
   np.testing.assert_allclose(moved[moved > 0], budget[moved > 0], rtol=0, atol=2.0 ** -25)
 
 
+@pytest.mark.slow
 def test_bf16_saat_examples_are_float32_and_inside_their_budgets():
   """SAAT_up's adversary (PGD warm start at 32/255, SA-PGD by 8/255 to 56/255) on a bf16 network:
   ``x'`` is float32 and ``x - eps_i <= x' <= x + eps_i`` holds exactly in float32 arithmetic."""
@@ -180,6 +183,7 @@ def test_dtype_given_as_a_dtype_object():
   assert jnp.dtype(create_model("small_cnn", 10).dtype) == F32
 
 
+@pytest.mark.slow
 def test_digits_saat_in_bf16_against_float32(tmp_path):
   """Two-epoch SAAT_up digits runs in float32 and bf16 from the same initial weights and batches.
 

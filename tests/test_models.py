@@ -25,6 +25,7 @@ def test_reference_parameter_counts(name, classes, expected):
   assert n_params(name, classes) == expected
 
 
+@pytest.mark.slow
 def test_forward_shapes_and_bn_modes():
   model = create_model("preact_resnet18", 10, normalization="cifar10")
   x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))
@@ -40,6 +41,7 @@ def test_forward_shapes_and_bn_modes():
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
 
 
+@pytest.mark.slow
 def test_normalization_inside_model_equals_normalized_input():
   from saat_jax.models.layers import CIFAR10_MEAN, CIFAR10_STD
   plain = create_model("small_cnn", 10, use_bn=False)
@@ -51,6 +53,7 @@ def test_normalization_inside_model_equals_normalized_input():
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pytorch_default_initialisation_bounds():
   model = create_model("small_cnn", 10, use_bn=False)
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]

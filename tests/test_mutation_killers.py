@@ -63,6 +63,7 @@ def _slow_pgd(loss_fn, x, y, *, eps, alpha, steps, key, restarts):
 
 
 @pytest.mark.parametrize("restarts", [1, 2, 3])
+@pytest.mark.slow
 def test_pgd_random_start_and_restarts_equal_slow_reference(masked_mlp, restarts):
   """Catches a wrong start (range of U, sign or scale of the noise, number of restart keys), a
   step that moves zero-gradient pixels, a skipped step, and a restart loop that stops early."""
@@ -90,6 +91,7 @@ def test_pgd_restart_ties_go_to_the_later_restart():
 
 
 @pytest.mark.parametrize("seed,restarts", [(None, 1), (2, 1), (2, 2)])
+@pytest.mark.slow
 def test_pgd_with_state_counts_its_passes_and_equals_stateless(masked_mlp, seed, restarts):
   """``state=``: ``steps`` gradient passes plus one forward pass per restart with a random start
   (``attack_pgd``'s all_loss pass), each threading the state; the result is the stateless one."""
@@ -102,6 +104,7 @@ def test_pgd_with_state_counts_its_passes_and_equals_stateless(masked_mlp, seed,
   assert int(n) == (3 if key is None else restarts * (3 + 1))
 
 
+@pytest.mark.slow
 def test_pgd_zero_steps_and_traced_eps(masked_mlp):
   loss_fn, x, y, _ = masked_mlp
   # steps=0 is allowed: no key returns x, a key returns the clipped random start
@@ -295,6 +298,7 @@ def test_methods_are_named_as_configured_and_unknown_names_list_the_known():
 
 
 @pytest.mark.parametrize("method,eps,steps", [("natural", 0.0, 0), ("at", 0.1, 3), ("trades", 0.1, 3)])
+@pytest.mark.slow
 def test_fixed_budget_adversaries_report_per_example_statistics(cnn, method, eps, steps):
   """One budget and step count for every example: (B,) float32 eps, int32 steps, boolean
   ``satisfied`` all True, and BatchNorm's running statistics passed through untouched."""
@@ -313,6 +317,7 @@ def test_fixed_budget_adversaries_report_per_example_statistics(cnn, method, eps
     np.testing.assert_array_equal(np.asarray(adv.x_adv), np.asarray(x))
 
 
+@pytest.mark.slow
 def test_saat_zero_start_is_algorithm_1_on_the_cross_entropy(cnn):
   from saat_jax.attack import sa_pgd
   from saat_jax.losses import ce_loss_fn
@@ -326,6 +331,7 @@ def test_saat_zero_start_is_algorithm_1_on_the_cross_entropy(cnn):
   assert (steps == 0).any() and (steps > 0).any() and not np.asarray(st.satisfied).all()
 
 
+@pytest.mark.slow
 def test_saat_pgd_start_grows_the_budget_from_start_eps(cnn):
   """The released code: PGD (start_steps of start_alpha at start_eps, random start), then SA-PGD
   from there with eps_init = start_eps; the steps reported include the PGD ones."""
@@ -343,6 +349,7 @@ def test_saat_pgd_start_grows_the_budget_from_start_eps(cnn):
 
 
 @pytest.mark.parametrize("stop_loss,rho", [("ce", 2.5), ("kl", 1.0)])
+@pytest.mark.slow
 def test_sa_trades_zero_start_ascends_the_kl_from_trades_noise(cnn, stop_loss, rho):
   """SA-TRADES' zero start: SA-PGD from ``clip(x + 0.001 N(0, 1))`` at budget 0, the steps ascending
   KL(f(x) || f(x')), each example stopping when its stopping loss (CE or the KL) reaches rho."""
@@ -368,6 +375,7 @@ def test_sa_trades_zero_start_ascends_the_kl_from_trades_noise(cnn, stop_loss, r
 
 
 @pytest.mark.parametrize("bn", ["train", "train_update"])
+@pytest.mark.slow
 def test_saat_updates_running_statistics_only_with_train_update(cnn, bn):
   """attack_bn='train' attacks on batch statistics and returns the running ones untouched;
   'train_update' threads them through every SA-PGD pass (one per loop iteration, plus line 4)."""

@@ -40,6 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LOSS_MARGIN = 1e-4  # min |loss - rho| over the step's losses (measured 1.3e-3 for "saat")
 GRAD_MARGIN = 1e-4  # min |input grad| / median |input grad| (measured 4.4e-4 "saat", 5.2e-4 "at")
+# Every test here reads the module fixture ``steps``: two subprocesses compiling and running each
+# config's step (~2.5 minutes of one core on the 2-core CI machine).
+pytestmark = pytest.mark.slow
+
 TOL = 1e-5  # rtol and atol for parameters, BatchNorm statistics, loss (differences measured: <= 6e-8)
 
 _SCRIPT = textwrap.dedent("""

@@ -23,6 +23,7 @@ def records(run_dir):
   return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_each_run_gets_curves_loss_lr_and_budget(runs, tmp_path, capsys):
   out = tmp_path / "figs"
   assert plot.main(["--workdir", str(runs / "saat_up"), str(runs / "at"), "--out", str(out)]) == 0
@@ -34,6 +35,7 @@ def test_each_run_gets_curves_loss_lr_and_budget(runs, tmp_path, capsys):
   assert str(out / "compare.png") in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_figures_show_the_runs_numbers(runs, tmp_path):
   """What is drawn is the metrics: loss, learning rate (the /10 at the milestone), accuracies."""
   run = plot.load(str(runs / "saat_up"))
@@ -47,6 +49,7 @@ def test_the_figures_show_the_runs_numbers(runs, tmp_path):
   assert len(cmp) == 5 and cmp["labels"] == ["digits saat_up", "digits at"]  # the configs' labels, not folders
 
 
+@pytest.mark.slow
 def test_default_output_is_the_runs_plots_folder_and_a_running_run_plots(runs, tmp_path):
   """A run still training (its metrics so far, no eval.json) plots into <workdir>/plots."""
   run = tmp_path / "running"

@@ -69,6 +69,7 @@ def on_batch(monkeypatch, n, action):
   monkeypatch.setattr(train.parallel, "shard_batch", shard_batch)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_position_and_the_next_launch_ends_as_an_uninterrupted_run(
     uninterrupted, tmp_path, monkeypatch, capsys):
   workdir = tmp_path / "run"
@@ -86,6 +87,7 @@ def test_sigterm_saves_the_position_and_the_next_launch_ends_as_an_uninterrupted
   assert os.listdir(workdir / "checkpoints" / "partial") == []  # cleared once its epoch ended
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_epochs_last_step_stops_after_its_checkpoint(uninterrupted, tmp_path, monkeypatch):
   """Noticed after the epoch's last step: the epoch is finished, evaluated and saved, then the run
   stops (the next epoch is not begun); the next launch resumes after it."""
@@ -100,6 +102,7 @@ def test_sigterm_during_an_epochs_last_step_stops_after_its_checkpoint(uninterru
   assert_same(outcome(workdir), uninterrupted[1])
 
 
+@pytest.mark.slow
 def test_checkpoint_every_steps_bounds_what_a_hard_kill_loses(uninterrupted, tmp_path, monkeypatch, capsys):
   workdir = tmp_path / "run"
 
@@ -121,6 +124,7 @@ def damage(step_dir: Path):
   shutil.rmtree(step_dir / "state")
 
 
+@pytest.mark.slow
 def test_an_unreadable_newest_checkpoint_is_named_and_the_one_before_is_used(uninterrupted, tmp_path, capsys):
   workdir = tmp_path / "run"
   shutil.copytree(uninterrupted[0], workdir)
@@ -137,6 +141,7 @@ def test_an_unreadable_newest_checkpoint_is_named_and_the_one_before_is_used(uni
   assert_same(outcome(workdir), uninterrupted[1])  # epoch 3 trained again, to the same numbers
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_stops_the_run_instead_of_starting_over(uninterrupted, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(uninterrupted[0], workdir)

@@ -157,6 +157,7 @@ def _row(r, table, rid):
   return next(x for x in r["tables"][table]["rows"] if x["id"] == rid)
 
 
+@pytest.mark.slow
 def test_mean_std_and_paper_values(rep):
   r, out, _ = rep
   row = _row(r, "table1", "saat_up_e14_r1.7")
@@ -180,6 +181,7 @@ def test_mean_std_and_paper_values(rep):
   assert _row(r, "table3", "saat_up_e14_r1.7")["text"]["last"]["pgd20"] == "53.00 ± 0.00 (53.86)"
 
 
+@pytest.mark.slow
 def test_markdown_latex_json_written(rep):
   r, out, _ = rep
   md = (out / "table.md").read_text()
@@ -194,6 +196,7 @@ def test_markdown_latex_json_written(rep):
   assert set(saved["tables"]) == {"table1", "table2", "table3", "fig3a", "fig3e"}
 
 
+@pytest.mark.slow
 def test_figures_exist_and_are_images(rep):
   from PIL import Image
 
@@ -373,6 +376,7 @@ def test_an_older_checkpoints_numbers_do_not_override_the_current_ones(tmp_path)
   assert r["runs"]["a"]["checkpoints"]["best"]["aa"]["source"] == "eval-old.json"  # same epoch: newest wins
 
 
+@pytest.mark.slow
 def test_nested_runs_are_all_found_and_skipped_paths_said(tmp_path):
   """The README's layout: runs/digits is a run and holds runs/digits/<method>. Every run is found
   from the parent folder; `runs/digits/*` (a run's files and checkpoints/ among the runs) skips those
@@ -458,6 +462,7 @@ METHODS11 = ("natural", "at", "saat_down", "saat_up", "trades", "sa_trades_up", 
              "awp_saat_up", "awp_trades", "awp_sa_trades_up")
 
 
+@pytest.mark.slow
 def test_eleven_runs_in_one_figure_are_told_apart_and_named_by_their_labels(tmp_path, drawn):
   """Every digits method in one acc_vs_eps figure: 11 curves of 11 different (marker, line style),
   legend entries by config.experiment.label (not the folder), the y axis naming the attack."""

@@ -91,6 +91,7 @@ def test_config_changes_ignores_keys_that_do_not_change_the_trajectory():
   assert changed["model.kwargs.width"] == (4, 8)
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_is_refused_unless_allowed(run_copy, capsys):
   workdir = run_copy
   before = snapshot(workdir)

@@ -215,6 +215,7 @@ def readme_export_paragraph():
 
 @requires_torch
 @pytest.mark.torch
+@pytest.mark.slow
 def test_readme_command_and_code_load_a_real_export(digits_run, monkeypatch, capsys):
   from saat_jax.export import main
 
@@ -239,6 +240,7 @@ def test_readme_command_and_code_load_a_real_export(digits_run, monkeypatch, cap
 
 @requires_torch
 @pytest.mark.torch
+@pytest.mark.slow
 def test_load_torch_from_pt_npz_and_workdir(digits_run, tmp_path, capsys, monkeypatch):
   from saat_jax.export import load_torch, main
   from saat_jax.run_state import restore_for_eval
@@ -263,6 +265,7 @@ def test_load_torch_from_pt_npz_and_workdir(digits_run, tmp_path, capsys, monkey
     load_torch(str(tmp_path / "orphan.pt"))
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_and_write_nothing(digits_run, tmp_path, capsys, monkeypatch):
   from saat_jax.export import main
 

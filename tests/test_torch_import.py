@@ -110,6 +110,7 @@ def get_net(cache, name):
 @requires_torch
 @pytest.mark.torch
 @pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "wrn16_2", "wrn34_1"])
+@pytest.mark.slow
 def test_logits_match_torch(name, torch_nets, tmp_path):
   net = get_net(torch_nets, name)
   sd = net.state_dict()
@@ -134,6 +135,7 @@ def test_logits_match_torch(name, torch_nets, tmp_path):
 
 @requires_torch
 @pytest.mark.torch
+@pytest.mark.slow
 def test_other_wrappers_numpy_values_and_normalization(torch_nets, tmp_path):
   net = get_net(torch_nets, "resnet18")
   sd = net.state_dict()
@@ -154,6 +156,7 @@ def test_other_wrappers_numpy_values_and_normalization(torch_nets, tmp_path):
 
 @requires_torch
 @pytest.mark.torch
+@pytest.mark.slow
 def test_build_torch_model_normalized_round_trip(tmp_path):
   """A normalised torch model saved whole loads into the Flax model with the same normalisation:
   build_torch_model's (normalising inside, bare keys) and a Normalized wrapper's (``model.`` keys)."""
@@ -208,6 +211,7 @@ def test_wrn_robustbench_bias_free_classifier_and_num_classes(torch_nets):
 
 @requires_torch
 @pytest.mark.torch
+@pytest.mark.slow
 def test_wrn34_10_shapes_and_parameter_count():
   """WRN-34-10 in TRADES / RobustBench layout, from shapes only (a meta-device torch module)."""
   with torch.device("meta"):
@@ -234,6 +238,7 @@ def pyautoattack_examples_dir():
 
 @requires_torch
 @pytest.mark.torch
+@pytest.mark.slow
 def test_pyautoattack_pretrained_resnet18():
   d = pyautoattack_examples_dir()
   if d is None:

@@ -155,6 +155,7 @@ def _slow_trades_pgd(logits_fn, x, *, eps, alpha, steps, key):
   return np.stack(out)
 
 
+@pytest.mark.slow
 def test_trades_pgd_matches_slow_loop(mlp):
   logits_fn, x = mlp
   key = jax.random.key(5)
@@ -169,6 +170,7 @@ def test_trades_pgd_matches_slow_loop(mlp):
   assert np.mean(np.abs(ref - np.asarray(x)) > 0.005) > 0.5
 
 
+@pytest.mark.slow
 def test_trades_pgd_invariants(mlp):
   logits_fn, x = mlp
   eps = 0.031
@@ -178,6 +180,7 @@ def test_trades_pgd_invariants(mlp):
   assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_trades_pgd_more_steps_increase_kl(mlp):
   logits_fn, x = mlp
   nat = logits_fn(x)

@@ -58,6 +58,7 @@ class _Killed(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
   cfg = dict(num_epochs=3, **{"optim.lr_milestones": (1, 2)})
   ref = train_and_evaluate(digits_config(**cfg), str(tmp_path / "ref"))
@@ -140,6 +141,7 @@ def test_missing_data_path_is_refused_before_writing(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused(tmp_path):
   train_and_evaluate(digits_config(num_epochs=1), str(tmp_path))
   before = sorted(p.name for p in (tmp_path / "checkpoints" / "last").iterdir())
@@ -149,6 +151,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints" / "last").iterdir()) == before
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   train_and_evaluate(digits_config(num_epochs=1), str(tmp_path))
   good, _ = restore_params(tmp_path)
@@ -164,6 +167,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.torch
+@pytest.mark.slow
 def test_optimizer_matches_torch_sgd_with_multistep_lr():
   """``make_optimizer`` is ``torch.optim.SGD(lr, momentum, weight_decay)`` + ``MultiStepLR`` in steps.
 

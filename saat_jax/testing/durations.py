@@ -7,6 +7,10 @@ first (longest-processing-time-first scheduling) ends both workers within about 
 each other. The durations are each file's setup, call and teardown time summed over its tests, as
 the last full run (``.ci/run``) measured them on its machine; only their order matters, so a
 slower or faster machine orders the files the same way.
+
+The quick check, ``pytest -m "not slow"``, stays quick only while each of its tests is: ``unmarked_slow``
+names the tests that took longer than ``SLOW_S`` without the ``slow`` mark, and every run prints them
+at its end.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ from pathlib import Path
 from typing import Mapping, Sequence, TypeVar
 
 Item = TypeVar("Item")
+
+# A test that takes longer than this (setup, call and teardown, on the 2-core machine of .ci/run) is
+# marked ``slow``: about 565 tests under it sum to ~5 minutes of one core there, so the quick check
+# ends in ~3 minutes on 2 workers. A test over it is typically a training run, a comparison with
+# the PyTorch reference, several processes, or the first user of a module fixture that compiles.
+SLOW_S = 5.0
 
 
 def file_of(nodeid: str) -> str:
@@ -67,3 +77,12 @@ def write(path: Path, measured: Mapping[str, float], root: Path) -> dict[str, fl
   tmp.write_text(json.dumps(merged, indent=1) + "\n")
   os.replace(tmp, path)
   return merged
+
+
+def unmarked_slow(seconds: Mapping[str, float], marked: Mapping[str, bool],
+                  limit: float = SLOW_S) -> list[tuple[str, float]]:
+  """The tests (ids of ``seconds``) that took over ``limit`` seconds but are not marked slow
+  (``marked[id]`` false or missing), longest first: they belong under ``@pytest.mark.slow``, or
+  made faster, or the quick check grows."""
+  over = [(t, s) for t, s in seconds.items() if s > limit and not marked.get(t, False)]
+  return sorted(over, key=lambda ts: (-ts[1], ts[0]))
