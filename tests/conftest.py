@@ -50,7 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DURATIONS = ROOT / ".ci" / "test-durations.json"
 # .ci/run sets this to DURATIONS: the run then records its files' durations there.
 RECORD_ENV = "SAAT_JAX_TEST_DURATIONS"
-_measured: dict = {}  # seconds by test file
 _tests: dict = {}  # seconds by test id
 _slow: dict = {}  # whether each test id carries the slow mark
 
@@ -67,20 +66,18 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_runtest_logreport(report):
   if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller (it sees every worker's reports), or a plain run
-    f = durations.file_of(report.nodeid)
-    _measured[f] = _measured.get(f, 0.0) + report.duration
     _tests[report.nodeid] = _tests.get(report.nodeid, 0.0) + report.duration
     _slow[report.nodeid] = "slow" in report.keywords
 
 
 def pytest_sessionfinish(session, exitstatus):
-  if os.environ.get(RECORD_ENV) and not os.environ.get("PYTEST_XDIST_WORKER") and _measured:
-    durations.write(Path(os.environ[RECORD_ENV]), _measured, ROOT)
+  if os.environ.get(RECORD_ENV) and _tests:  # _tests is empty on a worker, which records nothing
+    durations.write(Path(os.environ[RECORD_ENV]), durations.by_file(_tests), ROOT)
 
 
 def pytest_terminal_summary(terminalreporter):
   over = durations.unmarked_slow(_tests, _slow)
-  if over and not os.environ.get("PYTEST_XDIST_WORKER"):
+  if over:  # empty on a worker, which records nothing
     terminalreporter.section(f"tests over {durations.SLOW_S:g} s not marked slow")
     terminalreporter.write_line("The quick check (-m 'not slow') runs these: mark them @pytest.mark.slow or make them "
                                 "faster (saat_jax/testing/durations.py).")

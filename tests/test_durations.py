@@ -43,6 +43,11 @@ def test_a_two_worker_run_ends_sooner_in_that_order():
   assert makespan(collected) == 60 and makespan(ordered) == 40
 
 
+def test_test_seconds_sum_to_file_seconds():
+  assert durations.by_file({"t/a.py::x": 1.5, "t/b.py::x": 2.0, "t/a.py::y[1]": 3.0, "t/a.py::y[2]": 0.5}) == {
+      "t/a.py": 5.0, "t/b.py": 2.0}
+
+
 def test_the_record_merges_and_drops_files_that_are_gone(tmp_path):
   (tmp_path / "tests").mkdir()
   for name in ("a.py", "b.py"):

@@ -16,15 +16,16 @@ at its end.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Mapping, Sequence, TypeVar
+
+from saat_jax.data.cache import atomic_file
 
 Item = TypeVar("Item")
 
 # A test that takes longer than this (setup, call and teardown, on the 2-core machine of .ci/run) is
-# marked ``slow``: about 565 tests under it sum to ~5 minutes of one core there, so the quick check
-# ends in ~3 minutes on 2 workers. A test over it is typically a training run, a comparison with
+# marked ``slow``: the 517 tests under it took 6 minutes of CPU time there (collection included),
+# so the quick check ends in ~3 minutes on 2 workers. A test over it is typically a training run, a comparison with
 # the PyTorch reference, several processes, or the first user of a module fixture that compiles.
 SLOW_S = 5.0
 
@@ -32,6 +33,14 @@ SLOW_S = 5.0
 def file_of(nodeid: str) -> str:
   """``tests/test_x.py`` of the test id ``tests/test_x.py::test_y[z]``."""
   return nodeid.split("::", 1)[0]
+
+
+def by_file(seconds: Mapping[str, float]) -> dict[str, float]:
+  """Seconds by test id summed to seconds by test file."""
+  files: dict[str, float] = {}
+  for test, s in seconds.items():
+    files[file_of(test)] = files.get(file_of(test), 0.0) + s
+  return files
 
 
 def longest_first(items: Sequence[Item], files: Sequence[str], seconds: Mapping[str, float]) -> list[Item]:
@@ -69,13 +78,12 @@ def read(path: Path) -> dict[str, float]:
 def write(path: Path, measured: Mapping[str, float], root: Path) -> dict[str, float]:
   """Merges ``measured`` (seconds by file) into the record at ``path``: a file measured now takes its
   new time, one not run keeps its old one, and one that no longer exists under ``root`` is dropped.
-  Written atomically, keys sorted, so the
-  committed file's diff shows what changed. Returns what was written."""
+  Written atomically, keys sorted, so the committed file's diff shows what changed. Returns what
+  was written."""
   merged = {**read(path), **measured}
   merged = {f: round(s, 1) for f, s in sorted(merged.items()) if (Path(root) / f).is_file()}
-  tmp = Path(f"{path}.tmp{os.getpid()}")
-  tmp.write_text(json.dumps(merged, indent=1) + "\n")
-  os.replace(tmp, path)
+  with atomic_file(Path(path)) as f:
+    f.write((json.dumps(merged, indent=1) + "\n").encode())
   return merged
 
 
