@@ -55,6 +55,33 @@ def test_padded_index_and_pad_rows():
                                 [[0, 1], [102, 103], [4, 5], [6, 7], [8, 9], [110, 111]])
 
 
+def test_put_rows_compiles_once_per_bucket_not_per_count_of_real_rows():
+  """Square and the restart driver put back a sub-batch after every stretch, with a different count of
+  real rows each time; shapes that follow that count compiled a few programs per count (most of
+  Square's time on a small model). Every count that pads to one bucket must reuse one program."""
+  import jax.monitoring
+
+  compiles = []
+
+  def listen(event, secs, **kw):  # a program compiled, or loaded from the persistent cache
+    if event.endswith("backend_compile_duration") or event.endswith("compile_time_saved_sec"):
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    full = jnp.zeros((40, 3, 3, 1))
+    for count in range(17, 21):                       # all pad to bucket 20
+      idx, real = padded_index(np.arange(0, 2 * count, 2), cap=40)
+      assert idx.size == 20
+      out = put_rows(full, idx, real, jnp.ones((20, 3, 3, 1)))
+      assert float(out.sum()) == 9.0 * count          # exactly the real rows written
+      if count == 17:
+        first = len(compiles)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert len(compiles) == first, f"{len(compiles) - first} compilations for counts 18-20 of one bucket"
+
+
 def test_segment_ends():
   assert segment_ends(5000) == [16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 2560, 3072, 3584, 4096,
                                 4608, 5000]
