@@ -148,7 +148,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     problems.append(f"eval.every must be an integer >= 1 (evaluate every N epochs and at the last), got {every!r}")
   # The evaluators (generic: saat_jax.evaluators checks each entry against its registered type);
   # `best` is picked by <split>_pgd_accuracy, so one of them must yield it.
-  problems += evaluators.config_problems(config_evals(config), config.eval, needs=("pgd_accuracy",),
+  problems += evaluators.config_problems(config_evals(config), config.eval, needs=(evaluators.BEST_COLUMN,),
                                          checked=("eps", "batch_size"))
   n_dev = jax.device_count()
   for name, v in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from saat_jax import checkpointing, distributed, log
+from saat_jax.evaluators import BEST_COLUMN, yields
 from saat_jax.metric_writer import MetricWriter, read_metrics, write_jsonl
 # Where the run stops are raised (the loop's stop requests); importable from here as before.
 from saat_jax.preemption import TrainingInterrupted, TrainingPreempted
@@ -113,16 +114,35 @@ def show(v) -> str:
   return "(unset)" if v is _UNSET else json.dumps(v)
 
 
+def evaluation_only_entries(saved: dict, new: dict) -> set[str]:
+  """Names of ``config.evals`` entries that may be added, removed or changed on resume: neither the
+  saved nor the new version yields :data:`saat_jax.evaluators.BEST_COLUMN`. Evaluation runs in
+  eval mode on its own key (every entry gets the same one), so such an entry changes neither the
+  training trajectory nor which epoch is `best`; the entry that picks `best` (and ``eval.*``, which
+  it inherits) stays guarded: PGD-10 before and PGD-20 after would compare epochs unevenly."""
+  old_e, new_e = saved.get("evals") or {}, new.get("evals") or {}
+  free = set()
+  for name in set(old_e) | set(new_e):
+    versions = [(entries[name], cfg.get("eval")) for cfg, entries in ((saved, old_e), (new, new_e))
+                if name in entries]
+    names = [yields(entry, defaults) for entry, defaults in versions]
+    if all(n is not None and BEST_COLUMN not in n for n in names):
+      free.add(name)
+  return free
+
+
 def config_changes(saved: dict, new: dict) -> dict:
   """``{dotted key: (old, new)}`` of the keys that differ between the config a checkpoint was
   trained with (``saved``, as JSON) and ``new`` and change the training trajectory (all but
-  :data:`RESUME_FREE_KEYS`). A key the saved config lacks (added to the code since) counts as
+  :data:`RESUME_FREE_KEYS` and the evaluation-only entries of ``evals``,
+  :func:`evaluation_only_entries`). A key the saved config lacks (added to the code since) counts as
   unchanged when ``new`` has its default; a missing value shows as ``(unset)``."""
   old_f, new_f = flatten(saved), flatten(new)
   defaults = flatten(config_json(base_config()))
+  free = (*RESUME_FREE_KEYS, *(f"evals.{name}" for name in evaluation_only_entries(saved, new)))
   out = {}
   for k in sorted(set(old_f) | set(new_f)):
-    if any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS):
+    if any(k == f or k.startswith(f + ".") for f in free):
       continue
     o, n = old_f.get(k, _UNSET), new_f.get(k, _UNSET)
     if o is _UNSET and n is not _UNSET and k in defaults and same(defaults[k], n):

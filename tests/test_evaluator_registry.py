@@ -19,23 +19,27 @@ from saat_jax.testing.tiny import tiny_config
 
 
 
-def fgsm_accuracy(apply_fn, variables, images, labels, eps):
-  """Accuracy under one signed-gradient step of size eps (FGSM, Goodfellow et al. 2015), no random start."""
+def fgsm_correct(apply_fn, variables, x, labels, eps):
+  """Correct under one signed-gradient step of size eps (FGSM, Goodfellow et al. 2015), no random start."""
   logits_fn = lambda x: apply_fn(variables, x, train=False)
-  x = to_float(images)
   g = jax.grad(lambda xa: jnp.sum(ce_loss_fn(logits_fn)(xa, labels)))(x)
   x_adv = jnp.clip(x + eps * jnp.sign(g), 0.0, 1.0)
-  return float(jnp.mean(correct(logits_fn(x_adv), labels)))
+  return correct(logits_fn(x_adv), labels)
+
+
+def fgsm_accuracy(apply_fn, variables, images, labels, eps):
+  return float(jnp.mean(fgsm_correct(apply_fn, variables, to_float(images), labels, eps)))
 
 
 class FGSM:
   """The evaluator: built from its settings and the model, ``run`` yields ``(name, value)`` pairs."""
 
   def __init__(self, settings, *, apply_fn, mesh=None):
-    self.eps, self.apply_fn = float(settings["eps"]), apply_fn
+    eps = float(settings["eps"])
+    self.correct = jax.jit(lambda variables, x, y: fgsm_correct(apply_fn, variables, x, y, eps))
 
   def run(self, variables, images, labels, key):
-    yield "fgsm_accuracy", fgsm_accuracy(self.apply_fn, variables, images, labels, self.eps)
+    yield "fgsm_accuracy", float(jnp.mean(self.correct(variables, to_float(images), jnp.asarray(labels))))
 
 
 @pytest.fixture
@@ -135,6 +139,67 @@ def test_an_old_runs_config_without_evals_resumes_unchanged():
   c = base_config()
   c.evals.robustness.steps = 10  # a change of the evaluator that picks `best` is a change
   assert list(config_changes(old, config_json(c))) == ["evals.robustness.steps"]
+
+
+def test_evaluation_only_entries_may_change_on_resume_and_the_one_that_picks_best_may_not(fgsm_type):
+  """An entry that does not yield pgd_accuracy changes neither training nor `best`: added, removed or
+  changed on resume, it is no config change. The entry that picks `best`, a replacement of it, and
+  an entry whose type is not registered (what it yields is unknown) stay changes."""
+  from saat_jax.workdir import config_changes, config_json
+
+  saved = config_json(base_config())
+  c = base_config()
+  c.evals.fgsm = ml_collections.ConfigDict({"type": "fgsm", "eps": 4 / 255})
+  c.evals.sweep = ml_collections.ConfigDict({"type": "sweep", "budgets": (0, 8)})
+  with_two = config_json(c)
+  assert config_changes(saved, with_two) == {}          # added
+  assert config_changes(with_two, saved) == {}          # removed
+  c.evals.fgsm.eps = 8 / 255
+  assert config_changes(with_two, config_json(c)) == {}  # changed
+  c = base_config()
+  c.evals.best50 = ml_collections.ConfigDict({"type": "robustness", "steps": 50})
+  del c.evals["robustness"]                             # PGD-50 would pick `best` from now on
+  assert set(config_changes(saved, config_json(c))) == {"evals.best50.steps", "evals.best50.type",
+                                                        "evals.robustness.type"}
+  c = base_config()
+  c.evals.mine = ml_collections.ConfigDict({"type": "not_registered"})
+  assert list(config_changes(saved, config_json(c))) == ["evals.mine.type"]
+  c = base_config()
+  c.eval.steps = 10                                     # inherited by the entry that picks `best`
+  assert list(config_changes(saved, config_json(c))) == ["eval.steps"]
+
+
+@pytest.mark.slow
+def test_a_run_resumes_with_an_evaluator_added(fgsm_type, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny(), workdir)
+  c = tiny(num_epochs=2)
+  c.evals.fgsm = ml_collections.ConfigDict({"type": "fgsm"})  # no allow_config_change
+  rec = train.train_and_evaluate(c, workdir)[-1]
+  assert rec["epoch"] == 1 and 0 <= rec["test_fgsm_accuracy"] <= 1
+  first, second = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert "test_fgsm_accuracy" not in first and second["test_pgd_accuracy"] == rec["test_pgd_accuracy"]
+  c = tiny(num_epochs=3)
+  c.eval.steps = 5                                      # the PGD that picks `best`: still refused
+  with pytest.raises(ValueError, match=r"eval.steps: 20 -> 5"):
+    train.train_and_evaluate(c, workdir)
+
+
+def test_a_problem_is_dropped_by_its_setting_not_by_its_wording():
+  """A problem of a setting the caller checks itself (eval.eps) is not repeated for an entry that
+  inherits it; a problem of the entry's own value, and one of no single setting, are reported."""
+  def check(s):
+    return ([("eps", f"is {s['eps']}; a budget is >= 0")] if s["eps"] < 0 else []) + ["eps and steps disagree"]
+
+  evaluators.register_evaluator("worded", FGSM, settings={"eps": evaluators.REQUIRED}, check=check,
+                                columns=[evaluators.Column("worded", "worded", "Worded")])
+  try:
+    problems = evaluators.config_problems({"a": {"type": "worded"}, "b": {"type": "worded", "eps": -2.0}},
+                                          {"eps": -1.0}, checked=("eps",))
+  finally:
+    evaluators.EVALUATORS.pop("worded")
+  assert problems == ["evals.a: eps and steps disagree", "evals.b: eps is -2.0; a budget is >= 0",
+                      "evals.b: eps and steps disagree"]
 
 
 @pytest.mark.parametrize("entry,message", [

@@ -13,9 +13,9 @@ The registry imports no JAX (the report reads column names from it); the names o
 :mod:`saat_jax.evaluators.robustness` are loaded on first use.
 """
 
-from saat_jax.evaluators.registry import (DEFAULT_EVALS, EVALUATORS, REQUIRED, Column, EvaluatorType,
+from saat_jax.evaluators.registry import (BEST_COLUMN, DEFAULT_EVALS, EVALUATORS, REQUIRED, Column, EvaluatorType,
                                           build_evaluators, column_display, column_order, config_problems,
-                                          register_evaluator, resolve)
+                                          register_evaluator, resolve, yields)
 from saat_jax.evaluators import builtin as _builtin  # noqa: F401, I001  the built-in types register (JAX-free)
 
 _ROBUSTNESS = ("RobustnessEvaluator", "accuracy_order_check", "autoattack_accuracy", "autoattack_evaluation",
@@ -29,5 +29,5 @@ def __getattr__(name):  # PEP 562: the JAX code only when it is asked for
   raise AttributeError(f"module 'saat_jax.evaluators' has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_EVALS", "EVALUATORS", "REQUIRED", "Column", "EvaluatorType", "build_evaluators", "column_display",
-           "column_order", "config_problems", "register_evaluator", "resolve", *_ROBUSTNESS]
+__all__ = ["BEST_COLUMN", "DEFAULT_EVALS", "EVALUATORS", "REQUIRED", "Column", "EvaluatorType", "build_evaluators", "column_display",
+           "column_order", "config_problems", "register_evaluator", "resolve", "yields", *_ROBUSTNESS]

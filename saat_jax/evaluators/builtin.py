@@ -21,12 +21,12 @@ from saat_jax.evaluators.registry import REQUIRED, Column, register_evaluator
 PGD_KEY = re.compile(r"pgd(\d+)")  # eval.json's PGD-k column
 
 
-def _number_problems(s: dict, rules) -> list[str]:
+def _number_problems(s: dict, rules) -> list[tuple[str, str]]:
   out = []
   for key, ok, what in rules:
     v = s[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
-      out.append(f"{key} must be {what}, got {v!r}")
+      out.append((key, f"must be {what}, got {v!r}"))
   return out
 
 
@@ -113,7 +113,7 @@ register_evaluator(
     columns=AutoAttack.columns, rank=10,
     check=lambda s: _number_problems(s, (("eps", lambda v: v >= 0, ">= 0"),
                                          ("batch_size", lambda v: v == int(v) and v >= 1, "an integer >= 1")))
-    + ([] if s["version"] in AA_VERSIONS else [f"version must be one of {', '.join(AA_VERSIONS)}, got {s['version']!r}"]),
+    + ([] if s["version"] in AA_VERSIONS else [("version", f"must be one of {', '.join(AA_VERSIONS)}, got {s['version']!r}")]),
     doc="AutoAttack accuracy (eps, version, seed) and its self-checks")
 
 
@@ -163,14 +163,14 @@ class Sweep:
     return out
 
 
-def _sweep_problems(s: dict) -> list[str]:
+def _sweep_problems(s: dict) -> list[tuple[str, str]]:
   b = s["budgets"]
   out = []
   if isinstance(b, (str, bytes)) or not hasattr(b, "__iter__") or not all(
       isinstance(e, (int, float)) and not isinstance(e, bool) and e >= 0 for e in b):
-    out.append(f"budgets must be a list of budgets >= 0 in /255, e.g. (0, 4, 8, 12, 16), got {b!r}")
+    out.append(("budgets", f"must be a list of budgets >= 0 in /255, e.g. (0, 4, 8, 12, 16), got {b!r}"))
   if s["attack"] not in ("pgd", "aa"):
-    out.append(f"attack must be pgd or aa, got {s['attack']!r}")
+    out.append(("attack", f"must be pgd or aa, got {s['attack']!r}"))
   return out + _number_problems(s, (("batch_size", lambda v: v == int(v) and v >= 1, "an integer >= 1"),))
 
 

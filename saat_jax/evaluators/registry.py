@@ -50,7 +50,8 @@ class EvaluatorType:
   ``columns(settings)`` are the columns it yields with those settings (other pairs it yields, such as
   AutoAttack's ``checks``, are stored under their own name); ``column(key)`` is ``(order, display)``
   of an eval.json key this type writes (``None`` for the keys of other types): tables list columns
-  by ``(rank, order)``; ``check(settings)`` returns what is wrong with the values (strings)."""
+  by ``(rank, order)``; ``check(settings)`` returns what is wrong with the values: ``(setting,
+  message)`` pairs (``("eps", "must be >= 0, got -1")``), or strings for a problem of no one setting."""
 
   name: str
   factory: Callable[..., Any]
@@ -63,6 +64,9 @@ class EvaluatorType:
 
 
 EVALUATORS: dict[str, EvaluatorType] = {}
+# The yielded name that picks training's `best` checkpoint (``<split>_pgd_accuracy``): exactly one
+# entry of ``config.evals`` must yield it, and a change of that entry changes what `best` means.
+BEST_COLUMN = "pgd_accuracy"
 # Training's per-epoch evaluation when a config has no ``evals`` (configs built by hand, runs saved
 # before it existed): natural and PGD-``eval.steps`` accuracy with ``config.eval``'s settings.
 DEFAULT_EVALS = {"robustness": {"type": "robustness"}}
@@ -148,11 +152,12 @@ def config_problems(evals, defaults=None, *, needs: Iterable[str] = (), checked:
       continue
     try:
       t, settings = resolve(entry, defaults)
-      inherited = [k for k in checked if k not in _as_dict(entry)]
-      bad = [b for b in t.check(settings) if not any(b.startswith(f"{k} ") for k in inherited)]
     except ValueError as e:
       problems.append(f"evals.{name}: {e}")
       continue
+    inherited = {k for k in checked if k not in _as_dict(entry)}  # the caller reports these itself
+    bad = [b if isinstance(b, str) else f"{b[0]} {b[1]}" for b in t.check(settings)
+           if isinstance(b, str) or b[0] not in inherited]
     problems += [f"evals.{name}: {b}" for b in bad]
     if bad:
       continue
@@ -168,6 +173,16 @@ def config_problems(evals, defaults=None, *, needs: Iterable[str] = (), checked:
       problems.append(f"no entry of evals yields {n!r}, which selects the `best` checkpoint; keep an entry of type "
                       f"'robustness' (the default evals.robustness)")
   return problems
+
+
+def yields(entry, defaults=None) -> Optional[frozenset]:
+  """The names an entry yields (its type's columns with its settings); ``None`` when the entry is not
+  valid (an unknown type or setting: :func:`config_problems` says what)."""
+  try:
+    t, settings = resolve(entry, defaults)
+    return frozenset(c.name for c in t.columns(settings))
+  except (ValueError, TypeError, KeyError):
+    return None
 
 
 def build_evaluators(evals, defaults=None, *, apply_fn, mesh=None) -> list:
