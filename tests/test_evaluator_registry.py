@@ -55,7 +55,7 @@ def tiny(method="at", **over):
 
 
 @pytest.mark.slow
-def test_a_registered_evaluator_runs_in_training_and_in_the_cli(fgsm_type, tmp_path, capsys):
+def test_a_registered_evaluator_runs_in_training_and_in_the_cli(fgsm_type, tmp_path, capsys, monkeypatch):
   from saat_jax.run_state import restore_for_eval
 
   c = tiny()
@@ -77,8 +77,10 @@ def test_a_registered_evaluator_runs_in_training_and_in_the_cli(fgsm_type, tmp_p
   out = tmp_path / "eval.json"
   assert evaluate.main(["--workdir", str(workdir), "--eval.checkpoints=last", "--eval.attacks=natural,pgd,fgsm",
                         "--eval.num_test=64", "--out", str(out)]) == 0
-  row = json.loads(out.read_text())["checkpoints"]["last"]
+  written = json.loads(out.read_text())
+  row = written["checkpoints"]["last"]
   assert set(row) >= {"natural", "pgd20", "fgsm", "checks"}
+  assert written["columns"] == {"natural": "Natural", "pgd20": "PGD-20", "fgsm": "FGSM"}
   assert row["fgsm"] == pytest.approx(line["test_fgsm_accuracy"], abs=1 / 64)
   head = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("checkpoint"))
   assert head.split()[2:] == ["Natural", "PGD-20", "FGSM"]
@@ -90,6 +92,15 @@ def test_a_registered_evaluator_runs_in_training_and_in_the_cli(fgsm_type, tmp_p
   # an unknown name lists the run's entries and the registered types it could be
   assert evaluate.main(["--workdir", str(workdir), "--eval.attacks=fgsn"]) == 2
   assert "unknown attack 'fgsn'; choose from natural, pgd, aa, fgsm" in capsys.readouterr().err
+  # the report, in a process that has not registered the type, shows its column as eval.json names it
+  from saat_jax.report import format_markdown, report_runs
+
+  (workdir / "eval.json").write_text(out.read_text())
+  monkeypatch.delitem(evaluators.EVALUATORS, "fgsm")
+  table = report_runs([str(workdir)], str(tmp_path / "report"), log=lambda s: None)["tables"]["runs"]
+  assert table["metrics"]["last"] == ["natural", "pgd20", "aa", "fgsm"] and table["names"]["fgsm"] == "FGSM"
+  assert table["rows"][0]["cells"]["last"]["fgsm"]["values"] == [pytest.approx(100 * row["fgsm"])]
+  assert "| Last FGSM |" in format_markdown([table])
 
 
 @pytest.mark.slow

@@ -264,6 +264,12 @@ def test_damaged_or_missing_files_error(tmp_path, capsys):
   c = make_run(tmp_path, "c", evals=[("eval.json", {"checkpoints": {"best": {"natural": 76.4}}})])
   with pytest.raises(ReportError, match=r"eval\.json: checkpoints\.best\.natural = 76\.4 is not a fraction"):
     report_runs([c], str(out), log=lambda s: None)
+  for name, columns, checkpoint, message in (
+      ("e", ["fgsm"], {"fgsm": 0.3}, r"eval\.json is damaged: 'columns' must map each key to its header"),
+      ("f", {"fgsm": "FGSM"}, {"fgsm": 30.0}, r"checkpoints\.best\.fgsm = 30\.0 is not a fraction")):
+    e = make_run(tmp_path, name, evals=[("eval.json", {"columns": columns, "checkpoints": {"best": checkpoint}})])
+    with pytest.raises(ReportError, match=message):
+      report_runs([e], str(out), log=lambda s: None)
   d = make_run(tmp_path, "d", row="saat_up_e14_r17")
   with pytest.raises(ReportError, match=r"experiment\.row: .*did you mean 'saat_up_e14_r1\.7'"):
     report_runs([d], str(out), log=lambda s: None)
@@ -512,7 +518,7 @@ def test_runs_are_named_by_label_row_or_method_and_folders_break_ties(tmp_path):
 
 def test_another_pgd_step_count_is_never_reported_as_pgd20(tmp_path):
   """An eval.json of --eval.steps=50 holds pgd50: the PGD-20 column keeps metrics.jsonl's PGD-20, and
-  the PGD-50 number stays beside it in report.json under its own key."""
+  the PGD-50 number stays beside it under its own key, in report.json and as a column of its own."""
   ev = eval_json((0.7, 0.4, 0.3), (0.7, 0.4, 0.3))
   for ck in ev["checkpoints"].values():
     ck["pgd50"] = ck.pop("pgd20") - 0.05
@@ -522,4 +528,7 @@ def test_another_pgd_step_count_is_never_reported_as_pgd20(tmp_path):
   last = r["runs"]["a"]["checkpoints"]["last"]
   assert last["pgd20"]["source"] == "metrics.jsonl" and last["pgd50"]["value"] == pytest.approx(35.0)
   assert last["aa"]["source"] == "eval.json"
-  assert "pgd50" not in r["tables"]["runs"]["metrics"]["last"]
+  table = r["tables"]["runs"]
+  assert table["metrics"]["last"] == ["natural", "pgd20", "aa", "pgd50"] and table["names"]["pgd50"] == "PGD-50"
+  (row,) = table["rows"]
+  assert row["text"]["last"]["pgd50"].startswith("35.0") and row["cells"]["last"]["pgd20"]["values"] != [35.0]

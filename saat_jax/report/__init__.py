@@ -30,7 +30,8 @@ from saat_jax.report.figures import (DPI, RC, acc_vs_eps_data, all_groups, gen_g
                                      rd_capacity_data, run_label, run_labels, run_title, save_figure, series_styles,
                                      sweep_data, x_axis_for)
 from saat_jax.report.runs import (KINDS, METRIC_NAMES, METRICS, REQUIRED_RECORD_KEYS, ReportError, Run,
-                                  checkpoint_numbers, config_get, find_run_dirs, load_run, merge_evals,
+                                  checkpoint_numbers, column_keys, column_name, config_get, declared_columns,
+                                  find_run_dirs, load_run, merge_evals,
                                   method_family, method_info, metrics_prefix, percent_rd, read_metrics, run_awp, run_dataset, run_eps_max_255,
                                   run_key, run_method, run_model, run_rho, run_row_id, unique_names, uses_sa_pgd,
                                   wrn_width)
@@ -40,7 +41,7 @@ from saat_jax.report.tables import (DASH, STD_NOTE, TABLE_TITLES, Group, build_t
 __all__ = [
     "DASH", "DPI", "KINDS", "METRICS", "METRIC_NAMES", "RC", "REQUIRED_RECORD_KEYS", "STD_NOTE",
     "TABLE_TITLES", "Group", "ReportError", "Run", "acc_vs_eps_data", "all_groups", "build_table",
-    "checkpoint_numbers", "config_get", "find_run_dirs", "format_cell", "format_latex", "format_markdown",
+    "checkpoint_numbers", "column_keys", "column_name", "config_get", "declared_columns", "find_run_dirs", "format_cell", "format_latex", "format_markdown",
     "gen_gap_data", "group_label", "group_runs", "integer_x", "latex_text", "legend_below", "load_run", "main",
     "merge_evals", "method_family", "method_info", "metric_series", "metrics_prefix", "network_name", "percent_rd",
     "place_legend",

@@ -127,10 +127,26 @@ def _check_config(config: dict, path: str) -> None:
     raise ReportError(f"{path}: num_epochs = {config['num_epochs']!r} is not a positive integer")
 
 
-def _check_eval_entry(path: str, kind: str, entry) -> None:
+def declared_columns(path: str, ev: dict) -> dict:
+  """An eval.json's ``columns`` (``{key: header}``, written since evaluators by config): the columns of
+  every evaluator type, also of one the reading process has not registered. Older files: ``{}``."""
+  cols = ev.get("columns", {})
+  if not isinstance(cols, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in cols.items()):
+    raise ReportError(f"{path} is damaged: 'columns' must map each key to its header; rerun python -m saat_jax.evaluate")
+  return {k: v for k, v in cols.items() if k not in ("sweep", "rd", "checks")}
+
+
+def column_keys(entry: dict, declared: dict) -> list[str]:
+  """The accuracy columns of one checkpoint's entry: the paper's, PGD-k, then the other declared ones."""
+  pgd = sorted((k for k in entry if OTHER_PGD.fullmatch(k) and k not in METRICS), key=lambda k: int(k[3:]))
+  other = sorted(k for k in declared if k in entry and k not in METRICS and not OTHER_PGD.fullmatch(k))
+  return [*(k for k in METRICS if k in entry), *pgd, *other]
+
+
+def _check_eval_entry(path: str, kind: str, entry, declared: dict) -> None:
   if not isinstance(entry, dict):
     raise ReportError(f"{path} is damaged: checkpoints.{kind} is not an object")
-  for k in (*METRICS, *(k for k in entry if OTHER_PGD.fullmatch(k))):
+  for k in column_keys(entry, declared):
     if k in entry and not _is_fraction(entry[k]):
       raise ReportError(f"{path}: checkpoints.{kind}.{k} = {entry[k]!r} is not a fraction in [0, 1]")
   if "rd" in entry and not isinstance(entry["rd"], (int, float)):
@@ -169,12 +185,13 @@ def merge_evals(paths: Sequence[str], ref_eps_255: Optional[float], warn: Callab
     eps = ev.get("eps_255")
     other_eps = eps is not None and ref_eps_255 is not None and abs(float(eps) - ref_eps_255) > 1e-6
     settings = {k: ev.get(k, EVAL_SETTING_DEFAULTS.get(k)) for k in EVAL_SETTINGS}
+    declared = declared_columns(path, ev)
+    meta.setdefault("columns", {}).update(declared)
     for kind, entry in cks.items():
-      _check_eval_entry(path, kind, entry)
+      _check_eval_entry(path, kind, entry, declared)
       if kind not in KINDS:
         continue
-      extra = sorted(k for k in entry if OTHER_PGD.fullmatch(k) and k not in METRICS)
-      for key in (*METRICS, *extra, "sweep", "rd"):
+      for key in (*column_keys(entry, declared), "sweep", "rd"):
         if key not in entry:
           continue
         if key not in ("sweep", "rd") and other_eps:
@@ -390,6 +407,16 @@ def percent_rd(sweep: dict) -> Optional[float]:
   return robustness_disparity(eps, 100 * np.asarray(sweep["accuracy"], np.float64))
 
 
+def column_name(key: str, runs: Sequence[Run] = ()) -> str:
+  """A column's header: as its eval.json declares it (the type that wrote it), else as a registered
+  type names it, else the key."""
+  for r in runs:
+    name = r.eval_meta.get("columns", {}).get(key)
+    if name:
+      return name
+  return metric_name(key)
+
+
 def metric_name(key: str) -> str:
   """``'PGD-20'`` for ``'pgd20'``, ``'PGD-50'`` for ``'pgd50'``: an eval.json key's header as its
   evaluator type names it (:func:`saat_jax.evaluators.column_display`); other keys as they are."""
@@ -442,7 +469,7 @@ def checkpoint_numbers(run: Run) -> dict:
       older.append({"key": key, "file": e["file"], "measured_epoch": int(e["epoch"]), "shown": shown})
       return {"measured_epoch": int(e["epoch"])}
 
-    extra = sorted(k for k in ev if OTHER_PGD.fullmatch(k) and k not in METRICS)
+    extra = [k for k in column_keys(ev, run.eval_meta.get("columns", {})) if k not in METRICS]
     for key, mkey in (("natural", f"{pre}test_natural_accuracy"), ("pgd20", f"{pre}test_pgd_accuracy"), ("aa", None),
                       *((k, None) for k in extra)):
       e = ev.get(key)

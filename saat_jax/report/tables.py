@@ -12,8 +12,8 @@ import numpy as np
 
 from saat_jax import paper
 from saat_jax.paper import FIGURES, TABLES
-from saat_jax.report.runs import (KINDS, METRIC_NAMES, METRICS, ReportError, Run, config_get, method_family,
-                                  metrics_prefix, run_data_note, run_dataset, run_key, run_row_id, wrn_width)
+from saat_jax.report.runs import (KINDS, METRIC_NAMES, METRICS, ReportError, Run, column_keys, column_name,
+                                  config_get, method_family, metrics_prefix, run_data_note, run_dataset, run_key, run_row_id, wrn_width)
 
 STD_NOTE = "sample standard deviation over seeds (ddof=1; no ± with a single seed)"
 DASH = "–"
@@ -168,8 +168,13 @@ def _dataset_name(ds: str) -> str:
 def build_table(table: str, groups: Sequence[Group], numbers: dict[str, dict]) -> dict:
   """A table's JSON: lead columns, per-row cells (mean/std/n/values/paper) and their text."""
   kinds = _table_of_kinds(table)
-  has_rd = {k: any("rd" in numbers[r.name][k] for g in groups for r in g.runs) for k in kinds}
-  metrics = {k: [*METRICS, *(["rd"] if has_rd[k] else [])] for k in kinds}
+  runs = [r for g in groups for r in g.runs]
+  has_rd = {k: any("rd" in numbers[r.name][k] for r in runs) for k in kinds}
+  # the paper's columns, then any other a run has (PGD-k, an evaluator type's, in column_keys' order)
+  others = {k: list(dict.fromkeys(m for r in runs for m in column_keys(numbers[r.name][k], r.eval_meta.get("columns", {}))
+                                  if m not in METRICS)) for k in kinds}
+  metrics = {k: [*METRICS, *others[k], *(["rd"] if has_rd[k] else [])] for k in kinds}
+  names = {m: column_name(m, runs) for ms in metrics.values() for m in ms}
   if table in ("table2", "table3"):
     lead = ["Dataset", "Network", "Basic AT", "Method", "Seeds"]
   elif table in FIGURES:
@@ -218,14 +223,14 @@ def build_table(table: str, groups: Sequence[Group], numbers: dict[str, dict]) -
     rows.append(row)
   title = TABLE_TITLES.get(table) or f"{FIGURES[table].title} (the paper gives no numbers)"
   out = {"name": table, "title": title, "caption": _caption(table, groups, numbers, metrics),
-         "lead": lead, "kinds": list(kinds), "metrics": metrics, "rows": rows}
-  notes = _notes(rows)
+         "lead": lead, "kinds": list(kinds), "metrics": metrics, "names": names, "rows": rows}
+  notes = _notes(rows, names)
   if notes:
     out["notes"] = notes
   return out
 
 
-def _notes(rows) -> list[str]:
+def _notes(rows, names: dict) -> list[str]:
   """The footnotes below a table: rows on re-encoded data (‡), numbers of older checkpoints (†)."""
   notes = []
   jpeg = [r for r in rows if r.get("data_note")]
@@ -237,7 +242,7 @@ def _notes(rows) -> list[str]:
     for kind, cells in r["cells"].items():
       for m, c in cells.items():
         for o in c.get("older", []):
-          older.setdefault((o["run"], kind, o["epoch"], o["measured_epoch"], o["file"]), []).append(METRIC_NAMES[m])
+          older.setdefault((o["run"], kind, o["epoch"], o["measured_epoch"], o["file"]), []).append(names[m])
   if older:
     parts = [f"{run} {kind} {', '.join(ms)} ({file} of epoch {measured}; the checkpoint is now epoch {now})"
              for (run, kind, now, measured, file), ms in older.items()]
@@ -287,7 +292,8 @@ def format_markdown(tables: Sequence[dict]) -> str:
   """One Markdown table per report table, columns ``<Best|Last> <Natural|PGD-20|AA|RD>``."""
   out = ["# SAAT report", ""]
   for t in tables:
-    head = list(t["lead"]) + [f"{k.capitalize()} {METRIC_NAMES[m]}" for k in t["kinds"] for m in t["metrics"][k]]
+    names = t.get("names", METRIC_NAMES)
+    head = list(t["lead"]) + [f"{k.capitalize()} {names[m]}" for k in t["kinds"] for m in t["metrics"][k]]
     out += [f"## {t['title']}", "", t["caption"], "",
             "| " + " | ".join(head) + " |",
             "|" + "|".join(["---"] * len(t["lead"]) + ["--:"] * (len(head) - len(t["lead"]))) + "|"]
@@ -336,7 +342,8 @@ def format_latex(tables: Sequence[dict]) -> str:
       head1.append(f"\\multicolumn{{{n}}}{{c}}{{{k.capitalize()}}}")
       rules.append(f"\\cmidrule(lr){{{col}-{col + n - 1}}}")
       col += n
-    head2 = [latex_text(c) for c in t["lead"]] + [METRIC_NAMES[m] for k in t["kinds"] for m in t["metrics"][k]]
+    names = t.get("names", METRIC_NAMES)
+    head2 = [latex_text(c) for c in t["lead"]] + [latex_text(names[m]) for k in t["kinds"] for m in t["metrics"][k]]
     out += ["\\begin{table}[t]", "\\centering", "\\small", "\\setlength{\\tabcolsep}{3pt}",
             f"\\caption{{{latex_text(t['title'])}. {latex_text(t['caption'])}}}",
             f"\\label{{tab:report-{t['name']}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
