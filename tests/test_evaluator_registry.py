@@ -162,6 +162,7 @@ def test_evaluation_only_entries_may_change_on_resume_and_the_one_that_picks_bes
   c = base_config()
   c.evals.fgsm = ml_collections.ConfigDict({"type": "fgsm", "eps": 4 / 255})
   c.evals.sweep = ml_collections.ConfigDict({"type": "sweep", "budgets": (0, 8)})
+  c.evals.pgd50 = ml_collections.ConfigDict({"type": "robustness", "steps": 50, "selects_best": False})
   with_two = config_json(c)
   assert config_changes(saved, with_two) == {}          # added
   assert config_changes(with_two, saved) == {}          # removed
@@ -196,6 +197,32 @@ def test_a_run_resumes_with_an_evaluator_added(fgsm_type, tmp_path):
     train.train_and_evaluate(c, workdir)
 
 
+def test_a_second_pgd_beside_the_one_that_picks_best():
+  """evals.pgd5 = {type: robustness, steps: 5, selects_best: False}: PGD-5 accuracy every epoch as
+  <split>_pgd5_accuracy, the number a robustness entry of 5 steps gives as its pgd_accuracy (same key),
+  and no second natural accuracy; `best` stays with the default entry's PGD."""
+  from saat_jax import parallel
+  from saat_jax.data import load_dataset
+  from saat_jax.run_state import model_from_spec, model_spec
+
+  c = tiny("at")
+  c.evals.pgd5 = ml_collections.ConfigDict({"type": "robustness", "steps": 5, "selects_best": False})
+  train.validate_config(c)
+  data = load_dataset("digits", None)
+  model = model_from_spec(model_spec(c, 10), "float32")
+  state = train.initial_state(model, train.make_optimizer(c, 1)[0], jax.random.key(1), (8, 8, 1), ema=False)
+  splits, key, mesh = (("test", data.test_images[:40], data.test_labels[:40]),), jax.random.key(3), parallel.make_mesh()
+  got = train.evaluate_epoch(evaluators.build_evaluators(c.evals, c.eval, apply_fn=model.apply, mesh=mesh),
+                             state, splits, key)
+  assert sorted(got) == ["test_natural_accuracy", "test_pgd5_accuracy", "test_pgd_accuracy"]
+  as_best = ml_collections.ConfigDict({"robustness": {"type": "robustness", "steps": 5}})
+  ref = train.evaluate_epoch(evaluators.build_evaluators(as_best, c.eval, apply_fn=model.apply, mesh=mesh),
+                             state, splits, key)
+  assert got["test_pgd5_accuracy"] == ref["test_pgd_accuracy"]
+  assert [col.key for _, e in evaluators.build_evaluators(c.evals, c.eval, apply_fn=model.apply) for col in e.columns] \
+      == ["pgd5", "natural", f"pgd{c.eval.steps}"]
+
+
 def test_a_problem_is_dropped_by_its_setting_not_by_its_wording():
   """A problem of a setting the caller checks itself (eval.eps) is not repeated for an entry that
   inherits it; a problem of the entry's own value, and one of no single setting, are reported."""
@@ -219,7 +246,9 @@ def test_a_problem_is_dropped_by_its_setting_not_by_its_wording():
     ({"type": "robustness", "stpes": 3}, "evals.bad: type 'robustness' has no setting 'stpes' (did you mean 'steps'?)"),
     ({"type": "sweep", "budgets": (0, -4)}, "evals.bad: budgets must be a list of budgets >= 0 in /255"),
     ({"type": "autoattack", "version": "big"}, "evals.bad: version must be one of standard, plus, rand"),
-    ({"type": "robustness", "steps": 10}, "evals.robustness and evals.bad both yield 'natural_accuracy', 'pgd_accuracy'"),
+    ({"type": "robustness", "steps": 10}, "evals.robustness and evals.bad both yield 'natural_accuracy', 'pgd_accuracy' "
+     "(training records <split>_<name> for each); only one entry picks `best`: set selects_best=False on the other"),
+    ({"type": "robustness", "selects_best": "no"}, "evals.bad: selects_best must be True or False, got 'no'"),
     ({"steps": 10}, "evals.bad: has no type"),
 ])
 def test_a_bad_evals_entry_is_refused_before_anything_runs(tmp_path, entry, message):

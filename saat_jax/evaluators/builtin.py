@@ -36,7 +36,12 @@ def _number_problems(s: dict, rules) -> list[tuple[str, str]]:
 
 
 def robustness_columns(s: dict) -> tuple:
+  """Natural and PGD-k accuracy as ``natural_accuracy`` / ``pgd_accuracy`` (the entry that picks `best`);
+  with ``selects_best=False`` (a second PGD, e.g. PGD-50 beside training's PGD-20) only PGD-k, as
+  ``pgd<k>_accuracy``: the natural accuracy would repeat the first entry's."""
   steps = int(s["steps"])
+  if not s.get("selects_best", True):
+    return (Column(f"pgd{steps}_accuracy", f"pgd{steps}", f"PGD-{steps}"),)
   return (Column("natural_accuracy", "natural", "Natural"), Column("pgd_accuracy", f"pgd{steps}", f"PGD-{steps}"))
 
 
@@ -61,19 +66,23 @@ class Robustness:
 
   def run(self, variables, images, labels, key):
     acc = self.evaluator.run(variables, images, labels, key)
+    if len(self.columns) == 1:  # selects_best=False
+      return [(self.columns[0].name, acc["pgd_accuracy"])]
     return [("natural_accuracy", acc["natural_accuracy"]), ("pgd_accuracy", acc["pgd_accuracy"])]
 
 
 register_evaluator(
     "robustness", Robustness, settings={"eps": REQUIRED, "alpha": REQUIRED, "steps": REQUIRED, "batch_size": REQUIRED,
-                                        "restarts": 1},
+                                        "restarts": 1, "selects_best": True},
     columns=robustness_columns, column=_robustness_column, rank=0,
     check=lambda s: _number_problems(s, (("eps", lambda v: v >= 0, ">= 0 (a budget in [0, 1] pixel units)"),
                                          ("alpha", lambda v: v > 0, "> 0"),
                                          ("steps", lambda v: v == int(v) and v >= 0, "an integer >= 0"),
                                          ("batch_size", lambda v: v == int(v) and v >= 1, "an integer >= 1"),
-                                         ("restarts", lambda v: v == int(v) and v >= 1, "an integer >= 1"))),
-    doc="natural and PGD-<steps> accuracy (eps, alpha, steps, restarts random starts)")
+                                         ("restarts", lambda v: v == int(v) and v >= 1, "an integer >= 1")))
+    + ([] if isinstance(s["selects_best"], bool) else [("selects_best", f"must be True or False, got {s['selects_best']!r}")]),
+    doc="natural and PGD-<steps> accuracy (eps, alpha, steps, restarts random starts); selects_best=False: "
+        "PGD-<steps> only, as pgd<steps>_accuracy, beside the entry that picks `best`")
 
 
 # --------------------------------------------------------------------------------------------

@@ -166,8 +166,13 @@ def config_problems(evals, defaults=None, *, needs: Iterable[str] = (), checked:
       if c.name in seen:
         clash.setdefault(seen[c.name], []).append(repr(c.name))
       seen.setdefault(c.name, name)
-    problems += [f"evals.{name} and evals.{other} both yield {', '.join(names)} (training records <split>_<name> "
-                 f"for each); keep one of them" for other, names in clash.items()]
+    for other, names in clash.items():
+      hint = "keep one of them"
+      if repr(BEST_COLUMN) in names and "selects_best" in t.settings:
+        hint = ("only one entry picks `best`: set selects_best=False on the other (it then yields "
+                "pgd<steps>_accuracy)")
+      problems.append(f"evals.{name} and evals.{other} both yield {', '.join(names)} (training records "
+                      f"<split>_<name> for each); {hint}")
   for n in needs:
     if n not in seen and not problems:
       problems.append(f"no entry of evals yields {n!r}, which selects the `best` checkpoint; keep an entry of type "
