@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from saat_jax.testing.one_step import BATCH, CONFIGS, OFFSET
-from saat_jax.testing.processes import without_compile_cache
+from saat_jax.testing.processes import without_compile_cache, xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ _SCRIPT = textwrap.dedent("""
 
 def _run(n: int, out: Path, observe: bool) -> dict:
   # Without the tests' compilation cache: the step is compiled twice on purpose (see _SCRIPT).
-  env = dict(without_compile_cache(os.environ), XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+  env = dict(without_compile_cache(os.environ), XLA_FLAGS=xla_flags(n, os.environ.get("XLA_FLAGS", "")),
              JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   args = [str(out), "1" if observe else "0", json.dumps(CONFIGS), str(OFFSET), str(BATCH)]
   proc = subprocess.run([sys.executable, "-c", _SCRIPT, *args], env=env, capture_output=True, text=True,
