@@ -33,25 +33,6 @@ if os.environ.get("SAAT_JAX_TEST_COMPILE_CACHE", "1") != "0" and "JAX_COMPILATIO
                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
 
 
-# XLA's CPU backend compiles the tests' small programs (a digits step, an attack's loop) ~40% faster
-# with its classic elemental emitters than with its newer fusion emitters (a SAAT step of small_cnn:
-# 3.1 s against 6.2 s on this project's 2-core CI machine), while running them about as fast; most
-# of the suite's time is compilation. The arithmetic is XLA's same float32 operations, and every
-# comparison in the tests is either within one configuration or within a tolerance. Only for the
-# jaxlib versions this was measured with (an unknown flag is fatal to XLA); the processes a test
-# starts inherit it. SAAT_JAX_TEST_XLA_DEFAULT=1 keeps XLA's default.
-_FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
-if os.environ.get("SAAT_JAX_TEST_XLA_DEFAULT", "0") != "1" and _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
-  from importlib import metadata
-
-  try:
-    _jaxlib = metadata.version("jaxlib")
-  except metadata.PackageNotFoundError:
-    _jaxlib = ""
-  if _jaxlib.startswith("0.10."):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
-
-
 def pytest_unconfigure(config):
   if _OWN_CACHE is not None and not os.environ.get("PYTEST_XDIST_WORKER"):  # the process that made it
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
