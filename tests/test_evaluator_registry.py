@@ -197,6 +197,7 @@ def test_a_run_resumes_with_an_evaluator_added(fgsm_type, tmp_path):
     train.train_and_evaluate(c, workdir)
 
 
+@pytest.mark.slow
 def test_a_second_pgd_beside_the_one_that_picks_best():
   """evals.pgd5 = {type: robustness, steps: 5, selects_best: False}: PGD-5 accuracy every epoch as
   <split>_pgd5_accuracy, the number a robustness entry of 5 steps gives as its pgd_accuracy (same key),
