@@ -434,8 +434,6 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
     bar = tqdm(total=len(evs), desc=f"{kind}", disable=not progress, leave=False)
     for name, evaluator in evs:
       cols = {c.name: c.key for c in evaluator.columns}
-      # each column's header, so that the report names (and shows) the columns of a type it has not registered
-      report.setdefault("columns", {}).update({c.key: c.display for c in evaluator.columns})
       for out, value in evaluator.run(variables, images, labels, key):
         col = cols.get(out, out)
         if out in cols and keep[name] is not None and col not in keep[name]:
@@ -449,8 +447,8 @@ def evaluate_run(workdir, *, kinds=("best", "last"), attacks=("natural", "pgd20"
     row = {**{k: v for k, v in row.items() if k not in ("sweep", "rd")},  # the sweep after the columns
            **{k: row[k] for k in ("sweep", "rd") if k in row}}
     bar.close()
-    report["columns"] = {k: v for k, v in report["columns"].items()
-                         if any(k in r for r in (*report["checkpoints"].values(), row))}
+    # each column's header, so that the report names (and shows) the columns of a type it has not registered
+    report.setdefault("columns", {}).update({c.key: c.display for _, e in evs for c in e.columns if c.key in row})
     report["checkpoints"][kind] = row
   return report
 

@@ -24,7 +24,6 @@ must be set before JAX starts) and returns its arrays through an ``.npz`` file.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -34,9 +33,8 @@ import numpy as np
 import pytest
 
 from saat_jax.testing.one_step import BATCH, CONFIGS, OFFSET
-from saat_jax.testing.processes import without_compile_cache, xla_flags
-
-ROOT = Path(__file__).resolve().parents[1]
+from saat_jax.testing.processes import env as processes_env
+from saat_jax.testing.processes import without_compile_cache
 
 LOSS_MARGIN = 1e-4  # min |loss - rho| over the step's losses (measured 1.3e-3 for "saat")
 GRAD_MARGIN = 1e-4  # min |input grad| / median |input grad| (measured 4.4e-4 "saat", 5.2e-4 "at")
@@ -118,8 +116,7 @@ _SCRIPT = textwrap.dedent("""
 
 def _run(n: int, out: Path, observe: bool) -> dict:
   # Without the tests' compilation cache: the step is compiled twice on purpose (see _SCRIPT).
-  env = dict(without_compile_cache(os.environ), XLA_FLAGS=xla_flags(n, os.environ.get("XLA_FLAGS", "")),
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = without_compile_cache(processes_env(n))
   args = [str(out), "1" if observe else "0", json.dumps(CONFIGS), str(OFFSET), str(BATCH)]
   proc = subprocess.run([sys.executable, "-c", _SCRIPT, *args], env=env, capture_output=True, text=True,
                         timeout=300)

@@ -147,7 +147,7 @@ def _check_eval_entry(path: str, kind: str, entry, declared: dict) -> None:
   if not isinstance(entry, dict):
     raise ReportError(f"{path} is damaged: checkpoints.{kind} is not an object")
   for k in column_keys(entry, declared):
-    if k in entry and not _is_fraction(entry[k]):
+    if not _is_fraction(entry[k]):
       raise ReportError(f"{path}: checkpoints.{kind}.{k} = {entry[k]!r} is not a fraction in [0, 1]")
   if "rd" in entry and not isinstance(entry["rd"], (int, float)):
     raise ReportError(f"{path}: checkpoints.{kind}.rd = {entry['rd']!r} is not a number")

@@ -12,7 +12,7 @@ import numpy as np
 
 from saat_jax import paper
 from saat_jax.paper import FIGURES, TABLES
-from saat_jax.report.runs import (KINDS, METRIC_NAMES, METRICS, ReportError, Run, column_keys, column_name,
+from saat_jax.report.runs import (KINDS, METRICS, ReportError, Run, column_keys, column_name,
                                   config_get, method_family, metrics_prefix, run_data_note, run_dataset, run_key, run_row_id, wrn_width)
 
 STD_NOTE = "sample standard deviation over seeds (ddof=1; no ± with a single seed)"
@@ -292,8 +292,7 @@ def format_markdown(tables: Sequence[dict]) -> str:
   """One Markdown table per report table, columns ``<Best|Last> <Natural|PGD-20|AA|RD>``."""
   out = ["# SAAT report", ""]
   for t in tables:
-    names = t.get("names", METRIC_NAMES)
-    head = list(t["lead"]) + [f"{k.capitalize()} {names[m]}" for k in t["kinds"] for m in t["metrics"][k]]
+    head = list(t["lead"]) + [f"{k.capitalize()} {t['names'][m]}" for k in t["kinds"] for m in t["metrics"][k]]
     out += [f"## {t['title']}", "", t["caption"], "",
             "| " + " | ".join(head) + " |",
             "|" + "|".join(["---"] * len(t["lead"]) + ["--:"] * (len(head) - len(t["lead"]))) + "|"]
@@ -342,8 +341,7 @@ def format_latex(tables: Sequence[dict]) -> str:
       head1.append(f"\\multicolumn{{{n}}}{{c}}{{{k.capitalize()}}}")
       rules.append(f"\\cmidrule(lr){{{col}-{col + n - 1}}}")
       col += n
-    names = t.get("names", METRIC_NAMES)
-    head2 = [latex_text(c) for c in t["lead"]] + [latex_text(names[m]) for k in t["kinds"] for m in t["metrics"][k]]
+    head2 = [latex_text(c) for c in t["lead"]] + [latex_text(t["names"][m]) for k in t["kinds"] for m in t["metrics"][k]]
     out += ["\\begin{table}[t]", "\\centering", "\\small", "\\setlength{\\tabcolsep}{3pt}",
             f"\\caption{{{latex_text(t['title'])}. {latex_text(t['caption'])}}}",
             f"\\label{{tab:report-{t['name']}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",

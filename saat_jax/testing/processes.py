@@ -45,16 +45,9 @@ def without_compile_cache(env: dict) -> dict:
   return {k: v for k, v in env.items() if k not in COMPILE_CACHE_ENV}
 
 
-def xla_flags(devices: int, inherited: str = "") -> str:
-  """``XLA_FLAGS`` for ``devices`` CPU devices, keeping the other flags of ``inherited`` (the test
-  run's compiler settings, tests/conftest.py)."""
-  kept = [f for f in inherited.split() if not f.startswith("--xla_force_host_platform_device_count")]
-  return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
-
-
 def env(devices: int) -> dict:
   """The environment of a process with ``devices`` CPU devices that imports this checkout."""
-  return dict(os.environ, XLA_FLAGS=xla_flags(devices, os.environ.get("XLA_FLAGS", "")), JAX_PLATFORMS="cpu",
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
