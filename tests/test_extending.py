@@ -109,6 +109,47 @@ def test_sections_cannot_be_taken_twice(registered_mart):
     register(MethodDef("mine", mart, section="saat", defaults=mart_defaults))
 
 
+def test_a_definition_checks_its_own_fields_when_made():
+  """MethodDef refuses a half-declared section and an unknown family, naming the method and the fix.
+  (The package's own definitions are made at import time, before a test can observe them: these
+  build new ones, so that the checks run where a test sees them.)"""
+  with pytest.raises(ValueError, match=r"MethodDef 'm': give section and defaults together \(or neither\)"):
+    MethodDef("m", mart, section="m")
+  with pytest.raises(ValueError, match=r"MethodDef 'm': give section and defaults together"):
+    MethodDef("m", mart, defaults=mart_defaults)
+  with pytest.raises(ValueError, match=r"MethodDef 'm': family='MART'; use one of \('AT', 'TRADES'\)"):
+    MethodDef("m", mart, family="MART")
+  for family in methods.FAMILIES:  # both families, with and without a section, are accepted as given
+    d = MethodDef("m", mart, section="m", defaults=mart_defaults, family=family)
+    assert (d.family, d.section, d.validate(None), d.uses_sa_pgd, d.reads) == (family, "m", [], False, ())
+  assert MethodDef("m", mart).section is None and MethodDef("m", mart).family == "AT"
+
+
+def test_the_registry_by_name_replace_and_sections(registered_mart):
+  from saat_jax.methods import base
+
+  assert methods.method_def("mart") is registered_mart
+  assert list(methods.METHODS)[-1] == "mart"  # registration order: after the package's own
+  sections = methods.method_sections()
+  assert list(sections)[-1] == "mart" and sections["mart"] == mart_defaults()
+  assert "natural" not in sections and list(sections)[:1] == ["at"]  # natural owns no section
+  with pytest.raises(ValueError, match=r"^method='mrat' is unknown; use one of \('natural', 'at', .*'mart'\) "
+                                       r"\(did you mean 'mart'\?\)$"):
+    methods.method_def("mrat")
+  assert base.unknown_method("zzz").endswith("'mart')")  # nothing close: no suggestion
+  assert methods.method_problems(ml_collections.ConfigDict({"method": "zzz"})) == [base.unknown_method("zzz")]
+  # replace=True redefines the name in place, keeping its section (which it does not take twice)
+  again = MethodDef("mart", mart, section="mart", defaults=mart_defaults, family="TRADES")
+  assert methods.register(again, replace=True) is again and methods.method_def("mart").family == "TRADES"
+  assert list(methods.METHODS)[-1] == "mart" and len(methods.METHODS) == len(sections) + 1
+  # a section nobody owns is free, under a new name, with no section too
+  plain = methods.register(MethodDef("plain", mart))
+  try:
+    assert methods.method_def("plain") is plain and "plain" not in methods.method_sections()
+  finally:
+    del methods.METHODS["plain"]
+
+
 @pytest.mark.slow
 def test_mart_trains_a_digits_epoch_and_appears_in_the_report(registered_mart, tmp_path):
   from saat_jax.report import report_runs

@@ -24,8 +24,10 @@ mkdir -p "$work"
    while read -r f; do [ -f "$f" ] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -xf - -C "$work"
 export MUTATE=${MUTATE:-'"saat_jax/methods/*"'}
 # test_train_pieces.py: the methods' own checks (MethodDef.validate, e.g. trades_problems) moved into
-# methods/ with issue 20 and are tested there, by validate_config at every boundary.
-export TESTS=${TESTS:-'"tests/test_methods.py", "tests/test_mutation_killers.py", "tests/test_train_pieces.py"'}
+# methods/ with issue 20 and are tested there, by validate_config at every boundary. test_extending.py:
+# the registry (MethodDef's own checks, register, method_def), which the package runs at import time,
+# before mutmut activates a mutant: only a test that builds and registers a method reaches it.
+export TESTS=${TESTS:-'"tests/test_methods.py", "tests/test_mutation_killers.py", "tests/test_train_pieces.py", "tests/test_extending.py"'}
 export PYTEST_ARGS=${PYTEST_ARGS:-} TIMEOUT_S=${TIMEOUT_S:-300}
 python - "$work/pyproject.toml" <<'PY'
 import os
