@@ -277,7 +277,8 @@ def test_sigterm_stops_both_processes_at_the_same_step_within_the_bound_and_the_
   the epoch) or the epoch's end, save the position together, exit 143, and the same commands
   continue from it."""
   workdir = tmp_path / "run"
-  long_epoch = ["--config.data.num_train=1024", "--config.check_every=1000"]  # 32 steps an epoch
+  # 16 steps an epoch (6-16 s on 2 loaded cores): SIGTERM lands inside epoch 2, seconds before its end
+  long_epoch = ["--config.data.num_train=512", "--config.check_every=1000"]
   first = launch_pair(workdir, tmp_path / "logs1", "--config.num_epochs=100", *long_epoch)
   cleanup(first)
   wait_for_epoch_1(first)
@@ -324,7 +325,7 @@ def test_a_process_that_dies_stops_the_other_at_once_with_a_message(tmp_path, cl
   for attempt in range(3):
     workdir = tmp_path / f"run{attempt}"
     procs = launch_pair(workdir, tmp_path / f"logs{attempt}", "--config.num_epochs=100", "--config.check_every=1",
-                        "--config.data.num_train=1024", "--distributed_heartbeat=10")
+                        "--config.data.num_train=512", "--distributed_heartbeat=10")  # 16 steps an epoch
     cleanup(procs)
     wait_for_epoch_1(procs)
     procs.procs[1].send_signal(signal.SIGKILL)
