@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 from saat_jax.testing import cifar_archive, durations
-from saat_jax.testing.tiny import TinyRuns
+from saat_jax.testing import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,10 +132,15 @@ def cifar_server(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
   """Finished tiny digits runs (:class:`saat_jax.testing.tiny.TinyRuns`): ``tiny_runs["saat_up"]``
-  is the work dir of a 3-epoch run, trained once per test process when first asked for. Read only:
+  is the work dir of a 3-epoch run, trained once per session (by the first xdist worker that asks
+  for it; the others wait and read it). Read only:
   copy a run (``shutil.copytree``) before writing into it; the end of the session fails a test run
   that changed one."""
-  runs = TinyRuns(tmp_path_factory.mktemp("tiny_runs"))
+  # One root for the session's workers (xdist's basetemp is <session folder>/popen-gwN): each run is
+  # trained by the first worker that needs it, and read by the others.
+  base = tmp_path_factory.getbasetemp()
+  shared = os.environ.get("PYTEST_XDIST_WORKER") and tiny.CAN_SHARE
+  runs = tiny.TinyRuns(base.parent / "tiny_runs" if shared else base / "tiny_runs")
   yield runs
   changed = runs.changed()
   assert not changed, f"a test wrote into the shared runs of the tiny_runs fixture (copy them first): {changed}"

@@ -162,16 +162,16 @@ def test_cli_flags_in_launch_style(digits_run, capsys):
   assert "--eval.num_test=0" in capsys.readouterr().out
 
 
-def test_restore_reads_the_weights_only(digits_run):
+def test_restore_reads_the_weights_only(tiny_runs):
   """run_state restores params and batch_stats from the checkpoint's own metadata, without an optimizer
   or an image shape: the same arrays as restoring the whole training state."""
   import jax
 
   from saat_jax import checkpointing, train
 
-  workdir, _ = digits_run
+  workdir = tiny_runs["saat_up"]  # 3 epochs: the last checkpoint is epoch 2's
   model, variables, meta, cfg = run_state.restore_for_eval(str(workdir), "last")
-  assert meta["epoch"] == 1 and meta["image_shape"] == [8, 8, 1] and cfg.data.name == "digits"
+  assert meta["epoch"] == 2 and meta["image_shape"] == [8, 8, 1] and cfg.data.name == "digits"
   ck = checkpointing.RunCheckpoints(str(workdir))
   full, _ = ck.restore("last", train.initial_state(model, train.make_optimizer(cfg, 1)[0], jax.random.key(0),
                                                    (8, 8, 1)))
@@ -196,8 +196,8 @@ def test_restore_reads_the_weights_only(digits_run):
     (["--eval.checkpoints=middle"], "unknown checkpoint"),
     (["--eval.sweep=0,-2"], "budgets must be >= 0"),
 ])
-def test_cli_rejects_bad_arguments(digits_run, capsys, argv, match):
-  workdir, _ = digits_run
+def test_cli_rejects_bad_arguments(tiny_runs, capsys, argv, match):
+  workdir = tiny_runs["saat_up"]
   assert evaluate.main(["--workdir", str(workdir), *argv]) == 2
   assert match in capsys.readouterr().err
 

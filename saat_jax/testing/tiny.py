@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Optional
+
+try:
+  import fcntl  # POSIX
+except ImportError:  # Windows: no lock, so each process keeps its own runs (tests/conftest.py)
+  fcntl = None
 
 import ml_collections
 
@@ -40,16 +46,24 @@ def tiny_config(method: str = "natural", overrides: Optional[dict] = None, **mor
 SHARED_RUN = {"optim.lr_milestones": (2,)}
 
 
+CAN_SHARE = fcntl is not None  # whether processes may share one TinyRuns root
+
+
 class TinyRuns:
   """Finished tiny runs, one work dir per method under ``root``, each trained on first use:
   ``runs["saat_up"]`` is the work dir of ``tiny_config("saat_up", SHARED_RUN)`` trained to its end.
 
-  Shared by the tests of one process (a session fixture of ``tests/conftest.py``), so they are read
+  Shared by the tests of one session (a session fixture of ``tests/conftest.py``), so they are read
   only: a test that writes into a run copies it first. :meth:`changed` says which files of the
-  trained runs differ from when they were trained (the fixture's teardown checks it is empty)."""
+  trained runs differ from when this process first used them (the fixture's teardown checks it is
+  empty). Several processes (the xdist workers) may share one ``root``: the first to ask for a run
+  trains it under a lock on ``<root>.locks/<method>``, and the others wait for it and read it, so a
+  session trains each run once. A run whose training did not finish (no ``<method>.done`` beside
+  its lock: that process failed or was killed) is removed and trained again."""
 
   def __init__(self, root: Path):
     self.root = Path(root)
+    self._locks = self.root.with_name(self.root.name + ".locks")  # beside root: a run folder lists only runs
     self._hashes: dict[str, dict[str, str]] = {}
 
   @staticmethod
@@ -59,9 +73,17 @@ class TinyRuns:
   def __getitem__(self, method: str) -> Path:
     workdir = self.root / method
     if method not in self._hashes:
-      from saat_jax.train import train_and_evaluate  # JAX starts with the first run, not on import
+      self._locks.mkdir(parents=True, exist_ok=True)
+      with open(self._locks / method, "a") as lock:
+        if fcntl is not None:
+          fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        done = self._locks / f"{method}.done"
+        if not done.exists():
+          from saat_jax.train import train_and_evaluate  # JAX starts with the first run, not on import
 
-      train_and_evaluate(self.config(method), str(workdir))
+          shutil.rmtree(workdir, ignore_errors=True)  # what a failed process left half-written
+          train_and_evaluate(self.config(method), str(workdir))
+          done.touch()
       self._hashes[method] = _file_hashes(workdir)
     return workdir
 
