@@ -20,7 +20,7 @@ def problem():
   """A small CNN without BatchNorm (examples independent) on fixed 8x8x1 inputs in [0, 1]."""
   model = create_model("small_cnn", 10, use_bn=False, width=8)
   x = jax.random.uniform(jax.random.key(1), (48, 8, 8, 1))
-  params = model.init(jax.random.key(0), x[:1])["params"]
+  params = jax.jit(model.init)(jax.random.key(0), x[:1])["params"]  # the eager init's bits, one compilation
   # Larger weights make the loss depend strongly on the input; half of the labels are the model's
   # own prediction (low clean loss), so a batch mixes all three outcomes of Algorithm 1.
   params = jax.tree_util.tree_map(lambda p: p * 3.5 if p.ndim > 1 else p, params)

@@ -5,6 +5,7 @@
   reference), seen through the batch sizes the model is traced with, and their outputs stay valid.
 """
 
+import functools
 import math
 
 import jax
@@ -95,9 +96,16 @@ def test_segment_ends():
 # half of its points fall, so the later passes of each attack must be traced on smaller batches.
 
 N_POINTS = 48
-_K1, _K2 = jax.random.split(jax.random.key(3))
-_W1 = jax.random.normal(_K1, (64, 32)) * 3.0 / math.sqrt(64)
-_W2 = jax.random.normal(_K2, (32, 10)) * 3.0 / math.sqrt(32)
+
+
+@functools.cache
+def _weights():
+  """Made on first use (no JAX work while the module is imported, at collection)."""
+  def draws():
+    k1, k2 = jax.random.split(jax.random.key(3))
+    return jax.random.normal(k1, (64, 32)), jax.random.normal(k2, (32, 10))
+  w1, w2 = jax.jit(draws)()  # the same bits as drawn one by one; scaled as before
+  return w1 * 3.0 / math.sqrt(64), w2 * 3.0 / math.sqrt(32)
 
 
 def _tracing_mlp():
@@ -105,7 +113,8 @@ def _tracing_mlp():
 
   def logits_fn(x):
     shapes.append(int(x.shape[0]))              # runs at trace time only: one entry per shape
-    return jnp.tanh((x.reshape(x.shape[0], -1) - 0.5) @ _W1) @ _W2
+    w1, w2 = _weights()
+    return jnp.tanh((x.reshape(x.shape[0], -1) - 0.5) @ w1) @ w2
 
   return logits_fn, shapes
 

@@ -9,6 +9,7 @@
   weights are copied into JAX.
 """
 
+import functools
 import math
 
 import jax
@@ -26,24 +27,28 @@ from saat_jax.autoattack.square import eta_block, p_selection, square_attack, sq
 N_POINTS = 48
 
 
+@functools.cache
 def _mlp_params():
+  """Made on first use (no JAX work while the module is imported, at collection)."""
+  w1, w2 = jax.jit(_mlp_draws)()  # the same bits as drawn one by one; scaled as before
+  return w1 * 3.0 / math.sqrt(64), w2 * 3.0 / math.sqrt(32)
+
+
+def _mlp_draws():
   k1, k2 = jax.random.split(jax.random.key(0))
-  w1 = jax.random.normal(k1, (64, 32)) * 3.0 / math.sqrt(64)
-  w2 = jax.random.normal(k2, (32, 10)) * 3.0 / math.sqrt(32)
-  return w1, w2
+  return jax.random.normal(k1, (64, 32)), jax.random.normal(k2, (32, 10))
 
-
-_W1, _W2 = _mlp_params()
 
 
 def mlp_logits(x):
-  h = jnp.tanh((x.reshape(x.shape[0], -1) - 0.5) @ _W1)
-  return h @ _W2
+  w1, w2 = _mlp_params()
+  h = jnp.tanh((x.reshape(x.shape[0], -1) - 0.5) @ w1)
+  return h @ w2
 
 
 @pytest.fixture(scope="module")
 def batch():
-  x = np.asarray(jax.random.uniform(jax.random.key(1), (N_POINTS, 8, 8, 1)))
+  x = np.asarray(jax.jit(lambda: jax.random.uniform(jax.random.key(1), (N_POINTS, 8, 8, 1)))())
   pred = np.asarray(jnp.argmax(mlp_logits(x), axis=1))
   y = np.where(np.arange(N_POINTS) % 8 == 7, (pred + 1) % 10, pred)
   return x, y

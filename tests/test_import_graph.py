@@ -6,6 +6,8 @@ change without breaking another (issue 20). Read from the source with ``ast``; n
 import ast
 from pathlib import Path
 
+import pytest
+
 PKG = Path(__file__).resolve().parents[1] / "saat_jax"
 
 
@@ -118,3 +120,35 @@ def test_tests_reach_the_package_through_its_public_names():
     found += [f"{name}:{line} uses {target}.{attr}" for target, attr, line in private_attribute_uses(tree, mods)
               if attr not in patched]
   assert not found, "tests using private names of saat_jax (test through a public function, or make it public):\n" + "\n".join(found)
+
+
+_IMPORT_EVERY_TEST_MODULE = """
+import importlib, sys
+from pathlib import Path
+tests = Path(sys.argv[1])
+sys.path.insert(0, str(tests))
+for path in sorted(tests.glob("test_*.py")):
+  importlib.import_module(path.stem)
+from jax._src import xla_bridge
+print("initialised" if xla_bridge.backends_are_initialized() else "not initialised")
+"""
+
+
+@pytest.mark.slow  # imports every test module (torch, the reference AutoAttack, ...): 9 s
+def test_no_test_module_starts_jax_when_imported():
+  """Collection imports every test module in every xdist worker, and mutmut's fork server imports
+  them before it forks (docs/mutation.md): JAX work at import time (module-level weights, a key in a
+  parametrize list) costs each worker its compilations (13 of them, 11 s, in one file once) and hangs
+  the forked mutants. Build such values in a fixture or a functools.cache'd function instead."""
+  import subprocess
+  import sys
+
+  from jax._src import xla_bridge
+
+  if not hasattr(xla_bridge, "backends_are_initialized"):
+    pytest.skip("this JAX has no xla_bridge.backends_are_initialized")
+  tests = Path(__file__).resolve().parent
+  proc = subprocess.run([sys.executable, "-c", _IMPORT_EVERY_TEST_MODULE, str(tests)], capture_output=True, text=True,
+                        timeout=300, cwd=tests.parent)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["not", "initialised"], "a test module ran JAX when imported: " + proc.stdout
