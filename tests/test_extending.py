@@ -103,7 +103,8 @@ def test_a_registered_method_gets_its_section_checks_and_help(registered_mart):
 
 
 def test_sections_cannot_be_taken_twice(registered_mart):
-  with pytest.raises(ValueError, match="a method named 'mart' is registered already"):
+  with pytest.raises(ValueError, match=r"^a method named 'mart' is registered already; choose another name "
+                                       r"\(or pass replace=True\)$"):
     register(registered_mart)
   with pytest.raises(ValueError, match="config section 'saat' belongs to method 'saat'"):
     register(MethodDef("mine", mart, section="saat", defaults=mart_defaults))

@@ -321,14 +321,8 @@ def test_trades_updates_running_stats_as_the_reference_s_three_train_mode_passes
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method, order", [("trades", "nat adv nat"), ("awp_trades", "adv nat nat"),
-                                           ("sa_trades_up", "nat adv nat"), ("awp_sa_trades_up", "adv nat nat")])
-def test_the_trades_outer_losses_call_the_network_in_their_reference_order(method, order):
-  """Both TRADES-family methods, with and without AWP: the outer loss's train-mode passes in the
-  order of the reference code (the test above checks TRADES' through BatchNorm's statistics; SA-TRADES
-  follows the same codes), and the logits it reports are the adversarial ones."""
-  from saat_jax.methods import get_method
-
+def _outer_passes(loss):
+  """The inputs (nat / adv) of ``loss``'s network passes in order, their count, and its logits."""
   x, x_adv, y = jnp.zeros((2, 8, 8, 1)), jnp.ones((2, 8, 8, 1)), jnp.array([0, 1])
   seen = []
 
@@ -337,9 +331,30 @@ def test_the_trades_outer_losses_call_the_network_in_their_reference_order(metho
     seen.append("adv" if adv else "nat")
     return jnp.full((2, 10), 2.0 if adv else 0.0).at[:, 3].set(5.0), passes + 1
 
-  _, logits, passes = get_method(_config(method)).loss(forward, 0, x, x_adv, y)
-  assert " ".join(seen) == order and passes == 3
-  np.testing.assert_array_equal(logits, jnp.full((2, 10), 2.0).at[:, 3].set(5.0))
+  _, logits, passes = loss(forward, 0, x, x_adv, y)
+  np.testing.assert_array_equal(logits, jnp.full((2, 10), 2.0).at[:, 3].set(5.0))  # the adversarial logits
+  return " ".join(seen), passes
+
+
+@pytest.mark.parametrize("method, order", [("trades", "nat adv nat"), ("awp_trades", "adv nat nat"),
+                                           ("sa_trades_up", "nat adv nat"), ("awp_sa_trades_up", "adv nat nat")])
+def test_the_trades_outer_losses_call_the_network_in_their_reference_order(method, order):
+  """Both TRADES-family methods, with and without AWP: the outer loss's train-mode passes in the
+  order of the reference code (the test above checks TRADES' through BatchNorm's statistics; SA-TRADES
+  follows the same codes), and the logits it reports are the adversarial ones."""
+  from saat_jax.methods import get_method
+
+  assert _outer_passes(get_method(_config(method)).loss) == (order, 3)
+
+
+def test_without_an_awp_section_and_by_default_the_trades_order_is_trades_own():
+  from saat_jax.methods import get_method
+  from saat_jax.methods.trades import trades_outer_loss
+
+  c = _config("trades")
+  del c.awp  # a config written before AWP existed has no section: no AWP
+  assert _outer_passes(get_method(c).loss) == ("nat adv nat", 3)
+  assert _outer_passes(trades_outer_loss(6.0)) == ("nat adv nat", 3)
 
 
 # ---- the paper's configs ---------------------------------------------------------------------
