@@ -317,6 +317,18 @@ def test_fixed_budget_adversaries_report_per_example_statistics(cnn, method, eps
     np.testing.assert_array_equal(np.asarray(adv.x_adv), np.asarray(x))
 
 
+def test_fixed_budget_statistics_keep_their_dtypes_with_64_bit_jax():
+  """float32 eps and int32 steps, the types every adversary reports (the test above), also where
+  JAX's defaults are 64-bit (``jax_enable_x64``), not whatever ``jnp.full`` would choose."""
+  from saat_jax.methods.base import fixed_budget
+
+  with jax.enable_x64(True):
+    adv = fixed_budget(jnp.zeros((3, 2, 2, 1), jnp.float32), {}, eps=0.5, steps=10)
+    assert (adv.eps.dtype, adv.steps.dtype, adv.satisfied.dtype) == (jnp.float32, jnp.int32, jnp.bool_)
+  np.testing.assert_array_equal(adv.eps, [0.5] * 3)
+  np.testing.assert_array_equal(adv.steps, [10] * 3)
+
+
 @pytest.mark.slow
 def test_saat_zero_start_is_algorithm_1_on_the_cross_entropy(cnn):
   from saat_jax.attack import sa_pgd
