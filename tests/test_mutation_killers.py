@@ -329,6 +329,23 @@ def test_fixed_budget_statistics_keep_their_dtypes_with_64_bit_jax():
   np.testing.assert_array_equal(adv.steps, [10] * 3)
 
 
+@pytest.mark.parametrize("bn, train", [("train", True), ("train_update", True), ("eval", False)])
+def test_attack_net_without_batch_norm_passes_its_mode_to_the_model(bn, train):
+  """A model without BatchNorm statistics is still called in the attack's mode (``train=True`` unless
+  ``bn='eval'``), as PyTorch's attacks on ``model.train()`` run it: what would matter for dropout."""
+  from saat_jax.methods import AttackNet
+
+  calls = []
+
+  def apply_fn(variables, x, **kwargs):
+    calls.append(kwargs)
+    return x
+
+  AttackNet(apply_fn, {"params": {}}, bn=bn).logits(jnp.zeros((1, 2)))
+  AttackNet(apply_fn, {"params": {}}, bn="train").logits(jnp.zeros((1, 2)), bn="eval" if train else "train")
+  assert calls == [{"train": train}, {"train": not train}]
+
+
 @pytest.mark.slow
 def test_saat_zero_start_is_algorithm_1_on_the_cross_entropy(cnn):
   from saat_jax.attack import sa_pgd
