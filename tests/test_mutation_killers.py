@@ -346,6 +346,17 @@ def test_attack_net_without_batch_norm_passes_its_mode_to_the_model(bn, train):
   assert calls == [{"train": train}, {"train": not train}]
 
 
+def test_the_saat_section_defaults_are_the_papers():
+  """What a config inherits when it sets no SAAT value: rho 1.5 (Sec. 4.2's fixed rho, Table 1's
+  SAAT_down and the eps_max rows), eps_max 14/255 (the headline SAAT_up), tau = alpha = 2/255, K = 3,
+  Algorithm 1's zero start, and the released code's PGD-10 warm start at 8/255 when asked for."""
+  from saat_jax.methods import method_sections
+
+  s = method_sections()["saat"]
+  assert (s.rho, s.eps_max, s.tau, s.k, s.alpha) == (1.5, 14 / 255, 2 / 255, 3, 2 / 255)
+  assert (s.start, s.start_eps, s.start_alpha, s.start_steps) == ("zero", 8 / 255, 2 / 255, 10)
+
+
 @pytest.mark.slow
 def test_saat_zero_start_is_algorithm_1_on_the_cross_entropy(cnn):
   from saat_jax.attack import sa_pgd
