@@ -346,15 +346,21 @@ def test_attack_net_without_batch_norm_passes_its_mode_to_the_model(bn, train):
   assert calls == [{"train": train}, {"train": not train}]
 
 
-def test_the_saat_section_defaults_are_the_papers():
-  """What a config inherits when it sets no SAAT value: rho 1.5 (Sec. 4.2's fixed rho, Table 1's
-  SAAT_down and the eps_max rows), eps_max 14/255 (the headline SAAT_up), tau = alpha = 2/255, K = 3,
-  Algorithm 1's zero start, and the released code's PGD-10 warm start at 8/255 when asked for."""
+def test_the_method_sections_defaults_are_the_papers_and_the_references():
+  """What a config inherits when it sets none of a method's values. SAAT: rho 1.5 (Sec. 4.2's fixed
+  rho, Table 1's SAAT_down and the eps_max rows), eps_max 14/255 (the headline SAAT_up), tau = alpha
+  = 2/255, K = 3, Algorithm 1's zero start, and the released code's PGD-10 warm start at 8/255 when
+  asked for. AT: PGD-10 at 8/255, step 2/255 (Rice et al.). TRADES: beta 6, eps 0.031, step 0.007,
+  10 steps (train_trades_cifar10.py). SA-TRADES stops on Eq. 5's cross-entropy."""
   from saat_jax.methods import method_sections
 
-  s = method_sections()["saat"]
+  sections = method_sections()
+  s, a, t = sections["saat"], sections["at"], sections["trades"]
   assert (s.rho, s.eps_max, s.tau, s.k, s.alpha) == (1.5, 14 / 255, 2 / 255, 3, 2 / 255)
   assert (s.start, s.start_eps, s.start_alpha, s.start_steps) == ("zero", 8 / 255, 2 / 255, 10)
+  assert (a.eps, a.alpha, a.steps) == (8 / 255, 2 / 255, 10)
+  assert (t.beta, t.eps, t.alpha, t.steps) == (6.0, 0.031, 0.007, 10)
+  assert sections["sa_trades"].stop_loss == "ce"
 
 
 @pytest.mark.slow
