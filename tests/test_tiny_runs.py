@@ -61,6 +61,7 @@ def _hold_and_train(root, started, release):
     (locks / "at.done").touch()
 
 
+@pytest.mark.slow  # a spawned Python process: 4 s alone, 9 s on the loaded CI machine
 def test_a_process_waits_for_the_one_training_the_run(tmp_path, monkeypatch):
   from saat_jax import train
 
