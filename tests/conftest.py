@@ -13,6 +13,17 @@ program compiled once -- the tiny digits step, its evaluation -- is loaded, not 
 It changes no result (a cached executable is the one XLA compiled), only compile time; a test about
 compilation itself turns it off for its processes (:func:`saat_jax.testing.processes.without_compile_cache`). Set
 ``SAAT_JAX_TEST_COMPILE_CACHE=0`` to run without it, or set ``JAX_COMPILATION_CACHE_DIR`` to keep one.
+
+The tests compile with XLA:CPU's LLVM optimisations off (``XLA_FLAGS=--xla_backend_optimization_level=0``,
+inherited like the cache, :func:`saat_jax.testing.processes.xla_flags`): over a third of the suite's
+CPU time was LLVM optimising programs that then run for a fraction of a second, while the large
+convolutions and matrix products call the same precompiled Eigen kernels either way. On the 2-core
+development machine the whole suite went from 27:42 to 17:43 (3262 -> 2076 s of the two workers),
+the quick check from 2:52 to 2:09; the tests dominated by running, not compiling (10 epochs of
+digits training, the PyTorch references) took as long as before. It changes results in their last bits (the one-step parameters there by up to 7e-9), which no test
+depends on: every comparison is between programs compiled alike, or has a tolerance. The fresh-clone
+test runs as a stranger would, with XLA's default settings. ``SAAT_JAX_TEST_FAST_COMPILE=0`` keeps
+the defaults everywhere.
 """
 
 import dataclasses
@@ -31,6 +42,11 @@ if os.environ.get("SAAT_JAX_TEST_COMPILE_CACHE", "1") != "0" and "JAX_COMPILATIO
   _OWN_CACHE = tempfile.mkdtemp(prefix="saat_jax_test_xla_cache_")
   os.environ.update({"JAX_COMPILATION_CACHE_DIR": _OWN_CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
+
+
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level"
+if os.environ.get("SAAT_JAX_TEST_FAST_COMPILE", "1") != "0" and FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}=0".strip()
 
 
 def pytest_unconfigure(config):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from saat_jax.testing import processes
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
 
@@ -70,7 +72,7 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
   monkeypatch.setenv("PYTHONPATH", str(ROOT))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("SAAT_JAX_CACHE", str(tmp_path / "cache"))
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", processes.xla_flags())  # the tests' compile settings, no forced device count
   client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                    resources={"metadata": {"path": str(tmp_path)}})
   client.execute()  # raises CellExecutionError, with the cell and its traceback, on an error

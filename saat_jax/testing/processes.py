@@ -39,15 +39,27 @@ COMPILE_CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMP
                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "JAX_COMPILATION_CACHE_MAX_SIZE")
 
 
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
 def without_compile_cache(env: dict) -> dict:
   """``env`` without the persistent compilation cache, for a process that must compile every
   program itself (a test of compilation: is compiling twice bit-identical?)."""
   return {k: v for k, v in env.items() if k not in COMPILE_CACHE_ENV}
 
 
+def xla_flags(devices: int | None = None) -> str:
+  """This process's ``XLA_FLAGS`` (the tests' compile settings, tests/conftest.py) without its forced
+  device count, and with ``devices`` CPU devices when given: for a process the test starts."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)]
+  if devices is not None:
+    flags.append(f"{DEVICE_COUNT_FLAG}={devices}")
+  return " ".join(flags)
+
+
 def env(devices: int) -> dict:
   """The environment of a process with ``devices`` CPU devices that imports this checkout."""
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+  return dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu",
               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 

@@ -1,0 +1,31 @@
+"""The tests' own environment: the compile settings of tests/conftest.py reach the processes they start."""
+
+import os
+import subprocess
+import sys
+
+from saat_jax.testing import processes
+
+
+def test_started_processes_keep_the_compile_settings_and_get_their_own_device_count(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8 --x=1")
+  assert processes.xla_flags(2) == "--xla_backend_optimization_level=0 --x=1 --xla_force_host_platform_device_count=2"
+  assert processes.xla_flags() == "--xla_backend_optimization_level=0 --x=1"
+  assert processes.env(4)["XLA_FLAGS"] == "--xla_backend_optimization_level=0 --x=1 --xla_force_host_platform_device_count=4"
+  monkeypatch.delenv("XLA_FLAGS")
+  assert processes.xla_flags(3) == "--xla_force_host_platform_device_count=3" and processes.xla_flags() == ""
+
+
+def test_the_run_compiles_with_llvm_optimisation_off_unless_told_not_to():
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  if os.environ.get("SAAT_JAX_TEST_FAST_COMPILE", "1") == "0":
+    assert "--xla_backend_optimization_level=0" not in flags
+  else:
+    assert "--xla_backend_optimization_level=0" in flags
+  # A process started with processes.env sees the same level, and the device count it was given.
+  code = "import os, jax; print(os.environ['XLA_FLAGS']); print(jax.device_count())"
+  out = subprocess.run([sys.executable, "-c", code], env=processes.env(3), capture_output=True, text=True,
+                       timeout=120, check=True).stdout.split("\n")
+  assert out[0].split() == [f for f in flags if not f.startswith(processes.DEVICE_COUNT_FLAG)] + [
+      "--xla_force_host_platform_device_count=3"]
+  assert out[1] == "3"
