@@ -36,9 +36,14 @@ def restore_params(workdir, kind="last"):
 
 @pytest.mark.slow
 def test_digits_saat_beats_natural_training(tmp_path):
-  """The digits config trains in about a minute; SAAT must be far more robust than natural."""
-  nat = train_and_evaluate(digits_config(method="natural", num_epochs=10), str(tmp_path / "nat"))
-  saat = train_and_evaluate(digits_config(num_epochs=10), str(tmp_path / "saat"))
+  """The digits config trains in about a minute; SAAT must be far more robust than natural.
+
+  Evaluated at epochs 5 and 10 only (``eval.every``): each evaluation (PGD-20 on 400 test and 500
+  training digits) takes longer than a natural epoch. Measured at epoch 10: PGD-20 accuracy 0.43
+  natural, 0.86 SAAT."""
+  every = {"eval.every": 5}
+  nat = train_and_evaluate(digits_config(method="natural", num_epochs=10, **every), str(tmp_path / "nat"))
+  saat = train_and_evaluate(digits_config(num_epochs=10, **every), str(tmp_path / "saat"))
   n, s = nat[-1], saat[-1]
   print("natural:", json.dumps(n), "\nsaat:", json.dumps(s))
   assert n["test_natural_accuracy"] > 0.9 and s["test_natural_accuracy"] > 0.8
