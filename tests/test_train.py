@@ -65,10 +65,13 @@ class _Killed(Exception):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
-  cfg = dict(num_epochs=3, **{"optim.lr_milestones": (1, 2)})
+  # 512 training digits (8 steps an epoch) and a smaller evaluation (100 test and 100 training
+  # digits, still one batch each): the runs are compared bit for bit, not read as numbers.
+  cfg = dict(num_epochs=3, **{"optim.lr_milestones": (1, 2), "data.num_train": 512, "eval.num_test": 100,
+                              "eval.train_subset": 100})
   ref = train_and_evaluate(digits_config(**cfg), str(tmp_path / "ref"))
 
-  # 1) killed in the middle of the second epoch: the 7th batch put on the devices after the 21
+  # 1) killed in the middle of the second epoch: the 5th batch put on the devices after the 8
   #    training batches and the 1 test batch of epoch 1
   from saat_jax import parallel
   real_shard = parallel.shard_batch
@@ -76,7 +79,7 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
 
   def killing_shard_batch(*a, **kw):
     calls["n"] += 1
-    if calls["n"] == 21 + 1 + 7:
+    if calls["n"] == 8 + 1 + 5:
       raise _Killed()
     return real_shard(*a, **kw)
 
