@@ -71,15 +71,15 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
                               "eval.train_subset": 100})
   ref = train_and_evaluate(digits_config(**cfg), str(tmp_path / "ref"))
 
-  # 1) killed in the middle of the second epoch: the 5th batch put on the devices after the 8
-  #    training batches and the 1 test batch of epoch 1
+  # 1) killed in the middle of the second epoch: its 4th training batch, put on the devices after
+  #    epoch 1's 8 training batches and its 2 evaluation batches (the test set, the training subset)
   from saat_jax import parallel
   real_shard = parallel.shard_batch
   calls = {"n": 0}
 
   def killing_shard_batch(*a, **kw):
     calls["n"] += 1
-    if calls["n"] == 8 + 1 + 5:
+    if calls["n"] == 8 + 2 + 4:
       raise _Killed()
     return real_shard(*a, **kw)
 
