@@ -20,10 +20,11 @@ CPU time was LLVM optimising programs that then run for a fraction of a second, 
 convolutions and matrix products call the same precompiled Eigen kernels either way. On the 2-core
 development machine the whole suite went from 27:42 to 17:43 (3262 -> 2076 s of the two workers),
 the quick check from 2:52 to 2:09; the tests dominated by running, not compiling (10 epochs of
-digits training, the PyTorch references) took as long as before. It changes results in their last bits (the one-step parameters there by up to 7e-9), which no test
-depends on: every comparison is between programs compiled alike, or has a tolerance. The fresh-clone
-test runs as a stranger would, with XLA's default settings. ``SAAT_JAX_TEST_FAST_COMPILE=0`` keeps
-the defaults everywhere.
+digits training, the PyTorch references) took as long as before. It changes results in their last
+bits (tests/test_parallel.py's one-step parameters by up to 7e-9), which no test depends on: every
+comparison is between programs compiled alike, or has a tolerance. The fresh-clone test runs as a
+stranger would, with XLA's default settings. ``SAAT_JAX_TEST_FAST_COMPILE=0`` keeps the defaults
+everywhere; a level already named in ``XLA_FLAGS`` is kept.
 """
 
 import dataclasses
@@ -44,9 +45,10 @@ if os.environ.get("SAAT_JAX_TEST_COMPILE_CACHE", "1") != "0" and "JAX_COMPILATIO
                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
 
 
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level"
-if os.environ.get("SAAT_JAX_TEST_FAST_COMPILE", "1") != "0" and FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}=0".strip()
+from saat_jax.testing.processes import OPT_LEVEL_FLAG  # noqa: E402 (imports no JAX)
+
+if os.environ.get("SAAT_JAX_TEST_FAST_COMPILE", "1") != "0" and OPT_LEVEL_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_LEVEL_FLAG}=0".strip()
 
 
 def pytest_unconfigure(config):

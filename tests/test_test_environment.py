@@ -18,7 +18,7 @@ def test_the_run_compiles_with_one_llvm_optimisation_level():
   """tests/conftest.py adds level 0 unless told not to (SAAT_JAX_TEST_FAST_COMPILE=0) or the
   environment already names a level, which it keeps."""
   flags = os.environ.get("XLA_FLAGS", "").split()
-  levels = [f for f in flags if f.startswith("--xla_backend_optimization_level=")]
+  levels = [f for f in flags if f.startswith(processes.OPT_LEVEL_FLAG + "=")]
   assert len(levels) <= 1, flags
   if os.environ.get("SAAT_JAX_TEST_FAST_COMPILE", "1") != "0":
     assert len(levels) == 1, flags

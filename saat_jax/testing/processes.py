@@ -40,6 +40,8 @@ COMPILE_CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMP
 
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+# XLA:CPU's LLVM optimisation level: tests/conftest.py sets it to 0 for the test run.
+OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
 
 
 def without_compile_cache(env: dict) -> dict:
